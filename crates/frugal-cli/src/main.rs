@@ -1,1 +1,57 @@
-fn main() {}
+//! The `frugal` command-line program.
+
+mod args;
+mod commands;
+mod config;
+mod presets;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::config::ConfigError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Probe(args) => commands::probe::run(args, &mut out),
+        Command::Config(command) => commands::config::run(command, &mut out),
+    }
+    .and_then(|()| out.flush().map_err(Into::into));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`frugal probe | head`) is the reader's choice, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
+            if is_user_error(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let kind = c
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Bad input (a configuration, a path, a value) exits 2, like a usage error; a failure
+/// while doing the work exits 1.
+fn is_user_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ConfigError>().is_some()
+            || matches!(c.downcast_ref::<frugal_hw::HwError>(), Some(frugal_hw::HwError::Path { .. }))
+    })
+}

@@ -10,10 +10,12 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup").join(name)
 }
 
+/// (fixture, version, limit, usage, directory the limit came from)
+type MemoryCase = (&'static str, CgroupVersion, Option<u64>, Option<u64>, Option<&'static str>);
+
 #[test]
 fn memory_limits_table() {
-    // (fixture, version, limit, usage, directory the limit came from)
-    let cases: &[(&str, CgroupVersion, Option<u64>, Option<u64>, Option<&str>)] = &[
+    let cases: &[MemoryCase] = &[
         ("v1-unlimited", CgroupVersion::V1, None, Some(GIB), None),
         ("v1-limited", CgroupVersion::V1, Some(2 * GIB), Some(50 << 20), Some("sys/fs/cgroup/memory")),
         ("v1-nested", CgroupVersion::V1, Some(3 * GIB), Some(4096), Some("sys/fs/cgroup/memory/batch/job7")),

@@ -1,0 +1,317 @@
+//! The workload configuration files: one shape per workload family, sharing the top
+//! level (`workload`, `output_dir`, `seed`) and the `[compute]` section that presets
+//! tune per tier. Every table rejects keys it does not know.
+
+use std::path::PathBuf;
+
+use frugal_hw::Workload;
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Document};
+
+/// Where the work runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Device {
+    /// The GPU when one is usable, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The GPU; an error when there is none.
+    Gpu,
+}
+
+/// The number format of the compute (master weights stay f32).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Precision {
+    /// 32-bit floats throughout.
+    #[default]
+    F32,
+    /// bfloat16 compute.
+    Bf16,
+    /// float16 compute with loss scaling.
+    F16,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_batch() -> u32 {
+    32
+}
+
+/// How the hardware is used: the section presets tune per tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ComputeConfig {
+    /// `auto`, `cpu` or `gpu`.
+    #[serde(default)]
+    pub(crate) device: Device,
+    /// `f32`, `bf16` or `f16`.
+    #[serde(default)]
+    pub(crate) precision: Precision,
+    /// Samples per optimizer step, before accumulation.
+    #[serde(default = "default_batch")]
+    pub(crate) batch_size: u32,
+    /// Micro-batches accumulated into one optimizer step.
+    #[serde(default = "one")]
+    pub(crate) grad_accum: u32,
+    /// Recompute activations in backward instead of keeping them.
+    #[serde(default)]
+    pub(crate) checkpointing: bool,
+    /// Checkpoint segments; absent means the square root of the number of blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) checkpoint_segments: Option<u32>,
+    /// Worker threads; 0 means every core this process may use.
+    #[serde(default)]
+    pub(crate) threads: u32,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        Self {
+            device: Device::Auto,
+            precision: Precision::F32,
+            batch_size: default_batch(),
+            grad_accum: 1,
+            checkpointing: false,
+            checkpoint_segments: None,
+            threads: 0,
+        }
+    }
+}
+
+/// The classifier's model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClassifierModel {
+    /// `mlp` or `cnn`.
+    pub(crate) arch: ClassifierArch,
+    /// Widths of the hidden layers (MLP) or channel counts of the stages (CNN).
+    pub(crate) hidden: Vec<u32>,
+    /// Dropout probability after each hidden layer.
+    #[serde(default)]
+    pub(crate) dropout: f64,
+}
+
+/// Classifier architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClassifierArch {
+    /// Fully connected layers.
+    Mlp,
+    /// A small convolutional network.
+    Cnn,
+}
+
+/// The particle-dynamics graph network and its problem size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ParticlesModel {
+    /// Particles per simulation.
+    pub(crate) particles: u32,
+    /// Width of node and edge latents.
+    pub(crate) hidden: u32,
+    /// Message-passing layers.
+    pub(crate) layers: u32,
+    /// Neighbours per particle in the kNN graph.
+    pub(crate) neighbours: u32,
+}
+
+/// The convolutional neural operator and its rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OperatorModel {
+    /// Grid points per side.
+    pub(crate) resolution: u32,
+    /// Channels of the first stage.
+    pub(crate) channels: u32,
+    /// Down/up-sampling stages.
+    pub(crate) depth: u32,
+    /// Steps the model is rolled out for.
+    pub(crate) rollout_steps: u32,
+}
+
+/// The weight-tied transformer iterated to a fixed point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EqpropModel {
+    /// Model width.
+    pub(crate) d_model: u32,
+    /// Attention heads; must divide `d_model`.
+    pub(crate) n_heads: u32,
+    /// Feed-forward width.
+    pub(crate) d_ff: u32,
+    /// Fixed-point iterations per relaxation.
+    pub(crate) max_iters: u32,
+    /// Damping of the fixed-point update, in (0, 1].
+    pub(crate) damping: f64,
+}
+
+/// The search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EvolveSearch {
+    /// Individuals per generation.
+    pub(crate) population: u32,
+    /// Generations to run.
+    pub(crate) generations: u32,
+}
+
+macro_rules! workload_configs {
+    ($( $variant:ident: $name:ident { $section:ident: $ty:ty } ),* $(,)?) => {
+        $(
+            #[doc = concat!("A `", stringify!($variant), "` workload configuration.")]
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub(crate) struct $name {
+                /// Which family this file configures.
+                pub(crate) workload: Workload,
+                /// Where datasets, checkpoints, metrics and plots go.
+                pub(crate) output_dir: PathBuf,
+                /// Seed of every random choice; recorded with the outputs.
+                #[serde(default)]
+                pub(crate) seed: u64,
+                /// How the hardware is used.
+                #[serde(default)]
+                pub(crate) compute: ComputeConfig,
+                /// The family's own section.
+                pub(crate) $section: $ty,
+            }
+        )*
+
+        /// A configuration of any family.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub(crate) enum AnyConfig {
+            $(
+                #[doc = concat!("A `", stringify!($variant), "` configuration.")]
+                $variant($name),
+            )*
+        }
+
+        impl AnyConfig {
+            fn deserialize_as(workload: Workload, doc: &Document<'_>) -> Result<Self, ConfigError> {
+                match workload {
+                    $( Workload::$variant => doc.deserialize::<$name>().map(AnyConfig::$variant), )*
+                }
+            }
+
+            /// The family this configures.
+            pub(crate) fn workload(&self) -> Workload {
+                match self {
+                    $( AnyConfig::$variant(c) => c.workload, )*
+                }
+            }
+
+            /// The `[compute]` section.
+            pub(crate) fn compute(&self) -> &ComputeConfig {
+                match self {
+                    $( AnyConfig::$variant(c) => &c.compute, )*
+                }
+            }
+
+            /// The `output_dir` key.
+            pub(crate) fn output_dir(&self) -> &std::path::Path {
+                match self {
+                    $( AnyConfig::$variant(c) => &c.output_dir, )*
+                }
+            }
+        }
+    };
+}
+
+workload_configs! {
+    Classifier: ClassifierConfig { model: ClassifierModel },
+    Particles: ParticlesConfig { model: ParticlesModel },
+    Operator: OperatorConfig { model: OperatorModel },
+    Eqprop: EqpropConfig { model: EqpropModel },
+    Evolve: EvolveConfig { search: EvolveSearch },
+}
+
+/// A value that parses but makes no sense: the key path and what is wrong.
+pub(crate) type Problem = (Vec<&'static str>, String);
+
+impl AnyConfig {
+    /// Reads the `workload` key, checks the document against that family's schema,
+    /// then checks values against each other.
+    pub(crate) fn from_document(doc: &Document<'_>) -> Result<Self, ConfigError> {
+        let names = Workload::ALL.map(|w| w.name()).join(", ");
+        let Some(value) = doc.get(&["workload"]) else {
+            return Err(doc.error_at_key(&[], format!("missing key `workload`: name the family this file configures ({names})")));
+        };
+        let workload = value
+            .get_ref()
+            .as_str()
+            .ok_or_else(|| format!("`workload` must be a string, one of {names}"))
+            .and_then(|s| s.parse::<Workload>())
+            .map_err(|msg| doc.error_at_key(&["workload"], msg))?;
+        let config = Self::deserialize_as(workload, doc)?;
+        if let Some((path, message)) = config.problems().into_iter().next() {
+            let key = path.join(".");
+            return Err(doc.error_at_key(&path, format!("`{key}`: {message}")));
+        }
+        Ok(config)
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, path: &[&'static str], msg: &str| {
+            if !ok {
+                out.push((path.to_vec(), msg.to_owned()));
+            }
+        };
+        let c = self.compute();
+        check(c.batch_size >= 1, &["compute", "batch_size"], "must be at least 1");
+        check(c.grad_accum >= 1, &["compute", "grad_accum"], "must be at least 1");
+        check(
+            c.checkpoint_segments.is_none_or(|s| s >= 1),
+            &["compute", "checkpoint_segments"],
+            "must be at least 1 (leave it out for the square root of the block count)",
+        );
+        match self {
+            AnyConfig::Classifier(c) => {
+                check(!c.model.hidden.is_empty(), &["model", "hidden"], "needs at least one layer");
+                check(c.model.hidden.iter().all(|&h| h > 0), &["model", "hidden"], "widths must be positive");
+                check((0.0..1.0).contains(&c.model.dropout), &["model", "dropout"], "must be in [0, 1)");
+            }
+            AnyConfig::Particles(c) => {
+                let m = &c.model;
+                check(m.particles >= 2, &["model", "particles"], "must be at least 2");
+                check(
+                    m.neighbours >= 1 && m.neighbours < m.particles,
+                    &["model", "neighbours"],
+                    "must be at least 1 and fewer than `model.particles`",
+                );
+                check(m.hidden >= 1 && m.layers >= 1, &["model", "layers"], "hidden width and layers must be positive");
+            }
+            AnyConfig::Operator(c) => {
+                let m = &c.model;
+                check(
+                    m.resolution % (1 << m.depth.min(31)) == 0,
+                    &["model", "resolution"],
+                    "must be divisible by 2^depth so every stage halves it exactly",
+                );
+                check(m.channels >= 1, &["model", "channels"], "must be positive");
+            }
+            AnyConfig::Eqprop(c) => {
+                let m = &c.model;
+                check(
+                    m.n_heads >= 1 && m.d_model % m.n_heads == 0,
+                    &["model", "n_heads"],
+                    "must divide `model.d_model`",
+                );
+                check(m.damping > 0.0 && m.damping <= 1.0, &["model", "damping"], "must be in (0, 1]");
+                check(m.max_iters >= 1, &["model", "max_iters"], "must be at least 1");
+            }
+            AnyConfig::Evolve(c) => {
+                check(c.search.population >= 2, &["search", "population"], "must be at least 2");
+                check(c.search.generations >= 1, &["search", "generations"], "must be at least 1");
+            }
+        }
+        out
+    }
+}
