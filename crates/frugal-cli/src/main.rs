@@ -42,7 +42,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         let kind = c
             .downcast_ref::<std::io::Error>()
             .map(std::io::Error::kind)
-            .or_else(|| c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind));
+            .or_else(|| {
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
         kind == Some(std::io::ErrorKind::BrokenPipe)
     })
 }
@@ -52,6 +55,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn is_user_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<ConfigError>().is_some()
-            || matches!(c.downcast_ref::<frugal_hw::HwError>(), Some(frugal_hw::HwError::Path { .. }))
+            || matches!(
+                c.downcast_ref::<frugal_hw::HwError>(),
+                Some(frugal_hw::HwError::Path { .. })
+            )
     })
 }

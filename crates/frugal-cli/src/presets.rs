@@ -23,7 +23,11 @@ pub(crate) fn parse(preset: &Preset) -> Result<AnyConfig, ConfigError> {
     let config = AnyConfig::from_document(&source.document()?)?;
     if config.workload() != preset.workload {
         return Err(ConfigError {
-            location: Location::File { path: name, line: 1, col: 1 },
+            location: Location::File {
+                path: name,
+                line: 1,
+                col: 1,
+            },
             message: format!(
                 "this preset is filed under `{}` but configures `{}`; move it or fix its `workload` key",
                 preset.workload,

@@ -182,7 +182,10 @@ impl Cgroups {
                         (Some(_), None) => {
                             return Err(HwError::Parse {
                                 path: file,
-                                message: format!("expected `QUOTA PERIOD`, found `{}`", text.trim()),
+                                message: format!(
+                                    "expected `QUOTA PERIOD`, found `{}`",
+                                    text.trim()
+                                ),
                             });
                         }
                     }
@@ -197,7 +200,10 @@ impl Cgroups {
                     if q.trim().starts_with('-') {
                         None
                     } else {
-                        Some(parse_number(&qf, &q)? as f64 / parse_number(&pf, &read_to_string(&pf)?)? as f64)
+                        Some(
+                            parse_number(&qf, &q)? as f64
+                                / parse_number(&pf, &read_to_string(&pf)?)? as f64,
+                        )
                     }
                 }
             };
@@ -210,7 +216,10 @@ impl Cgroups {
 
     /// Finds the hierarchy that carries `controller`: (version, cgroup path, its
     /// directory, the mount point that bounds the walk up).
-    fn locate(&self, controller: &str) -> Result<Option<(CgroupVersion, String, PathBuf, PathBuf)>> {
+    fn locate(
+        &self,
+        controller: &str,
+    ) -> Result<Option<(CgroupVersion, String, PathBuf, PathBuf)>> {
         let cgroup_file = self.file("/proc/self/cgroup");
         let mountinfo_file = self.file("/proc/self/mountinfo");
         if !cgroup_file.exists() || !mountinfo_file.exists() {
@@ -227,19 +236,18 @@ impl Cgroups {
             .and_then(|m| {
                 mounts
                     .iter()
-                    .find(|mnt| mnt.fstype == "cgroup" && mnt.options.iter().any(|o| o == controller))
+                    .find(|mnt| {
+                        mnt.fstype == "cgroup" && mnt.options.iter().any(|o| o == controller)
+                    })
                     .map(|mnt| (CgroupVersion::V1, m, mnt))
             });
         let v2 = || {
-            memberships
-                .iter()
-                .find(|m| m.unified)
-                .and_then(|m| {
-                    mounts
-                        .iter()
-                        .find(|mnt| mnt.fstype == "cgroup2")
-                        .map(|mnt| (CgroupVersion::V2, m, mnt))
-                })
+            memberships.iter().find(|m| m.unified).and_then(|m| {
+                mounts
+                    .iter()
+                    .find(|mnt| mnt.fstype == "cgroup2")
+                    .map(|mnt| (CgroupVersion::V2, m, mnt))
+            })
         };
         let Some((version, membership, mount)) = v1.or_else(v2) else {
             return Ok(None);
@@ -337,9 +345,13 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);

@@ -70,7 +70,10 @@ fn allowed_cpus(status: &str) -> Result<BTreeSet<usize>> {
 pub(crate) fn parse_cpu_list(list: &str) -> std::result::Result<BTreeSet<usize>, String> {
     let mut cpus = BTreeSet::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |s: &str| s.parse::<usize>().map_err(|_| format!("bad CPU list `{list}`"));
+        let num = |s: &str| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad CPU list `{list}`"))
+        };
         match part.split_once('-') {
             Some((a, b)) => cpus.extend(num(a)?..=num(b)?),
             None => {
@@ -98,7 +101,9 @@ fn parse_cpuinfo(text: &str, allowed: &BTreeSet<usize>) -> (String, usize) {
         };
         if model.is_none() {
             // x86 says "model name"; Arm kernels say "Model" or only "CPU part".
-            model = field("model name").or_else(|| field("Model")).or_else(|| field("Hardware"));
+            model = field("model name")
+                .or_else(|| field("Model"))
+                .or_else(|| field("Hardware"));
         }
         if !allowed.contains(&cpu) {
             continue;
@@ -108,7 +113,11 @@ fn parse_cpuinfo(text: &str, allowed: &BTreeSet<usize>) -> (String, usize) {
             counted_any = true;
         }
     }
-    let physical = if counted_any { cores.len() } else { allowed.len() };
+    let physical = if counted_any {
+        cores.len()
+    } else {
+        allowed.len()
+    };
     (model.unwrap_or_else(|| "unknown".to_owned()), physical)
 }
 
@@ -122,8 +131,22 @@ fn simd_features() -> Vec<&'static str> {
         }};
     }
     detect!(
-        "sse2", "sse3", "ssse3", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f",
-        "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "avx512fp16", "avxvnni"
+        "sse2",
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512vnni",
+        "avx512bf16",
+        "avx512fp16",
+        "avxvnni"
     )
 }
 
@@ -152,7 +175,10 @@ mod tests {
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0-1").unwrap().len(), 2);
         assert_eq!(
-            parse_cpu_list("0-3,8,10-11").unwrap().into_iter().collect::<Vec<_>>(),
+            parse_cpu_list("0-3,8,10-11")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             [0, 1, 2, 3, 8, 10, 11]
         );
         assert!(parse_cpu_list("0-x").is_err());
@@ -161,7 +187,9 @@ mod tests {
     #[test]
     fn hyperthreads_share_a_physical_core() {
         let block = |cpu: usize, core: usize| {
-            format!("processor\t: {cpu}\nmodel name\t: Test CPU\nphysical id\t: 0\ncore id\t\t: {core}\n")
+            format!(
+                "processor\t: {cpu}\nmodel name\t: Test CPU\nphysical id\t: 0\ncore id\t\t: {core}\n"
+            )
         };
         let text = [block(0, 0), block(1, 1), block(2, 0), block(3, 1)].join("\n");
         let all = (0..4).collect();
@@ -173,7 +201,10 @@ mod tests {
     #[test]
     fn cpuinfo_without_topology_counts_logical() {
         let text = "processor\t: 0\nCPU part\t: 0xd0c\n\nprocessor\t: 1\nCPU part\t: 0xd0c\n";
-        assert_eq!(parse_cpuinfo(text, &(0..2).collect()), ("unknown".to_owned(), 2));
+        assert_eq!(
+            parse_cpuinfo(text, &(0..2).collect()),
+            ("unknown".to_owned(), 2)
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ impl DiskInfo {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let st = rustix::fs::statvfs(&path).map_err(|e| HwError::Path {
             path: path.clone(),
-            message: format!("cannot query free space ({e}); pass --path with an existing directory"),
+            message: format!(
+                "cannot query free space ({e}); pass --path with an existing directory"
+            ),
         })?;
         Ok(Self {
             free_bytes: st.f_bavail.saturating_mul(st.f_frsize),

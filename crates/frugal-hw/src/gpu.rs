@@ -96,7 +96,9 @@ impl GpuReport {
             let memory = device.memory_info().ok();
             gpus.push(GpuInfo {
                 index,
-                name: device.name().unwrap_or_else(|_| "unknown NVIDIA GPU".to_owned()),
+                name: device
+                    .name()
+                    .unwrap_or_else(|_| "unknown NVIDIA GPU".to_owned()),
                 uuid,
                 memory_total_bytes: memory.as_ref().map_or(0, |m| m.total),
                 memory_free_bytes: memory.as_ref().map_or(0, |m| m.free),
@@ -107,7 +109,9 @@ impl GpuReport {
             });
         }
         let unavailable_reason = gpus.is_empty().then(|| match &visible {
-            Some(list) if count > 0 => format!("CUDA_VISIBLE_DEVICES={list:?} hides all {count} GPUs"),
+            Some(list) if count > 0 => {
+                format!("CUDA_VISIBLE_DEVICES={list:?} hides all {count} GPUs")
+            }
             _ => "NVML found no NVIDIA GPU".to_owned(),
         });
         Self {

@@ -66,14 +66,19 @@ pub(crate) struct Meminfo {
 impl Meminfo {
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self> {
         let field = |key: &str| -> Result<Option<u64>> {
-            let Some(rest) = text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')) else {
+            let Some(rest) = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            else {
                 return Ok(None);
             };
             let kib = rest.trim().trim_end_matches("kB").trim();
-            kib.parse::<u64>().map(|v| Some(v * 1024)).map_err(|_| HwError::Parse {
-                path: path.to_path_buf(),
-                message: format!("{key}: expected a size in kB, found `{}`", rest.trim()),
-            })
+            kib.parse::<u64>()
+                .map(|v| Some(v * 1024))
+                .map_err(|_| HwError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("{key}: expected a size in kB, found `{}`", rest.trim()),
+                })
         };
         let total = field("MemTotal")?.ok_or_else(|| HwError::Parse {
             path: path.to_path_buf(),
@@ -109,7 +114,11 @@ mod tests {
 
     #[test]
     fn old_kernels_estimate_available() {
-        let m = Meminfo::parse(Path::new("m"), "MemTotal: 100 kB\nMemFree: 10 kB\nCached: 5 kB\n").unwrap();
+        let m = Meminfo::parse(
+            Path::new("m"),
+            "MemTotal: 100 kB\nMemFree: 10 kB\nCached: 5 kB\n",
+        )
+        .unwrap();
         assert_eq!(m.available, 15 * 1024);
     }
 
@@ -117,7 +126,10 @@ mod tests {
     fn bad_meminfo_names_the_file_and_key() {
         let err = Meminfo::parse(Path::new("/proc/meminfo"), "MemTotal: lots\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/proc/meminfo") && msg.contains("MemTotal"), "{msg}");
+        assert!(
+            msg.contains("/proc/meminfo") && msg.contains("MemTotal"),
+            "{msg}"
+        );
         assert!(Meminfo::parse(Path::new("m"), "").is_err());
     }
 

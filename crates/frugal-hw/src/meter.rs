@@ -269,7 +269,8 @@ mod tests {
 
     #[test]
     fn status_lines_are_kib() {
-        let s = ProcStatus::parse(Path::new("s"), "VmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n").unwrap();
+        let s =
+            ProcStatus::parse(Path::new("s"), "VmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n").unwrap();
         assert_eq!((s.rss, s.hwm), (1 << 20, 2 << 20));
         assert!(ProcStatus::parse(Path::new("s"), "VmRSS: x kB\n").is_err());
     }

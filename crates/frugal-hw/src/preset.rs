@@ -60,10 +60,16 @@ impl FromStr for Workload {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Workload::ALL.into_iter().find(|w| w.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
-            format!("unknown workload `{s}`; expected one of {}", names.join(", "))
-        })
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+                format!(
+                    "unknown workload `{s}`; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -197,7 +203,12 @@ mod tests {
     #[test]
     fn every_workload_has_a_cpu_only_preset() {
         for w in Workload::ALL {
-            assert!(BUILTIN.iter().any(|(bw, t, _, _)| *bw == w && *t == Tier::CpuOnly), "{w}");
+            assert!(
+                BUILTIN
+                    .iter()
+                    .any(|(bw, t, _, _)| *bw == w && *t == Tier::CpuOnly),
+                "{w}"
+            );
         }
     }
 
@@ -209,16 +220,22 @@ mod tests {
             let family = family.unwrap().path();
             for file in std::fs::read_dir(&family).unwrap() {
                 let file = file.unwrap().path();
-                let rel = file.strip_prefix(root.parent().unwrap().parent().unwrap()).unwrap();
+                let rel = file
+                    .strip_prefix(root.parent().unwrap().parent().unwrap())
+                    .unwrap();
                 on_disk.push(rel.to_string_lossy().replace('\\', "/"));
             }
         }
         on_disk.sort();
-        let mut compiled: Vec<String> = BUILTIN.iter().map(|(_, _, p, _)| (*p).to_owned()).collect();
+        let mut compiled: Vec<String> =
+            BUILTIN.iter().map(|(_, _, p, _)| (*p).to_owned()).collect();
         compiled.sort();
         assert_eq!(on_disk, compiled);
         for (w, t, path, _) in BUILTIN {
-            assert_eq!(*path, format!("configs/presets/{}/{}.toml", w.name(), t.file_stem()));
+            assert_eq!(
+                *path,
+                format!("configs/presets/{}/{}.toml", w.name(), t.file_stem())
+            );
         }
     }
 
@@ -228,7 +245,10 @@ mod tests {
         assert_eq!(p.tier, Tier::CpuOnly);
         let p = resolve(Workload::Classifier, Tier::Tier2Prosumer, None).unwrap();
         assert_eq!(p.tier, Tier::Tier2Prosumer);
-        assert_eq!(p.origin, PresetOrigin::Builtin("configs/presets/classifier/tier_2_prosumer.toml"));
+        assert_eq!(
+            p.origin,
+            PresetOrigin::Builtin("configs/presets/classifier/tier_2_prosumer.toml")
+        );
     }
 
     #[test]

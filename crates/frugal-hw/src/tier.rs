@@ -133,20 +133,54 @@ pub fn decide(input: &TierInput) -> TierDecision {
     let (mut tier, mut rule) = if gpus.is_empty() {
         (Tier::CpuOnly, "no NVIDIA GPU found".to_owned())
     } else if gpus.len() >= 8 {
-        (Tier::Tier4Datacenter, format!("{} GPUs (8 or more)", gpus.len()))
+        (
+            Tier::Tier4Datacenter,
+            format!("{} GPUs (8 or more)", gpus.len()),
+        )
     } else if high_end >= 4 {
         (
             Tier::Tier4Datacenter,
-            format!("{high_end} GPUs of at least {} (4 or more high-end)", gb(TIER_3_GPU_BYTES)),
+            format!(
+                "{high_end} GPUs of at least {} (4 or more high-end)",
+                gb(TIER_3_GPU_BYTES)
+            ),
         )
     } else if largest >= TIER_3_GPU_BYTES {
-        (Tier::Tier3HighEnd, format!("largest GPU has {} (at least {})", gb(largest), gb(TIER_3_GPU_BYTES)))
+        (
+            Tier::Tier3HighEnd,
+            format!(
+                "largest GPU has {} (at least {})",
+                gb(largest),
+                gb(TIER_3_GPU_BYTES)
+            ),
+        )
     } else if largest >= TIER_2_GPU_BYTES {
-        (Tier::Tier2Prosumer, format!("largest GPU has {} (at least {})", gb(largest), gb(TIER_2_GPU_BYTES)))
+        (
+            Tier::Tier2Prosumer,
+            format!(
+                "largest GPU has {} (at least {})",
+                gb(largest),
+                gb(TIER_2_GPU_BYTES)
+            ),
+        )
     } else if largest >= TIER_1_GPU_BYTES {
-        (Tier::Tier1Commodity, format!("largest GPU has {} (at least {})", gb(largest), gb(TIER_1_GPU_BYTES)))
+        (
+            Tier::Tier1Commodity,
+            format!(
+                "largest GPU has {} (at least {})",
+                gb(largest),
+                gb(TIER_1_GPU_BYTES)
+            ),
+        )
     } else {
-        (Tier::CpuOnly, format!("largest GPU has {}, less than the {} a tier needs", gb(largest), gb(TIER_1_GPU_BYTES)))
+        (
+            Tier::CpuOnly,
+            format!(
+                "largest GPU has {}, less than the {} a tier needs",
+                gb(largest),
+                gb(TIER_1_GPU_BYTES)
+            ),
+        )
     };
     if input.host_budget_bytes < tier.min_host_bytes() {
         let wanted = tier;
@@ -176,21 +210,91 @@ mod tests {
             ("no GPU", 32 * GIB, &[], Tier::CpuOnly),
             ("no GPU, tiny cgroup", GIB, &[], Tier::CpuOnly),
             ("one 4 GB GPU", 16 * GIB, &[4096 * MIB], Tier::CpuOnly),
-            ("one 8 GB GPU", 32 * GIB, &[8192 * MIB], Tier::Tier1Commodity),
-            ("one 12 GB GPU", 32 * GIB, &[12288 * MIB], Tier::Tier1Commodity),
-            ("one 16 GB GPU reporting 15.99 GiB", 32 * GIB, &[16376 * MIB], Tier::Tier2Prosumer),
-            ("one 24 GB GPU", 64 * GIB, &[24564 * MIB], Tier::Tier2Prosumer),
-            ("one 40 GB A100", 128 * GIB, &[40960 * MIB], Tier::Tier3HighEnd),
-            ("one 80 GB H100", 128 * GIB, &[81559 * MIB], Tier::Tier3HighEnd),
-            ("two 80 GB GPUs", 256 * GIB, &[81559 * MIB; 2], Tier::Tier3HighEnd),
-            ("four 80 GB GPUs", 512 * GIB, &[81559 * MIB; 4], Tier::Tier4Datacenter),
-            ("four 24 GB GPUs", 256 * GIB, &[24564 * MIB; 4], Tier::Tier2Prosumer),
-            ("eight 80 GB GPUs", 2048 * GIB, &[81920 * MIB; 8], Tier::Tier4Datacenter),
-            ("eight 12 GB GPUs", 512 * GIB, &[12288 * MIB; 8], Tier::Tier4Datacenter),
+            (
+                "one 8 GB GPU",
+                32 * GIB,
+                &[8192 * MIB],
+                Tier::Tier1Commodity,
+            ),
+            (
+                "one 12 GB GPU",
+                32 * GIB,
+                &[12288 * MIB],
+                Tier::Tier1Commodity,
+            ),
+            (
+                "one 16 GB GPU reporting 15.99 GiB",
+                32 * GIB,
+                &[16376 * MIB],
+                Tier::Tier2Prosumer,
+            ),
+            (
+                "one 24 GB GPU",
+                64 * GIB,
+                &[24564 * MIB],
+                Tier::Tier2Prosumer,
+            ),
+            (
+                "one 40 GB A100",
+                128 * GIB,
+                &[40960 * MIB],
+                Tier::Tier3HighEnd,
+            ),
+            (
+                "one 80 GB H100",
+                128 * GIB,
+                &[81559 * MIB],
+                Tier::Tier3HighEnd,
+            ),
+            (
+                "two 80 GB GPUs",
+                256 * GIB,
+                &[81559 * MIB; 2],
+                Tier::Tier3HighEnd,
+            ),
+            (
+                "four 80 GB GPUs",
+                512 * GIB,
+                &[81559 * MIB; 4],
+                Tier::Tier4Datacenter,
+            ),
+            (
+                "four 24 GB GPUs",
+                256 * GIB,
+                &[24564 * MIB; 4],
+                Tier::Tier2Prosumer,
+            ),
+            (
+                "eight 80 GB GPUs",
+                2048 * GIB,
+                &[81920 * MIB; 8],
+                Tier::Tier4Datacenter,
+            ),
+            (
+                "eight 12 GB GPUs",
+                512 * GIB,
+                &[12288 * MIB; 8],
+                Tier::Tier4Datacenter,
+            ),
             // A cgroup limit below physical RAM is the budget, and it caps the tier.
-            ("24 GB GPU in a 12 GiB cgroup", 12 * GIB, &[24564 * MIB], Tier::Tier1Commodity),
-            ("80 GB GPU in a 4 GiB cgroup", 4 * GIB, &[81559 * MIB], Tier::CpuOnly),
-            ("eight 80 GB GPUs in a 64 GiB cgroup", 64 * GIB, &[81920 * MIB; 8], Tier::Tier3HighEnd),
+            (
+                "24 GB GPU in a 12 GiB cgroup",
+                12 * GIB,
+                &[24564 * MIB],
+                Tier::Tier1Commodity,
+            ),
+            (
+                "80 GB GPU in a 4 GiB cgroup",
+                4 * GIB,
+                &[81559 * MIB],
+                Tier::CpuOnly,
+            ),
+            (
+                "eight 80 GB GPUs in a 64 GiB cgroup",
+                64 * GIB,
+                &[81920 * MIB; 8],
+                Tier::Tier3HighEnd,
+            ),
         ];
         for &(case, host, gpus, want) in cases {
             let got = decide(&TierInput {
@@ -204,11 +308,24 @@ mod tests {
 
     #[test]
     fn the_rule_says_why() {
-        let d = decide(&TierInput { host_budget_bytes: 8 * GIB, gpu_memory_bytes: vec![] });
+        let d = decide(&TierInput {
+            host_budget_bytes: 8 * GIB,
+            gpu_memory_bytes: vec![],
+        });
         assert_eq!(d.rule, "no NVIDIA GPU found");
-        let d = decide(&TierInput { host_budget_bytes: 12 * GIB, gpu_memory_bytes: vec![24564 * MIB] });
-        assert!(d.rule.contains("TIER_2_PROSUMER") && d.rule.contains("12.9 GB"), "{}", d.rule);
-        let d = decide(&TierInput { host_budget_bytes: 1 << 40, gpu_memory_bytes: vec![81920 * MIB; 8] });
+        let d = decide(&TierInput {
+            host_budget_bytes: 12 * GIB,
+            gpu_memory_bytes: vec![24564 * MIB],
+        });
+        assert!(
+            d.rule.contains("TIER_2_PROSUMER") && d.rule.contains("12.9 GB"),
+            "{}",
+            d.rule
+        );
+        let d = decide(&TierInput {
+            host_budget_bytes: 1 << 40,
+            gpu_memory_bytes: vec![81920 * MIB; 8],
+        });
         assert_eq!(d.rule, "8 GPUs (8 or more)");
     }
 
@@ -217,7 +334,10 @@ mod tests {
         for t in Tier::ALL {
             assert_eq!(t.name().parse::<Tier>(), Ok(t));
             assert_eq!(t.file_stem().parse::<Tier>(), Ok(t));
-            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", t.name()));
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("\"{}\"", t.name())
+            );
         }
         assert!("TIER_9".parse::<Tier>().unwrap_err().contains("CPU_ONLY"));
     }

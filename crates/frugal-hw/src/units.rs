@@ -106,7 +106,14 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_with_the_value_named() {
-        for text in ["", "GiB", "12 parsecs", "1.2.3GB", "-5MB", "99999999999999999999TB"] {
+        for text in [
+            "",
+            "GiB",
+            "12 parsecs",
+            "1.2.3GB",
+            "-5MB",
+            "99999999999999999999TB",
+        ] {
             let err = parse_bytes(text).unwrap_err();
             assert!(err.contains(&format!("`{text}`")), "{err}");
         }

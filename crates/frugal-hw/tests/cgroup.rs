@@ -7,22 +7,66 @@ use frugal_hw::{CgroupVersion, Cgroups};
 const GIB: u64 = 1 << 30;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cgroup")
+        .join(name)
 }
 
 /// (fixture, version, limit, usage, directory the limit came from)
-type MemoryCase = (&'static str, CgroupVersion, Option<u64>, Option<u64>, Option<&'static str>);
+type MemoryCase = (
+    &'static str,
+    CgroupVersion,
+    Option<u64>,
+    Option<u64>,
+    Option<&'static str>,
+);
 
 #[test]
 fn memory_limits_table() {
     let cases: &[MemoryCase] = &[
         ("v1-unlimited", CgroupVersion::V1, None, Some(GIB), None),
-        ("v1-limited", CgroupVersion::V1, Some(2 * GIB), Some(50 << 20), Some("sys/fs/cgroup/memory")),
-        ("v1-nested", CgroupVersion::V1, Some(3 * GIB), Some(4096), Some("sys/fs/cgroup/memory/batch/job7")),
-        ("v1-container-nested", CgroupVersion::V1, Some(GIB), Some(8192), Some("sys/fs/cgroup/memory")),
-        ("v2-unlimited", CgroupVersion::V2, None, Some(700 << 20), None),
-        ("v2-limited", CgroupVersion::V2, Some(4 * GIB), Some(100 << 20), Some("sys/fs/cgroup")),
-        ("v2-nested", CgroupVersion::V2, Some(6 * GIB), Some(123), Some("sys/fs/cgroup/work.slice/train.slice")),
+        (
+            "v1-limited",
+            CgroupVersion::V1,
+            Some(2 * GIB),
+            Some(50 << 20),
+            Some("sys/fs/cgroup/memory"),
+        ),
+        (
+            "v1-nested",
+            CgroupVersion::V1,
+            Some(3 * GIB),
+            Some(4096),
+            Some("sys/fs/cgroup/memory/batch/job7"),
+        ),
+        (
+            "v1-container-nested",
+            CgroupVersion::V1,
+            Some(GIB),
+            Some(8192),
+            Some("sys/fs/cgroup/memory"),
+        ),
+        (
+            "v2-unlimited",
+            CgroupVersion::V2,
+            None,
+            Some(700 << 20),
+            None,
+        ),
+        (
+            "v2-limited",
+            CgroupVersion::V2,
+            Some(4 * GIB),
+            Some(100 << 20),
+            Some("sys/fs/cgroup"),
+        ),
+        (
+            "v2-nested",
+            CgroupVersion::V2,
+            Some(6 * GIB),
+            Some(123),
+            Some("sys/fs/cgroup/work.slice/train.slice"),
+        ),
     ];
     for &(name, version, limit, usage, limited_by) in cases {
         let root = fixture(name);
@@ -47,7 +91,10 @@ fn cgroup_directories_resolve_through_the_mount_root() {
 
     let root = fixture("v2-nested");
     let mem = Cgroups::at(&root).memory().unwrap().unwrap();
-    assert_eq!(mem.dir, root.join("sys/fs/cgroup/work.slice/train.slice/run-42.scope"));
+    assert_eq!(
+        mem.dir,
+        root.join("sys/fs/cgroup/work.slice/train.slice/run-42.scope")
+    );
 }
 
 #[test]
@@ -61,14 +108,21 @@ fn cpu_quota_table() {
         ("none", None),
     ];
     for &(name, want) in cases {
-        assert_eq!(Cgroups::at(fixture(name)).cpu_quota_cores().unwrap(), want, "{name}");
+        assert_eq!(
+            Cgroups::at(fixture(name)).cpu_quota_cores().unwrap(),
+            want,
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn no_cgroup_mount_means_no_controller() {
     assert_eq!(Cgroups::at(fixture("none")).memory().unwrap(), None);
-    assert_eq!(Cgroups::at(fixture("does-not-exist")).memory().unwrap(), None);
+    assert_eq!(
+        Cgroups::at(fixture("does-not-exist")).memory().unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -22,7 +22,10 @@ fn meter_measures_known_allocations() {
 }
 
 fn allocating_200_mib_raises_the_peak_by_200_to_230_mib() {
-    for meter in [MemoryMeter::new(), MemoryMeter::new().sampling(Duration::from_millis(1))] {
+    for meter in [
+        MemoryMeter::new(),
+        MemoryMeter::new().sampling(Duration::from_millis(1)),
+    ] {
         let window = meter.window().unwrap();
         let data = touch(200 * MIB as usize);
         let during = window.peak_bytes();
@@ -52,9 +55,17 @@ fn windows_nest_without_losing_the_outer_peak() {
     let inner = inner.finish();
     let outer = outer.finish();
     if outer.method == PeakMethod::KernelHighWaterMark {
-        assert!(inner.rise_bytes() < 60 * MIB, "inner rose {} MiB", inner.rise_bytes() / MIB);
+        assert!(
+            inner.rise_bytes() < 60 * MIB,
+            "inner rose {} MiB",
+            inner.rise_bytes() / MIB
+        );
     }
-    assert!(outer.rise_bytes() >= 110 * MIB, "outer rose {} MiB", outer.rise_bytes() / MIB);
+    assert!(
+        outer.rise_bytes() >= 110 * MIB,
+        "outer rose {} MiB",
+        outer.rise_bytes() / MIB
+    );
     let sample = meter.sample().unwrap();
     assert!(sample.peak_rss_bytes >= outer.peak_rss_bytes);
 }

@@ -34,7 +34,11 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
                 write!(out, "{}", toml::to_string_pretty(&parsed)?)?;
             }
         }
-        ConfigCommand::Preset { workload, tier, presets: dir } => {
+        ConfigCommand::Preset {
+            workload,
+            tier,
+            presets: dir,
+        } => {
             let tier = match tier {
                 Some(t) => t,
                 None => machine_tier()?,
@@ -49,6 +53,7 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
 }
 
 fn machine_tier() -> Result<Tier> {
-    let report = frugal_hw::probe(&frugal_hw::ProbeOptions::default()).context("probing this machine")?;
+    let report =
+        frugal_hw::probe(&frugal_hw::ProbeOptions::default()).context("probing this machine")?;
     Ok(report.tier.tier)
 }

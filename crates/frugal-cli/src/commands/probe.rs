@@ -4,8 +4,8 @@ use std::io::Write;
 use anyhow::Result;
 use frugal_hw::units::Bytes;
 use frugal_hw::{
-    CpuInfo, DiskBench, DiskInfo, GpuInfo, HardwareReport, MemoryInfo, PresetOrigin, ProbeOptions, Tier, Workload,
-    preset,
+    CpuInfo, DiskBench, DiskInfo, GpuInfo, HardwareReport, MemoryInfo, PresetOrigin, ProbeOptions,
+    Tier, Workload, preset,
 };
 use serde::Serialize;
 
@@ -56,13 +56,24 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
             PresetOrigin::Builtin(path) => ((*path).to_owned(), true),
             PresetOrigin::User(path) => (path.display().to_string(), false),
         };
-        chosen.insert(workload.name(), PresetJson { tier: p.tier, source, builtin, config });
+        chosen.insert(
+            workload.name(),
+            PresetJson {
+                tier: p.tier,
+                source,
+                builtin,
+                config,
+            },
+        );
     }
     if args.json {
         let doc = ProbeJson {
             cpu: &report.cpu,
             memory: &report.memory,
-            disk: DiskJson { info: &report.disk, bench: report.disk_bench.as_ref() },
+            disk: DiskJson {
+                info: &report.disk,
+                bench: report.disk_bench.as_ref(),
+            },
             gpus: &report.gpu.gpus,
             gpu_driver_version: report.gpu.driver_version.as_deref(),
             gpu_unavailable_reason: report.gpu.unavailable_reason.as_deref(),
@@ -78,12 +89,22 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn write_table(r: &HardwareReport, presets: &BTreeMap<&'static str, PresetJson>, out: &mut dyn Write) -> Result<()> {
+fn write_table(
+    r: &HardwareReport,
+    presets: &BTreeMap<&'static str, PresetJson>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let cpu = &r.cpu;
     writeln!(out, "{:<9}{}", "CPU", cpu.model)?;
-    let mut cores = format!("{} logical cores, {} physical", cpu.logical_cores, cpu.physical_cores);
+    let mut cores = format!(
+        "{} logical cores, {} physical",
+        cpu.logical_cores, cpu.physical_cores
+    );
     if cpu.online_cores != cpu.logical_cores {
-        cores += &format!(" ({} online, the rest outside this process's affinity)", cpu.online_cores);
+        cores += &format!(
+            " ({} online, the rest outside this process's affinity)",
+            cpu.online_cores
+        );
     }
     if let Some(q) = cpu.cgroup_quota_cores {
         cores += &format!("; cgroup quota {q:.2} cores");
@@ -105,14 +126,22 @@ fn write_table(r: &HardwareReport, presets: &BTreeMap<&'static str, PresetJson>,
     )?;
     match &m.cgroup {
         Some(cg) => {
-            let limit = cg.limit_bytes.map_or("no limit".to_owned(), |l| format!("limit {}", Bytes(l)));
-            let usage = cg.usage_bytes.map_or(String::new(), |u| format!(", {} in use", Bytes(u)));
+            let limit = cg
+                .limit_bytes
+                .map_or("no limit".to_owned(), |l| format!("limit {}", Bytes(l)));
+            let usage = cg
+                .usage_bytes
+                .map_or(String::new(), |u| format!(", {} in use", Bytes(u)));
             let version = serde_plain(&cg.version);
             writeln!(out, "{:<9}cgroup {version} {}: {limit}{usage}", "", cg.path)?;
         }
         None => writeln!(out, "{:<9}no cgroup memory controller", "")?,
     }
-    let why = if m.cgroup_limit_bytes.is_some_and(|l| l < m.total_bytes) { "the cgroup limit" } else { "physical RAM" };
+    let why = if m.cgroup_limit_bytes.is_some_and(|l| l < m.total_bytes) {
+        "the cgroup limit"
+    } else {
+        "physical RAM"
+    };
     writeln!(out, "{:<9}budget {} ({why})", "", Bytes(m.budget_bytes))?;
 
     let d = &r.disk;
@@ -151,7 +180,10 @@ fn write_table(r: &HardwareReport, presets: &BTreeMap<&'static str, PresetJson>,
             Bytes(g.memory_free_bytes),
             g.compute_capability.as_deref().unwrap_or("?"),
             if i == 0 {
-                r.gpu.driver_version.as_deref().map_or(String::new(), |v| format!(", driver {v}"))
+                r.gpu
+                    .driver_version
+                    .as_deref()
+                    .map_or(String::new(), |v| format!(", driver {v}"))
             } else {
                 String::new()
             }
@@ -168,7 +200,11 @@ fn write_table(r: &HardwareReport, presets: &BTreeMap<&'static str, PresetJson>,
             "{:<9}{name:<11}{}{}  device={} precision={} batch={} accum={} checkpointing={}",
             if first { "Presets" } else { "" },
             p.source,
-            if p.tier == r.tier.tier { String::new() } else { format!(" (nearest: {})", p.tier) },
+            if p.tier == r.tier.tier {
+                String::new()
+            } else {
+                format!(" (nearest: {})", p.tier)
+            },
             serde_plain(&c.device),
             serde_plain(&c.precision),
             c.batch_size,

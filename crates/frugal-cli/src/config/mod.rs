@@ -21,7 +21,11 @@ pub(crate) use schema::AnyConfig;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Location {
     /// A line and column (1-based, columns in characters) in the file.
-    File { path: PathBuf, line: usize, col: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+    },
     /// A column in one `--set` argument.
     Override { arg: String, col: usize },
 }
@@ -74,7 +78,11 @@ impl Source {
     }
 
     /// A configuration held in memory (a built-in preset), named `path` in errors.
-    pub(crate) fn new(path: impl Into<PathBuf>, text: impl Into<String>, overrides: &[String]) -> Self {
+    pub(crate) fn new(
+        path: impl Into<PathBuf>,
+        text: impl Into<String>,
+        overrides: &[String],
+    ) -> Self {
         let text = text.into();
         let mut start = text.len() + 1;
         let mut padded_values = Vec::with_capacity(overrides.len());
@@ -84,7 +92,11 @@ impl Source {
                 None => (start + arg.len(), ""),
             };
             // value_start >= 2 always: the key before `=` is at least one character.
-            padded_values.push(format!("{:pad$}v={value}", "", pad = value_start.saturating_sub(2)));
+            padded_values.push(format!(
+                "{:pad$}v={value}",
+                "",
+                pad = value_start.saturating_sub(2)
+            ));
             start += arg.len() + 1;
         }
         Self {
@@ -113,7 +125,10 @@ impl Source {
             if pos <= start + arg.len() {
                 let rel = pos.saturating_sub(start).min(arg.len());
                 let col = arg[..floor_char_boundary(arg, rel)].chars().count() + 1;
-                return Location::Override { arg: arg.clone(), col };
+                return Location::Override {
+                    arg: arg.clone(),
+                    col,
+                };
             }
             start += arg.len() + 1;
         }
@@ -204,7 +219,10 @@ fn apply_override<'a>(
 ) -> Result<(), OverrideError> {
     let whole = start..start + arg.len();
     let Some(eq) = arg.find('=') else {
-        return Err((whole, "expected KEY=VALUE, e.g. `--set compute.batch_size=64`".into()));
+        return Err((
+            whole,
+            "expected KEY=VALUE, e.g. `--set compute.batch_size=64`".into(),
+        ));
     };
     let (key, raw_value) = (&arg[..eq], &arg[eq + 1..]);
     let mut segments = Vec::new();
@@ -212,8 +230,15 @@ fn apply_override<'a>(
     for segment in key.split('.') {
         let span = at..at + segment.len();
         let trimmed = segment.trim();
-        if trimmed.is_empty() || !trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err((span, format!("`{key}` is not a key path (use names like compute.batch_size)")));
+        if trimmed.is_empty()
+            || !trimmed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err((
+                span,
+                format!("`{key}` is not a key path (use names like compute.batch_size)"),
+            ));
         }
         segments.push((trimmed.to_owned(), span));
         at += segment.len() + 1;
@@ -232,7 +257,9 @@ fn apply_override<'a>(
         )
     });
 
-    let (last, parents) = segments.split_last().expect("split yields at least one segment");
+    let (last, parents) = segments
+        .split_last()
+        .expect("split yields at least one segment");
     let mut table = root.get_mut();
     let mut walked = Vec::new();
     for (name, span) in parents {
@@ -245,11 +272,112 @@ fn apply_override<'a>(
             other => {
                 return Err((
                     span.clone(),
-                    format!("`{}` is a {}, not a table", walked.join("."), other.type_str()),
+                    format!(
+                        "`{}` is a {}, not a table",
+                        walked.join("."),
+                        other.type_str()
+                    ),
                 ));
             }
         }
     }
-    table.insert(Spanned::new(last.1.clone(), DeString::Owned(last.0.clone())), value);
+    table.insert(
+        Spanned::new(last.1.clone(), DeString::Owned(last.0.clone())),
+        value,
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file_location(loc: Location) -> (usize, usize) {
+        match loc {
+            Location::File { line, col, .. } => (line, col),
+            other => panic!("expected a file location, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let src = Source::new("f.toml", "a = \"é\"\nbé = 1\n", &[]);
+        assert_eq!(file_location(src.locate(0)), (1, 1));
+        assert_eq!(file_location(src.locate(9)), (2, 1));
+        // 'b' then the two-byte 'é', then the space: the third character.
+        assert_eq!(file_location(src.locate(12)), (2, 3));
+    }
+
+    #[test]
+    fn positions_past_the_file_belong_to_overrides() {
+        let src = Source::new("f.toml", "x = 1\n", &["a.b=1".into(), "c=zz".into()]);
+        let start_second = 6 + 1 + 5 + 1;
+        assert_eq!(
+            src.locate(start_second + 2),
+            Location::Override {
+                arg: "c=zz".into(),
+                col: 3
+            }
+        );
+        assert_eq!(
+            src.locate(7),
+            Location::Override {
+                arg: "a.b=1".into(),
+                col: 1
+            }
+        );
+    }
+
+    #[test]
+    fn overrides_create_missing_tables_and_replace_values() {
+        let src = Source::new(
+            "f.toml",
+            "[a]\nb = 1\n",
+            &["a.b=2".into(), "x.y.z=\"s\"".into(), "w=plain text".into()],
+        );
+        let doc = src.document().unwrap();
+        assert_eq!(
+            doc.get(&["a", "b"])
+                .unwrap()
+                .get_ref()
+                .as_integer()
+                .unwrap()
+                .as_str(),
+            "2"
+        );
+        assert_eq!(
+            doc.get(&["x", "y", "z"]).unwrap().get_ref().as_str(),
+            Some("s")
+        );
+        assert_eq!(
+            doc.get(&["w"]).unwrap().get_ref().as_str(),
+            Some("plain text")
+        );
+    }
+
+    #[test]
+    fn an_override_cannot_smuggle_in_other_keys() {
+        let src = Source::new("f.toml", "", &["a=1\nb=2".into()]);
+        let doc = src.document().unwrap();
+        // Not a single TOML value, so it is taken as the literal string.
+        assert_eq!(doc.get(&["a"]).unwrap().get_ref().as_str(), Some("1\nb=2"));
+        assert!(doc.get(&["b"]).is_none());
+    }
+
+    proptest! {
+        /// Every position maps to a line and column from which the position can be
+        /// recomputed: no off-by-one at line ends, none with multi-byte characters.
+        #[test]
+        fn locate_inverts_line_and_column(lines in prop::collection::vec("[a-zé= \"ü1]{0,12}", 1..8), pick in any::<prop::sample::Index>()) {
+            let text = lines.join("\n");
+            let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            let pos = boundaries[pick.index(boundaries.len())];
+            let src = Source::new("f.toml", text.clone(), &[]);
+            let (line, col) = file_location(src.locate(pos));
+            let line_start: usize = text.split('\n').take(line - 1).map(|l| l.len() + 1).sum();
+            let back = line_start + text[line_start..].chars().take(col - 1).map(char::len_utf8).sum::<usize>();
+            prop_assert_eq!(back, pos);
+        }
+    }
 }

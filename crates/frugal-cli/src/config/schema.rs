@@ -241,7 +241,10 @@ impl AnyConfig {
     pub(crate) fn from_document(doc: &Document<'_>) -> Result<Self, ConfigError> {
         let names = Workload::ALL.map(|w| w.name()).join(", ");
         let Some(value) = doc.get(&["workload"]) else {
-            return Err(doc.error_at_key(&[], format!("missing key `workload`: name the family this file configures ({names})")));
+            return Err(doc.error_at_key(
+                &[],
+                format!("missing key `workload`: name the family this file configures ({names})"),
+            ));
         };
         let workload = value
             .get_ref()
@@ -265,8 +268,16 @@ impl AnyConfig {
             }
         };
         let c = self.compute();
-        check(c.batch_size >= 1, &["compute", "batch_size"], "must be at least 1");
-        check(c.grad_accum >= 1, &["compute", "grad_accum"], "must be at least 1");
+        check(
+            c.batch_size >= 1,
+            &["compute", "batch_size"],
+            "must be at least 1",
+        );
+        check(
+            c.grad_accum >= 1,
+            &["compute", "grad_accum"],
+            "must be at least 1",
+        );
         check(
             c.checkpoint_segments.is_none_or(|s| s >= 1),
             &["compute", "checkpoint_segments"],
@@ -274,19 +285,39 @@ impl AnyConfig {
         );
         match self {
             AnyConfig::Classifier(c) => {
-                check(!c.model.hidden.is_empty(), &["model", "hidden"], "needs at least one layer");
-                check(c.model.hidden.iter().all(|&h| h > 0), &["model", "hidden"], "widths must be positive");
-                check((0.0..1.0).contains(&c.model.dropout), &["model", "dropout"], "must be in [0, 1)");
+                check(
+                    !c.model.hidden.is_empty(),
+                    &["model", "hidden"],
+                    "needs at least one layer",
+                );
+                check(
+                    c.model.hidden.iter().all(|&h| h > 0),
+                    &["model", "hidden"],
+                    "widths must be positive",
+                );
+                check(
+                    (0.0..1.0).contains(&c.model.dropout),
+                    &["model", "dropout"],
+                    "must be in [0, 1)",
+                );
             }
             AnyConfig::Particles(c) => {
                 let m = &c.model;
-                check(m.particles >= 2, &["model", "particles"], "must be at least 2");
+                check(
+                    m.particles >= 2,
+                    &["model", "particles"],
+                    "must be at least 2",
+                );
                 check(
                     m.neighbours >= 1 && m.neighbours < m.particles,
                     &["model", "neighbours"],
                     "must be at least 1 and fewer than `model.particles`",
                 );
-                check(m.hidden >= 1 && m.layers >= 1, &["model", "layers"], "hidden width and layers must be positive");
+                check(
+                    m.hidden >= 1 && m.layers >= 1,
+                    &["model", "layers"],
+                    "hidden width and layers must be positive",
+                );
             }
             AnyConfig::Operator(c) => {
                 let m = &c.model;
@@ -304,12 +335,28 @@ impl AnyConfig {
                     &["model", "n_heads"],
                     "must divide `model.d_model`",
                 );
-                check(m.damping > 0.0 && m.damping <= 1.0, &["model", "damping"], "must be in (0, 1]");
-                check(m.max_iters >= 1, &["model", "max_iters"], "must be at least 1");
+                check(
+                    m.damping > 0.0 && m.damping <= 1.0,
+                    &["model", "damping"],
+                    "must be in (0, 1]",
+                );
+                check(
+                    m.max_iters >= 1,
+                    &["model", "max_iters"],
+                    "must be at least 1",
+                );
             }
             AnyConfig::Evolve(c) => {
-                check(c.search.population >= 2, &["search", "population"], "must be at least 2");
-                check(c.search.generations >= 1, &["search", "generations"], "must be at least 1");
+                check(
+                    c.search.population >= 2,
+                    &["search", "population"],
+                    "must be at least 2",
+                );
+                check(
+                    c.search.generations >= 1,
+                    &["search", "generations"],
+                    "must be at least 1",
+                );
             }
         }
         out
