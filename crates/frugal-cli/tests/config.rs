@@ -2,14 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 
-fn frugal() -> Command {
-    let mut cmd = Command::cargo_bin("frugal").unwrap();
-    cmd.env("FRUGAL_PRESETS_DIR", "/nonexistent/frugal-presets");
-    cmd
-}
+mod common;
+use common::frugal;
 
 const GOOD: &str = r#"workload = "eqprop"
 output_dir = "runs/eq"
@@ -64,86 +60,61 @@ fn a_good_file_passes() {
 }
 
 #[test]
-fn an_unknown_key_is_reported_at_its_line_and_column() {
+fn errors_are_reported_at_their_line_and_column() {
+    // (case, file text, LINE:COL, words the message must contain)
+    let extra_table = format!("{GOOD}\n[extra]\nthing = 1\n");
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "unknown key",
+            &GOOD.replace("batch_size = 16", "  batch_sise = 16"),
+            "6:3",
+            &["unknown field `batch_sise`", "`batch_size`"],
+        ),
+        ("unknown table", &extra_table, "15:2", &["`extra`"]),
+        (
+            "wrong type",
+            &GOOD.replace("d_ff = 256", "d_ff = \"wide\""),
+            "11:8",
+            &["expected u32"],
+        ),
+        (
+            "unknown variant",
+            &GOOD.replace("device = \"cpu\"", "device = \"tpu\""),
+            "5:10",
+            &["tpu"],
+        ),
+        (
+            "syntax",
+            "workload = \"eqprop\"\noutput_dir = [\n",
+            "2:15",
+            &["unclosed array"],
+        ),
+        (
+            "values that disagree",
+            &GOOD.replace("n_heads = 4", "n_heads = 5"),
+            "10:11",
+            &["model.n_heads", "divide"],
+        ),
+        ("no workload", "output_dir = \"x\"\n", "1:1", &["workload"]),
+        (
+            "unknown workload",
+            "workload = \"gan\"\n",
+            "1:12",
+            &["gan", "classifier"],
+        ),
+    ];
     let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "typo.toml",
-        &GOOD.replace("batch_size = 16", "  batch_sise = 16"),
-    );
-    let err = check_fails(&file, &[]);
-    assert!(err.contains(&format!("{}:6:3:", file.display())), "{err}");
-    assert!(err.contains("unknown field `batch_sise`"), "{err}");
-    assert!(
-        err.contains("`batch_size`"),
-        "the message lists the valid keys: {err}"
-    );
-
-    let file = write(
-        dir.path(),
-        "top.toml",
-        &format!("{GOOD}\n[extra]\nthing = 1\n"),
-    );
-    let err = check_fails(&file, &[]);
-    assert!(
-        err.contains(&format!("{}:15:2:", file.display())) && err.contains("`extra`"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_wrong_type_is_reported_at_the_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "type.toml",
-        &GOOD.replace("d_ff = 256", "d_ff = \"wide\""),
-    );
-    let err = check_fails(&file, &[]);
-    assert!(err.contains(&format!("{}:11:8:", file.display())), "{err}");
-    assert!(err.contains("expected u32"), "{err}");
-
-    let file = write(
-        dir.path(),
-        "enum.toml",
-        &GOOD.replace("device = \"cpu\"", "device = \"tpu\""),
-    );
-    let err = check_fails(&file, &[]);
-    assert!(
-        err.contains(&format!("{}:5:10:", file.display())) && err.contains("tpu"),
-        "{err}"
-    );
-}
-
-#[test]
-fn syntax_errors_and_bad_values_are_located() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "syntax.toml",
-        "workload = \"eqprop\"\noutput_dir = [\n",
-    );
-    let err = check_fails(&file, &[]);
-    assert!(err.contains(&format!("{}:2:", file.display())), "{err}");
-
-    let file = write(
-        dir.path(),
-        "heads.toml",
-        &GOOD.replace("n_heads = 4", "n_heads = 5"),
-    );
-    let err = check_fails(&file, &[]);
-    assert!(
-        err.contains(&format!("{}:10:11:", file.display())) && err.contains("model.n_heads"),
-        "{err}"
-    );
-
-    let file = write(dir.path(), "noworkload.toml", "output_dir = \"x\"\n");
-    let err = check_fails(&file, &[]);
-    assert!(
-        err.contains(&format!("{}:1:1:", file.display())) && err.contains("workload"),
-        "{err}"
-    );
-
+    for (i, &(case, text, at, words)) in cases.iter().enumerate() {
+        let file = write(dir.path(), &format!("case{i}.toml"), text);
+        let err = check_fails(&file, &[]);
+        assert!(
+            err.contains(&format!("{}:{at}: ", file.display())),
+            "{case}: {err}"
+        );
+        for w in words {
+            assert!(err.contains(w), "{case}: no `{w}` in {err}");
+        }
+    }
     let missing = dir.path().join("missing.toml");
     let err = check_fails(&missing, &[]);
     assert!(

@@ -1,15 +1,10 @@
 //! `frugal probe` through the real binary, checked against the machine it runs on.
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
-fn frugal() -> Command {
-    let mut cmd = Command::cargo_bin("frugal").unwrap();
-    // Presets come from the repository alone, whatever the developer has configured.
-    cmd.env("FRUGAL_PRESETS_DIR", "/nonexistent/frugal-presets");
-    cmd
-}
+mod common;
+use common::frugal;
 
 fn probe_json(extra: &[&str]) -> Value {
     let out = frugal()
