@@ -66,6 +66,17 @@ struct Mount {
     options: Vec<String>,
 }
 
+impl CgroupMemory {
+    /// The file holding the cgroup's current usage (`memory.current` or
+    /// `memory.usage_in_bytes`), for readers that poll it.
+    pub fn usage_path(&self) -> PathBuf {
+        self.dir.join(match self.version {
+            CgroupVersion::V1 => "memory.usage_in_bytes",
+            CgroupVersion::V2 => "memory.current",
+        })
+    }
+}
+
 impl Default for Cgroups {
     fn default() -> Self {
         Self::system()
@@ -94,9 +105,9 @@ impl Cgroups {
         let Some((version, path, dir, mount_point)) = self.locate("memory")? else {
             return Ok(None);
         };
-        let (limit_file, usage_file) = match version {
-            CgroupVersion::V1 => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
-            CgroupVersion::V2 => ("memory.max", "memory.current"),
+        let limit_file = match version {
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+            CgroupVersion::V2 => "memory.max",
         };
         let mut limit: Option<(u64, PathBuf)> = None;
         let mut consider = |value: Option<u64>, at: &Path| {
@@ -130,29 +141,23 @@ impl Cgroups {
                 consider(value.filter(|&v| v < UNLIMITED_AT), &dir);
             }
         }
-        let usage_path = dir.join(usage_file);
-        let usage_bytes = if usage_path.exists() {
-            Some(parse_number(&usage_path, &read_to_string(&usage_path)?)?)
-        } else {
-            None
-        };
         let (limit_bytes, limited_by) = match limit {
             Some((v, at)) => (Some(v), Some(at)),
             None => (None, None),
         };
-        Ok(Some(CgroupMemory {
+        let mut memory = CgroupMemory {
             version,
             path,
             dir,
             limit_bytes,
             limited_by,
-            usage_bytes,
-        }))
-    }
-
-    /// Memory charged to our cgroup now, cheaply, for the memory meter.
-    pub fn memory_usage(&self) -> Option<u64> {
-        self.memory().ok().flatten().and_then(|m| m.usage_bytes)
+            usage_bytes: None,
+        };
+        let usage_path = memory.usage_path();
+        if usage_path.exists() {
+            memory.usage_bytes = Some(parse_number(&usage_path, &read_to_string(&usage_path)?)?);
+        }
+        Ok(Some(memory))
     }
 
     /// The CPU bandwidth quota in cores (`cpu.max` or `cpu.cfs_quota_us`), `None` when

@@ -7,7 +7,7 @@
 //! Where the kernel refuses the reset, the window samples `VmRSS` from a thread instead,
 //! which can miss a spike shorter than its interval: the report says which was used.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -67,7 +67,8 @@ impl PeakReport {
 
 /// Reads memory use; cheap to create, and keeps NVML open once a GPU reading is asked for.
 pub struct MemoryMeter {
-    cgroups: Cgroups,
+    /// Resolved once: finding the cgroup walks several /proc files.
+    cgroup_usage: Option<PathBuf>,
     nvml: OnceLock<Option<Nvml>>,
     sample_interval: Duration,
     force_sampling: bool,
@@ -92,7 +93,11 @@ impl MemoryMeter {
     /// A meter for this process.
     pub fn new() -> Self {
         Self {
-            cgroups: Cgroups::system(),
+            cgroup_usage: Cgroups::system()
+                .memory()
+                .ok()
+                .flatten()
+                .map(|m| m.usage_path()),
             nvml: OnceLock::new(),
             sample_interval: Duration::from_millis(1),
             force_sampling: false,
@@ -114,7 +119,11 @@ impl MemoryMeter {
         Ok(MemorySample {
             rss_bytes: status.rss,
             peak_rss_bytes: status.hwm.max(LIFETIME_PEAK.load(Ordering::Relaxed)),
-            cgroup_usage_bytes: self.cgroups.memory_usage(),
+            cgroup_usage_bytes: self
+                .cgroup_usage
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| t.trim().parse().ok()),
             gpu_used_bytes: nvml.and_then(gpu::used_bytes),
             gpu_process_bytes: nvml.and_then(|n| gpu::used_by_process(n, std::process::id())),
         })
@@ -280,5 +289,9 @@ mod tests {
         let s = MemoryMeter::new().sample().unwrap();
         assert!(s.rss_bytes > 0);
         assert!(s.peak_rss_bytes >= s.rss_bytes);
+        if let Ok(Some(cg)) = Cgroups::system().memory() {
+            // Our own pages are charged to our cgroup.
+            assert!(cg.usage_path().exists() == s.cgroup_usage_bytes.is_some());
+        }
     }
 }
