@@ -127,23 +127,18 @@ fn errors_are_reported_at_their_line_and_column() {
 fn set_overrides_keys_and_its_errors_name_the_argument() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "good.toml", GOOD);
-    let out = frugal()
-        .args(["config", "show", "--json"])
-        .arg(&file)
-        .args([
-            "--set",
-            "compute.batch_size=64",
-            "--set",
-            "compute.precision=bf16",
-        ])
-        .args([
-            "--set",
-            "output_dir=elsewhere",
-            "--set",
-            "model.hidden_layers_gone=1",
-        ])
-        .output()
-        .unwrap();
+    let show = |last: &str| {
+        frugal()
+            .args(["config", "show", "--json"])
+            .arg(&file)
+            .args(["--set", "compute.batch_size=64"])
+            .args(["--set", "compute.precision=bf16"])
+            .args(["--set", "output_dir=elsewhere"])
+            .args(["--set", last])
+            .output()
+            .unwrap()
+    };
+    let out = show("model.hidden_layers_gone=1");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
@@ -151,23 +146,7 @@ fn set_overrides_keys_and_its_errors_name_the_argument() {
         "{err}"
     );
 
-    let out = frugal()
-        .args(["config", "show", "--json"])
-        .arg(&file)
-        .args([
-            "--set",
-            "compute.batch_size=64",
-            "--set",
-            "compute.precision=bf16",
-        ])
-        .args([
-            "--set",
-            "output_dir=elsewhere",
-            "--set",
-            "compute.checkpointing=true",
-        ])
-        .output()
-        .unwrap();
+    let out = show("compute.checkpointing=true");
     assert!(
         out.status.success(),
         "{}",
