@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use frugal_hw::{Preset, PresetOrigin, preset};
+use frugal_hw::{Preset, preset};
 
 use crate::args::PresetDirArg;
 use crate::config::{AnyConfig, ConfigError, Location, Source};
@@ -15,10 +15,7 @@ pub(crate) fn user_dir(arg: &PresetDirArg) -> Option<PathBuf> {
 /// Parses a preset as the workload configuration it is, and checks that it configures
 /// the family it is filed under.
 pub(crate) fn parse(preset: &Preset) -> Result<AnyConfig, ConfigError> {
-    let name = match &preset.origin {
-        PresetOrigin::Builtin(path) => PathBuf::from(path),
-        PresetOrigin::User(path) => path.clone(),
-    };
+    let name = preset.origin.path().to_path_buf();
     let source = Source::new(&name, preset.text.clone(), &[]);
     let config = AnyConfig::from_document(&source.document()?)?;
     if config.workload() != preset.workload {

@@ -350,7 +350,9 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
+            // At most \377: a larger escape is not a byte, so it stays as written.
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
@@ -375,6 +377,7 @@ mod tests {
         assert_eq!(unescape_octal(r"/mnt/my\040disk"), "/mnt/my disk");
         assert_eq!(unescape_octal(r"/plain"), "/plain");
         assert_eq!(unescape_octal(r"/end\04"), r"/end\04");
+        assert_eq!(unescape_octal(r"/not\777a\byte"), r"/not\777a\byte");
     }
 
     #[test]

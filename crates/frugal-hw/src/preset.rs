@@ -74,8 +74,7 @@ impl FromStr for Workload {
 }
 
 /// Where a preset's text came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "path", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresetOrigin {
     /// Compiled in; the path is where it lives in the source tree.
     Builtin(&'static str),
@@ -83,12 +82,18 @@ pub enum PresetOrigin {
     User(PathBuf),
 }
 
-impl fmt::Display for PresetOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl PresetOrigin {
+    /// The file: a source-tree path for a built-in preset, the user's path otherwise.
+    pub fn path(&self) -> &Path {
         match self {
-            PresetOrigin::Builtin(p) => write!(f, "{p} (built in)"),
-            PresetOrigin::User(p) => write!(f, "{}", p.display()),
+            PresetOrigin::Builtin(p) => Path::new(p),
+            PresetOrigin::User(p) => p,
         }
+    }
+
+    /// Whether it is compiled in.
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, PresetOrigin::Builtin(_))
     }
 }
 

@@ -4,8 +4,8 @@ use std::io::Write;
 use anyhow::Result;
 use frugal_hw::units::Bytes;
 use frugal_hw::{
-    CpuInfo, DiskBench, DiskInfo, GpuInfo, HardwareReport, MemoryInfo, PresetOrigin, ProbeOptions,
-    Tier, Workload, preset,
+    CpuInfo, DiskBench, DiskInfo, GpuInfo, HardwareReport, MemoryInfo, ProbeOptions, Tier,
+    Workload, preset,
 };
 use serde::Serialize;
 
@@ -52,16 +52,12 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
     for workload in Workload::ALL {
         let p = preset::resolve(workload, report.tier.tier, dir.as_deref())?;
         let config = presets::parse(&p)?;
-        let (source, builtin) = match &p.origin {
-            PresetOrigin::Builtin(path) => ((*path).to_owned(), true),
-            PresetOrigin::User(path) => (path.display().to_string(), false),
-        };
         chosen.insert(
             workload.name(),
             PresetJson {
                 tier: p.tier,
-                source,
-                builtin,
+                source: p.origin.path().display().to_string(),
+                builtin: p.origin.is_builtin(),
                 config,
             },
         );
