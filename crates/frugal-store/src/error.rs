@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading or writing a dataset. Each variant names the file
+/// at fault, so a message alone tells the user which shard to regenerate or restore.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An operating-system error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `manifest.json` (or a part manifest) is not a valid manifest.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A shard does not match its manifest entry or is not a valid safetensors file.
+    #[error("shard {path}: {fault}")]
+    Shard {
+        /// The shard file.
+        path: PathBuf,
+        /// What is wrong with it.
+        fault: String,
+    },
+    /// The caller asked for something the dataset or the schema cannot give.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file being imported is malformed.
+    #[error("{path}: {message}")]
+    Import {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn shard(path: impl Into<PathBuf>, fault: impl Into<String>) -> Self {
+        Self::Shard {
+            path: path.into(),
+            fault: fault.into(),
+        }
+    }
+
+    pub(crate) fn manifest(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Manifest {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn import(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Import {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// True when the fault is in the data on disk (a damaged or mismatched shard or
+    /// manifest) rather than in how the dataset was asked for.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Self::Shard { .. } | Self::Manifest { .. })
+    }
+}
+
+/// Result with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,36 @@
+//! Out-of-core datasets for frugal: a directory of safetensors shards plus a
+//! `manifest.json`, written by one or many writers, streamed back in a deterministic,
+//! resumable epoch order with memory that does not grow with the dataset.
+//!
+//! The on-disk format is specified in `docs/format.md`. In short: [`DatasetWriter`] (or
+//! several [`PartWriter`]s and [`merge_parts`]) writes; [`Dataset::open`] and
+//! [`Dataset::stream`] read, in an [`Order`] that is a pure function of the seed, epoch,
+//! shard sizes and ranks; [`verify`] checks every byte.
+
+pub mod bench;
+mod dtype;
+mod error;
+mod fsutil;
+pub mod import;
+mod manifest;
+pub mod order;
+mod reader;
+pub mod shard;
+pub mod synthetic;
+mod verify;
+mod writer;
+
+pub use dtype::DType;
+pub use error::{Result, StoreError};
+pub use manifest::{
+    Column, FORMAT_VERSION, MANIFEST_FILE, Manifest, Schema, ShardEntry, shard_file_name,
+};
+pub use order::{EpochPlan, Order, OrderSpec, SampleRef, rank_range};
+pub use reader::{AlignedBytes, Batch, ColumnData, Dataset, ReadState, Stream, StreamOptions, Verify,
+};
+pub use shard::ShardBuffer;
+pub use verify::{ShardFault, VerifyReport, verify};
+pub use writer::{
+    DEFAULT_SHARD_BYTES, DatasetWriter, PartWriter, WriterOptions, merge_parts, recorded_shards,
+    samples_per_shard,
+};

@@ -1,0 +1,376 @@
+//! Writing datasets: one writer appending samples, or several writers (threads or
+//! processes) each owning a disjoint range of shard numbers, merged at the end.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+use crate::manifest::{MANIFEST_FILE, Manifest, Schema, ShardEntry, shard_file_name, shard_index};
+use crate::shard::ShardBuffer;
+
+/// Directory (inside a dataset) holding the manifests of parallel writers until merge.
+pub(crate) const PARTS_DIR: &str = "parts";
+
+/// Default shard size target: large enough for long sequential reads, small enough that a
+/// writer's buffer (one shard) is a modest amount of memory.
+pub const DEFAULT_SHARD_BYTES: u64 = 64 << 20;
+
+/// How a writer cuts shards.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Target shard size in bytes: a shard holds as many whole samples as fit (at least one).
+    pub shard_bytes: u64,
+    /// Write a part manifest `parts/NAME.json` instead of `manifest.json`, for one of
+    /// several writers; [`merge_parts`] combines them.
+    pub part: Option<String>,
+    /// Number of this writer's first shard. Writers of one dataset use disjoint ranges.
+    pub first_shard: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            shard_bytes: DEFAULT_SHARD_BYTES,
+            part: None,
+            first_shard: 0,
+        }
+    }
+}
+
+/// Samples per shard for a schema and size target.
+pub fn samples_per_shard(schema: &Schema, shard_bytes: u64) -> u64 {
+    (shard_bytes / schema.sample_bytes().max(1) as u64).max(1)
+}
+
+/// Appends samples and rolls shards at the size target. Each shard is written to a
+/// temporary name, synced and renamed, then the manifest is replaced atomically, so a
+/// killed writer leaves a valid, incomplete dataset; creating the writer again on the same
+/// directory continues after the last complete shard (see [`DatasetWriter::samples_written`]).
+#[derive(Debug)]
+pub struct DatasetWriter {
+    dir: PathBuf,
+    manifest_path: PathBuf,
+    manifest: Manifest,
+    buffer: ShardBuffer,
+    per_shard: u64,
+    next_shard: u64,
+}
+
+impl DatasetWriter {
+    /// Starts a dataset in `dir`, or continues an unfinished one with the same schema.
+    pub fn create(dir: &Path, schema: Schema, options: WriterOptions) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let manifest_path = match &options.part {
+            None => dir.join(MANIFEST_FILE),
+            Some(part) => {
+                if part.is_empty() || part.contains(['/', '\\']) || part.starts_with('.') {
+                    return Err(StoreError::Invalid(format!("`{part}` is not a valid part name")));
+                }
+                let parts = dir.join(PARTS_DIR);
+                fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
+                parts.join(format!("{part}.json"))
+            }
+        };
+        let main = dir.join(MANIFEST_FILE);
+        if options.part.is_some() && main.exists() {
+            let m = Manifest::load(dir)?;
+            if m.complete {
+                return Err(already_complete(dir));
+            }
+        }
+        let manifest = if manifest_path.exists() {
+            let bytes = fs::read(&manifest_path).map_err(|e| StoreError::io(&manifest_path, e))?;
+            let m = Manifest::from_json(&manifest_path, &bytes)?;
+            if m.complete {
+                return Err(already_complete(dir));
+            }
+            if m.schema != schema {
+                return Err(StoreError::Invalid(format!(
+                    "{} holds an unfinished dataset with another schema; remove it or write elsewhere",
+                    dir.display()
+                )));
+            }
+            m
+        } else {
+            if options.part.is_none() {
+                refuse_foreign_files(dir)?;
+            }
+            Manifest::new(schema.clone())
+        };
+        let next_shard = manifest
+            .shards
+            .iter()
+            .filter_map(|s| shard_index(&s.file))
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(options.first_shard)
+            .max(options.first_shard);
+        // Parts share the directory: a part's orphans are overwritten when it rewrites
+        // them, and a higher-numbered shard may well be another part's.
+        sweep(dir, &manifest, options.part.is_none().then_some(next_shard))?;
+        let per_shard = samples_per_shard(&schema, options.shard_bytes);
+        let writer = Self {
+            dir: dir.to_owned(),
+            manifest_path,
+            buffer: ShardBuffer::new(schema),
+            manifest,
+            per_shard,
+            next_shard,
+        };
+        writer.manifest.save_to(&writer.manifest_path)?;
+        Ok(writer)
+    }
+
+    /// Samples safely on disk in complete shards: where a resumed producer starts.
+    pub fn samples_written(&self) -> u64 {
+        self.manifest.samples
+    }
+
+    /// Samples per shard.
+    pub fn samples_per_shard(&self) -> u64 {
+        self.per_shard
+    }
+
+    /// Provenance recorded in the manifest.
+    pub fn metadata_mut(&mut self) -> &mut BTreeMap<String, serde_json::Value> {
+        &mut self.manifest.metadata
+    }
+
+    /// Appends one sample: one byte slice per column, in schema order.
+    pub fn push_sample(&mut self, columns: &[&[u8]]) -> Result<()> {
+        self.push_rows(1, columns)
+    }
+
+    /// Appends `rows` samples given column by column.
+    pub fn push_rows(&mut self, rows: u64, columns: &[&[u8]]) -> Result<()> {
+        let widths: Vec<usize> = self
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.sample_bytes())
+            .collect();
+        if columns.len() != widths.len() {
+            return Err(StoreError::Invalid(format!(
+                "got {} columns, the schema has {}",
+                columns.len(),
+                widths.len()
+            )));
+        }
+        for ((c, w), data) in self.manifest.schema.columns.iter().zip(&widths).zip(columns) {
+            if data.len() as u64 != *w as u64 * rows {
+                return Err(StoreError::Invalid(format!(
+                    "column `{}`: {rows} samples are {} bytes, got {}",
+                    c.name,
+                    *w as u64 * rows,
+                    data.len()
+                )));
+            }
+        }
+        let mut done = 0u64;
+        while done < rows {
+            let take = (self.per_shard - self.buffer.samples()).min(rows - done);
+            let slices: Vec<&[u8]> = columns
+                .iter()
+                .zip(&widths)
+                .map(|(d, &w)| &d[(done as usize * w)..((done + take) as usize * w)])
+                .collect();
+            self.buffer.push_rows(take, &slices)?;
+            done += take;
+            if self.buffer.samples() == self.per_shard {
+                self.flush_shard()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_shard(&mut self) -> Result<()> {
+        if self.buffer.samples() == 0 {
+            return Ok(());
+        }
+        let entry = self
+            .buffer
+            .write(&self.dir, &shard_file_name(self.next_shard))?;
+        self.next_shard += 1;
+        self.manifest.samples += entry.samples;
+        self.manifest.shards.push(entry);
+        self.manifest.save_to(&self.manifest_path)
+    }
+
+    /// Writes the last partial shard and marks the dataset (or part) finished. A part
+    /// stays incomplete until [`merge_parts`].
+    pub fn finish(mut self) -> Result<Manifest> {
+        self.flush_shard()?;
+        if self.manifest_path == self.dir.join(MANIFEST_FILE) {
+            self.manifest.complete = true;
+            self.manifest.save_to(&self.manifest_path)?;
+        }
+        Ok(self.manifest)
+    }
+}
+
+fn already_complete(dir: &Path) -> StoreError {
+    StoreError::Invalid(format!(
+        "{} already holds a complete dataset; remove it or write elsewhere",
+        dir.display()
+    ))
+}
+
+/// A new dataset goes into an empty directory, so nothing of the user's is mixed in or
+/// swept away.
+fn refuse_foreign_files(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(fsutil::is_temp_name(&name) || name == PARTS_DIR || shard_index(&name).is_some()) {
+            return Err(StoreError::Invalid(format!(
+                "{} is not empty (it holds `{name}`); a dataset needs an empty or new directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a killed writer left behind: temporary files and shards at or after its
+/// next shard number that no manifest records.
+fn sweep(dir: &Path, manifest: &Manifest, next_shard: Option<u64>) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan_shard = shard_index(&name).zip(next_shard).is_some_and(|(i, next)| {
+            i >= next && !manifest.shards.iter().any(|s| s.file == name)
+        });
+        // Another live writer's temporaries carry its pid; only ours and dead ones go.
+        let stale_temp = fsutil::is_temp_name(&name)
+            && name
+                .rsplit('.')
+                .nth(1)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_none_or(|pid| pid == std::process::id() || !pid_alive(pid));
+        if orphan_shard || stale_temp {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Writes whole shards by number: for producers that generate shard `i` independently
+/// (each thread or process its own `PartWriter`). Its records go to `parts/NAME.json`.
+#[derive(Debug)]
+pub struct PartWriter {
+    dir: PathBuf,
+    path: PathBuf,
+    manifest: Manifest,
+}
+
+impl PartWriter {
+    /// Opens (or continues) part `name` of the dataset in `dir`.
+    pub fn create(dir: &Path, schema: Schema, name: &str) -> Result<Self> {
+        let w = DatasetWriter::create(
+            dir,
+            schema,
+            WriterOptions {
+                part: Some(name.to_owned()),
+                ..WriterOptions::default()
+            },
+        )?;
+        Ok(Self {
+            dir: w.dir,
+            path: w.manifest_path,
+            manifest: w.manifest,
+        })
+    }
+
+    /// Writes `buffer` as shard number `index` and records it.
+    pub fn write_shard(&mut self, index: u64, buffer: &mut ShardBuffer) -> Result<ShardEntry> {
+        let entry = buffer.write(&self.dir, &shard_file_name(index))?;
+        self.manifest.samples += entry.samples;
+        self.manifest.shards.push(entry.clone());
+        self.manifest.save_to(&self.path)?;
+        Ok(entry)
+    }
+}
+
+/// Shards already recorded by any part (or an unfinished main manifest), by number: what
+/// a resumed parallel producer can skip. Entries whose file is missing or of the wrong
+/// size are left out, so they are produced again.
+pub fn recorded_shards(dir: &Path) -> Result<BTreeMap<u64, ShardEntry>> {
+    let mut out = BTreeMap::new();
+    for m in part_manifests(dir)?.into_iter().map(|(_, m)| m) {
+        for s in m.shards {
+            let ok = fs::metadata(dir.join(&s.file)).is_ok_and(|md| md.len() == s.bytes);
+            if let (true, Some(i)) = (ok, shard_index(&s.file)) {
+                out.insert(i, s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn part_manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
+    let parts = dir.join(PARTS_DIR);
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&parts) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io(&parts, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| StoreError::io(&parts, e))?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            out.push((path.clone(), Manifest::from_json(&path, &bytes)?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Combines the part manifests of parallel writers into a complete `manifest.json`
+/// (shards ordered by number) and removes the parts. `metadata` is recorded in it.
+pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) -> Result<Manifest> {
+    let parts = part_manifests(dir)?;
+    let Some(schema) = parts.first().map(|(_, m)| m.schema.clone()) else {
+        return Err(StoreError::Invalid(format!(
+            "{} has no part manifests to merge",
+            dir.display()
+        )));
+    };
+    let mut shards: BTreeMap<u64, ShardEntry> = BTreeMap::new();
+    for (path, m) in &parts {
+        if m.schema != schema {
+            return Err(StoreError::manifest(path, "its schema differs from the other parts'"));
+        }
+        for s in &m.shards {
+            let i = shard_index(&s.file).expect("validated");
+            if let Some(prev) = shards.insert(i, s.clone())
+                && prev != *s
+            {
+                return Err(StoreError::manifest(
+                    path,
+                    format!("shard `{}` is also recorded, differently, by another part", s.file),
+                ));
+            }
+        }
+    }
+    let mut manifest = Manifest::new(schema);
+    manifest.shards = shards.into_values().collect();
+    manifest.samples = manifest.shards.iter().map(|s| s.samples).sum();
+    manifest.metadata = metadata;
+    manifest.complete = true;
+    manifest.save(dir)?;
+    let parts_dir = dir.join(PARTS_DIR);
+    fs::remove_dir_all(&parts_dir).map_err(|e| StoreError::io(&parts_dir, e))?;
+    fsutil::sync_dir(dir)?;
+    Ok(manifest)
+}

@@ -1,0 +1,258 @@
+//! Writing and streaming back: values, orders, resume, ranks, parallel writers.
+
+use std::path::Path;
+
+use frugal_store::{
+    Column, DType, Dataset, DatasetWriter, Order, OrderSpec, PartWriter, ReadState, Schema,
+    ShardBuffer, StreamOptions, WriterOptions, merge_parts, recorded_shards,
+};
+use proptest::prelude::*;
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Column::new("id", DType::U64, []),
+        Column::new("x", DType::F32, [3]),
+        Column::new("flag", DType::Bool, []),
+        Column::new("h", DType::F16, [2]),
+    ])
+    .unwrap()
+}
+
+fn sample(id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let x: Vec<u8> = (0..3)
+        .flat_map(|k| (id as f32 * 0.5 + k as f32).to_le_bytes())
+        .collect();
+    let h: Vec<u8> = [id as u16, !(id as u16)]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    (id.to_le_bytes().to_vec(), x, vec![(id % 2) as u8], h)
+}
+
+/// A dataset of `n` samples whose `id` column is the sample's index in writing order.
+fn write(dir: &Path, n: u64, shard_bytes: u64) {
+    let mut w = DatasetWriter::create(
+        dir,
+        schema(),
+        WriterOptions {
+            shard_bytes,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for id in 0..n {
+        let (a, b, c, d) = sample(id);
+        w.push_sample(&[&a, &b, &c, &d]).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn read_ids(ds: &Dataset, options: StreamOptions) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for batch in ds.stream(options).unwrap() {
+        let batch = batch.unwrap();
+        let id = batch.column("id").unwrap().as_slice::<u64>().unwrap();
+        let x = batch.column("x").unwrap().as_slice::<f32>().unwrap();
+        let flag = batch.column("flag").unwrap().bytes();
+        let h = batch.column("h").unwrap().as_slice::<u16>().unwrap();
+        for (i, &v) in id.iter().enumerate() {
+            assert_eq!(x[3 * i + 2], v as f32 * 0.5 + 2.0);
+            assert_eq!(flag[i], (v % 2) as u8);
+            assert_eq!(h[2 * i + 1], !(v as u16));
+        }
+        ids.extend_from_slice(id);
+    }
+    ids
+}
+
+/// Global ids of an epoch as the plan predicts them.
+fn expected(ds: &Dataset, spec: OrderSpec, seed: u64, epoch: u64) -> Vec<u64> {
+    let sizes = ds.manifest().shard_sizes();
+    let starts: Vec<u64> = sizes
+        .iter()
+        .scan(0, |acc, &s| {
+            let start = *acc;
+            *acc += s;
+            Some(start)
+        })
+        .collect();
+    ds.plan(spec, seed, epoch)
+        .materialize()
+        .iter()
+        .map(|s| starts[s.shard as usize] + s.row)
+        .collect()
+}
+
+#[test]
+fn every_order_streams_the_planned_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 25 bytes per sample, ~10 samples per shard: 103 samples in 11 shards.
+    write(tmp.path(), 103, 250);
+    let ds = Dataset::open(tmp.path()).unwrap();
+    assert_eq!(ds.len(), 103);
+    assert_eq!(ds.manifest().shards.len(), 11);
+    for order in Order::ALL {
+        let spec = OrderSpec {
+            order,
+            window: 17,
+            spread: 3,
+        };
+        let ids = read_ids(&ds, StreamOptions::new(spec, 11, 2, 8));
+        assert_eq!(ids, expected(&ds, spec, 11, 2), "{order}");
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..103).collect::<Vec<_>>(), "{order}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Stopping after any number of samples and resuming from the saved state yields
+    /// exactly the rest of the uninterrupted epoch, for any order and rank.
+    #[test]
+    fn prefix_plus_resume_is_the_full_epoch(
+        order in prop::sample::select(Order::ALL.to_vec()),
+        window in 1u64..30,
+        seed: u64,
+        batch in 1usize..9,
+        ranks in 1u64..4,
+        split_frac in 0.0f64..1.0,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 61, 150);
+        let ds = Dataset::open(tmp.path()).unwrap();
+        let spec = OrderSpec { order, window, spread: 2 };
+        let mut union = Vec::new();
+        for rank in 0..ranks {
+            let mut options = StreamOptions::new(spec, seed, 1, batch);
+            options.rank = rank;
+            options.ranks = ranks;
+            let full = read_ids(&ds, options.clone());
+            // Take whole batches up to the split, as a training loop would.
+            let mut stream = ds.stream(options.clone()).unwrap();
+            let stop = (full.len() as f64 * split_frac) as u64;
+            let mut prefix = Vec::new();
+            let mut state = options.state;
+            while state.consumed < stop {
+                let b = stream.next().unwrap().unwrap();
+                prefix.extend_from_slice(b.column("id").unwrap().as_slice::<u64>().unwrap());
+                state = b.state;
+            }
+            drop(stream);
+            options.state = state;
+            let rest = read_ids(&ds, options);
+            prefix.extend(rest);
+            prop_assert_eq!(&prefix, &full);
+            union.extend(full);
+        }
+        // Ranks: concatenated in rank order they are the one global order.
+        prop_assert_eq!(union, expected(&ds, spec, seed, 1));
+    }
+}
+
+#[test]
+fn a_resume_past_the_end_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), 20, 150);
+    let ds = Dataset::open(tmp.path()).unwrap();
+    let mut o = StreamOptions::new(OrderSpec::for_budget(Order::Window, 1 << 20, 25), 0, 0, 4);
+    o.state = ReadState {
+        seed: 0,
+        epoch: 0,
+        consumed: 21,
+    };
+    let err = ds.stream(o).unwrap_err().to_string();
+    assert!(err.contains("past the end"), "{err}");
+}
+
+#[test]
+fn a_killed_writer_continues_after_its_last_complete_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = WriterOptions {
+        shard_bytes: 250,
+        ..WriterOptions::default()
+    };
+    let mut w = DatasetWriter::create(tmp.path(), schema(), options.clone()).unwrap();
+    for id in 0..37 {
+        let (a, b, c, d) = sample(id);
+        w.push_sample(&[&a, &b, &c, &d]).unwrap();
+    }
+    // Killed: the partial shard in memory is lost, debris of an unfinished write remains.
+    drop(w);
+    std::fs::write(tmp.path().join(".shard-000003.safetensors.999999.tmp"), b"junk").unwrap();
+    std::fs::write(tmp.path().join("shard-000009.safetensors"), b"junk").unwrap();
+    let err = Dataset::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("unfinished"), "{err}");
+
+    let mut w = DatasetWriter::create(tmp.path(), schema(), options).unwrap();
+    let done = w.samples_written();
+    assert_eq!(done, 30);
+    for id in done..103 {
+        let (a, b, c, d) = sample(id);
+        w.push_sample(&[&a, &b, &c, &d]).unwrap();
+    }
+    w.finish().unwrap();
+    assert!(!tmp.path().join(".shard-000003.safetensors.999999.tmp").exists());
+
+    let reference = tempfile::tempdir().unwrap();
+    write(reference.path(), 103, 250);
+    let a = Dataset::open(tmp.path()).unwrap();
+    let b = Dataset::open(reference.path()).unwrap();
+    assert_eq!(a.manifest(), b.manifest());
+    let spec = OrderSpec {
+        order: Order::Sequential,
+        window: 50,
+        spread: 1,
+    };
+    assert_eq!(
+        read_ids(&a, StreamOptions::new(spec, 0, 0, 7)),
+        (0..103).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_finished_dataset_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), 5, 150);
+    let err = DatasetWriter::create(tmp.path(), schema(), WriterOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("already holds a complete dataset"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    let err = DatasetWriter::create(other.path(), schema(), WriterOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+}
+
+#[test]
+fn parallel_parts_merge_into_one_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let per_shard = 10u64;
+    let shards = 9u64;
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let dir = tmp.path();
+            s.spawn(move || {
+                let mut part = PartWriter::create(dir, schema(), &format!("t{t}")).unwrap();
+                for i in (t..shards).step_by(3) {
+                    let mut buf = ShardBuffer::new(schema());
+                    for id in i * per_shard..(i + 1) * per_shard {
+                        let (a, b, c, d) = sample(id);
+                        buf.push_rows(1, &[&a, &b, &c, &d]).unwrap();
+                    }
+                    part.write_shard(i, &mut buf).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(recorded_shards(tmp.path()).unwrap().len(), 9);
+    let m = merge_parts(tmp.path(), Default::default()).unwrap();
+    assert!(m.complete);
+    assert!(!tmp.path().join("parts").exists());
+    let reference = tempfile::tempdir().unwrap();
+    // Same samples per shard as the parts: 10 × 25 bytes.
+    write(reference.path(), 90, 250);
+    assert_eq!(
+        m.shards,
+        Dataset::open(reference.path()).unwrap().manifest().shards
+    );
+}
