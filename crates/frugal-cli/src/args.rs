@@ -20,6 +20,152 @@ pub(crate) enum Command {
     /// Check and inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Datasets on disk: generate, import, inspect, verify and benchmark them.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DataCommand {
+    /// Generate a dataset.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Convert arrays from other formats into a dataset.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Show a dataset's columns, shards and size.
+    Inspect {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every shard's size, header and checksum; exit 1 naming each damaged shard.
+    Verify {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read one epoch and compare with a plain sequential read of the same files.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShardSizeArg {
+    /// Target shard size.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub(crate) shard_size: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GenCommand {
+    /// A classification task labelled by a fixed random teacher network: learnable, not noise.
+    Synthetic {
+        /// Number of samples.
+        #[arg(long)]
+        samples: u64,
+        /// Features per sample (f32).
+        #[arg(long, default_value_t = 3072)]
+        features: usize,
+        /// Number of classes.
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// Hidden width of the teacher network.
+        #[arg(long, default_value_t = 32)]
+        hidden: usize,
+        /// Seed of the teacher and the samples.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory (new, empty, or an unfinished run of the same command).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardSizeArg,
+        /// Writer threads; default: every core this process may use.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImportCommand {
+    /// `.npy` arrays (`--column NAME=FILE`, one per column) or one `.npz` archive.
+    Npy {
+        /// A `.npz` archive: each array becomes a column named by its key.
+        #[arg(conflicts_with = "column", required_unless_present = "column")]
+        npz: Option<PathBuf>,
+        /// A column from a `.npy` file, e.g. `--column x=features.npy` (repeatable).
+        #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_path)]
+        column: Vec<(String, PathBuf)>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardSizeArg,
+    },
+    /// Datasets of an HDF5 file, read chunk by chunk (needs the `hdf5` feature).
+    Hdf5 {
+        /// The HDF5 file.
+        file: PathBuf,
+        /// A column from an HDF5 dataset, e.g. `--dataset x=/train/images` (repeatable).
+        #[arg(long, value_name = "NAME=PATH", required = true, value_parser = parse_named_string)]
+        dataset: Vec<(String, String)>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardSizeArg,
+    },
+    /// MNIST IDX files (gzip or raw): columns `image` (u8 28×28) and `label` (u8).
+    Mnist {
+        /// Images file, e.g. train-images-idx3-ubyte.gz.
+        #[arg(long)]
+        images: PathBuf,
+        /// Labels file, e.g. train-labels-idx1-ubyte.gz.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardSizeArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// The dataset directory.
+    pub(crate) dir: PathBuf,
+    /// Epoch order.
+    #[arg(long, default_value = "window", value_parser = parse_order)]
+    pub(crate) order: frugal_store::Order,
+    /// Drop the dataset from the page cache before each timed read.
+    #[arg(long)]
+    pub(crate) cold: bool,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+    /// Memory for one window of samples (the shuffle buffer of `window` order).
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub(crate) window_budget: u64,
+    /// Seed of the order.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Epoch number.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) epoch: u64,
+    /// Checksum checking while reading: on-read, before or off.
+    #[arg(long, default_value = "on-read", value_parser = parse_verify)]
+    pub(crate) verify: frugal_store::Verify,
+    /// Print JSON (read_gbps, raw_gbps, ratio, samples_per_s, peak_rss_bytes, ...).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +237,32 @@ pub(crate) enum ConfigCommand {
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
     frugal_hw::units::parse_bytes(s)
+}
+
+fn parse_order(s: &str) -> Result<frugal_store::Order, String> {
+    s.parse()
+}
+
+fn parse_verify(s: &str) -> Result<frugal_store::Verify, String> {
+    match s {
+        "on-read" => Ok(frugal_store::Verify::OnRead),
+        "before" => Ok(frugal_store::Verify::Before),
+        "off" => Ok(frugal_store::Verify::Off),
+        _ => Err(format!("`{s}`: expected on-read, before or off")),
+    }
+}
+
+fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
+    parse_named_string(s).map(|(n, v)| (n, PathBuf::from(v)))
+}
+
+fn parse_named_string(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+            Ok((name.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{s}`: expected NAME=VALUE")),
+    }
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {

@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod config;
 mod presets;
+mod progress;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe(args) => commands::probe::run(args, &mut out),
         Command::Config(command) => commands::config::run(command, &mut out),
+        Command::Data(command) => commands::data::run(command, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {
@@ -55,6 +57,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn is_user_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<ConfigError>().is_some()
+            || matches!(
+                c.downcast_ref::<frugal_store::StoreError>(),
+                Some(
+                    frugal_store::StoreError::Invalid(_) | frugal_store::StoreError::Import { .. }
+                )
+            )
             || matches!(
                 c.downcast_ref::<frugal_hw::HwError>(),
                 Some(frugal_hw::HwError::Path { .. })

@@ -26,7 +26,8 @@ pub use manifest::{
     Column, FORMAT_VERSION, MANIFEST_FILE, Manifest, Schema, ShardEntry, shard_file_name,
 };
 pub use order::{EpochPlan, Order, OrderSpec, SampleRef, rank_range};
-pub use reader::{AlignedBytes, Batch, ColumnData, Dataset, ReadState, Stream, StreamOptions, Verify,
+pub use reader::{
+    AlignedBytes, Batch, ColumnData, Dataset, ReadState, Stream, StreamOptions, Verify,
 };
 pub use shard::ShardBuffer;
 pub use verify::{ShardFault, VerifyReport, verify};

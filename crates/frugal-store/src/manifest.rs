@@ -87,7 +87,7 @@ impl Schema {
             if !seen.insert(&c.name) {
                 return Err(format!("column `{}` appears twice", c.name));
             }
-            if c.shape.iter().any(|&d| d == 0) {
+            if c.shape.contains(&0) {
                 return Err(format!("column `{}` has a zero dimension", c.name));
             }
             let elements = c
@@ -181,9 +181,8 @@ impl Manifest {
 
     /// Parses and checks a manifest; `path` is only used in messages.
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
-            StoreError::manifest(path, format!("not a valid manifest: {e}"))
-        })?;
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::manifest(path, format!("not a valid manifest: {e}")))?;
         manifest
             .validate()
             .map_err(|m| StoreError::manifest(path, m))?;
@@ -256,7 +255,11 @@ impl Manifest {
             let names: Vec<&String> = s.column_checksums.keys().collect();
             let mut want: Vec<&String> = self.schema.columns.iter().map(|c| &c.name).collect();
             want.sort();
-            if names != want || s.column_checksums.values().any(|c| parse_checksum(c).is_none()) {
+            if names != want
+                || s.column_checksums
+                    .values()
+                    .any(|c| parse_checksum(c).is_none())
+            {
                 return Err(format!(
                     "shard `{}` needs one xxh3-64 column checksum per column",
                     s.file
@@ -306,7 +309,10 @@ mod tests {
 
     #[test]
     fn checksums_round_trip() {
-        assert_eq!(parse_checksum(&format_checksum(0xdead_beef)), Some(0xdead_beef));
+        assert_eq!(
+            parse_checksum(&format_checksum(0xdead_beef)),
+            Some(0xdead_beef)
+        );
         assert_eq!(parse_checksum("sha256:00"), None);
         assert_eq!(parse_checksum("xxh3-64:123"), None);
     }

@@ -55,7 +55,9 @@ impl FromStr for Order {
         Order::ALL
             .into_iter()
             .find(|o| o.name() == s)
-            .ok_or_else(|| format!("unknown order `{s}`; expected sequential, shard, window or full"))
+            .ok_or_else(|| {
+                format!("unknown order `{s}`; expected sequential, shard, window or full")
+            })
     }
 }
 
@@ -124,7 +126,12 @@ impl WindowContent {
         let rows: Vec<SampleRef> = self
             .segments
             .iter()
-            .flat_map(|s| (s.start..s.start + s.len).map(|row| SampleRef { shard: s.shard, row }))
+            .flat_map(|s| {
+                (s.start..s.start + s.len).map(|row| SampleRef {
+                    shard: s.shard,
+                    row,
+                })
+            })
             .collect();
         self.emit.iter().map(|&i| rows[i as usize]).collect()
     }
@@ -212,7 +219,10 @@ impl EpochPlan {
             });
             for j in 0..windows {
                 self.window_starts.push(pos);
-                pos += members.iter().map(|&m| stripe(m, windows, j).1).sum::<u64>();
+                pos += members
+                    .iter()
+                    .map(|&m| stripe(m, windows, j).1)
+                    .sum::<u64>();
             }
             start = end;
         }
@@ -259,7 +269,11 @@ impl EpochPlan {
                     if run + size > pos && pos < end {
                         let row = pos - run;
                         let take = (size - row).min(end - pos);
-                        segments.push(Segment { shard: s, start: row, len: take });
+                        segments.push(Segment {
+                            shard: s,
+                            start: row,
+                            len: take,
+                        });
                         pos += take;
                     }
                     run += size;
@@ -267,7 +281,10 @@ impl EpochPlan {
                         break;
                     }
                 }
-                WindowContent { segments, emit: (0..len as u32).collect() }
+                WindowContent {
+                    segments,
+                    emit: (0..len as u32).collect(),
+                }
             }
             Order::Window => {
                 let gi = self.groups.partition_point(|g| g.first_window <= w) - 1;
@@ -277,11 +294,18 @@ impl EpochPlan {
                     .iter()
                     .filter_map(|&s| {
                         let (first, n) = stripe(self.sizes[s as usize], group.windows, j);
-                        (n > 0).then_some(Segment { shard: s, start: first, len: n })
+                        (n > 0).then_some(Segment {
+                            shard: s,
+                            start: first,
+                            len: n,
+                        })
                     })
                     .collect();
                 let mut emit: Vec<u32> = (0..len as u32).collect();
-                shuffle(&mut emit, &mut Rng::new(key(self.seed, self.epoch, 1, w as u64)));
+                shuffle(
+                    &mut emit,
+                    &mut Rng::new(key(self.seed, self.epoch, 1, w as u64)),
+                );
                 WindowContent { segments, emit }
             }
             Order::Full => {
@@ -296,7 +320,11 @@ impl EpochPlan {
                         Some(last) if last.shard == r.shard && last.start + last.len == r.row => {
                             last.len += 1;
                         }
-                        _ => segments.push(Segment { shard: r.shard, start: r.row, len: 1 }),
+                        _ => segments.push(Segment {
+                            shard: r.shard,
+                            start: r.row,
+                            len: 1,
+                        }),
                     }
                 }
                 let emit = ids
@@ -311,13 +339,18 @@ impl EpochPlan {
     /// A sample by its index in manifest order (shards concatenated).
     fn locate(&self, id: u64) -> SampleRef {
         let shard = self.shard_starts.partition_point(|&s| s <= id) - 1;
-        SampleRef { shard: shard as u32, row: id - self.shard_starts[shard] }
+        SampleRef {
+            shard: shard as u32,
+            row: id - self.shard_starts[shard],
+        }
     }
 
     /// Every sample of the epoch in order. Memory grows with the dataset: for tests and
     /// small data; the reader walks windows instead.
     pub fn materialize(&self) -> Vec<SampleRef> {
-        (0..self.windows()).flat_map(|w| self.window(w).samples()).collect()
+        (0..self.windows())
+            .flat_map(|w| self.window(w).samples())
+            .collect()
     }
 }
 
@@ -409,7 +442,11 @@ impl Feistel {
         let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
         let half_bits = bits.div_ceil(2);
         let mut rng = Rng::new(key);
-        Self { n, half_bits, keys: std::array::from_fn(|_| rng.next_u64()) }
+        Self {
+            n,
+            half_bits,
+            keys: std::array::from_fn(|_| rng.next_u64()),
+        }
     }
 
     fn round(&self, x: u64) -> u64 {
@@ -464,10 +501,29 @@ mod tests {
     #[test]
     fn orders_are_fixed_forever() {
         // A resume across versions needs the same order: pin one.
-        let spec = OrderSpec { order: Order::Window, window: 4, spread: 2 };
+        let spec = OrderSpec {
+            order: Order::Window,
+            window: 4,
+            spread: 2,
+        };
         let plan = EpochPlan::new(spec, 7, 3, &[3, 5, 2]);
-        let got: Vec<(u32, u64)> = plan.materialize().iter().map(|s| (s.shard, s.row)).collect();
-        let pinned = [(1, 0), (1, 1), (2, 0), (1, 4), (2, 1), (1, 3), (1, 2), (0, 2), (0, 1), (0, 0)];
+        let got: Vec<(u32, u64)> = plan
+            .materialize()
+            .iter()
+            .map(|s| (s.shard, s.row))
+            .collect();
+        let pinned = [
+            (1, 0),
+            (1, 1),
+            (2, 0),
+            (1, 4),
+            (2, 1),
+            (1, 3),
+            (1, 2),
+            (0, 2),
+            (0, 1),
+            (0, 0),
+        ];
         assert_eq!(got, pinned);
         let again: Vec<(u32, u64)> = EpochPlan::new(spec, 7, 3, &[3, 5, 2])
             .materialize()

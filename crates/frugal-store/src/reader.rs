@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
@@ -173,20 +173,57 @@ impl StreamOptions {
 }
 
 /// A byte buffer aligned to 8 bytes, so any column can be viewed as its element type.
-#[derive(Debug, Clone, Default)]
+/// A batch's buffers go back to their stream's pool when dropped, so a steady stream
+/// allocates (and page-faults) nothing after its first batches.
+#[derive(Debug, Default)]
 pub struct AlignedBytes {
     words: Vec<u64>,
     len: usize,
+    pool: Option<Arc<Pool>>,
+}
+
+/// Spare batch buffers of one stream.
+#[derive(Debug, Default)]
+struct Pool(Mutex<Vec<Vec<u64>>>);
+
+/// Buffers a pool keeps: a few batches' worth of columns.
+const POOL_BUFFERS: usize = 16;
+
+impl Pool {
+    fn take(self: &Arc<Self>, len: usize) -> AlignedBytes {
+        let words = self.0.lock().expect("pool").pop().unwrap_or_default();
+        let mut b = AlignedBytes {
+            words,
+            len: 0,
+            pool: Some(Arc::clone(self)),
+        };
+        b.resize(len);
+        b
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let mut spare = pool.0.lock().expect("pool");
+            if spare.len() < POOL_BUFFERS {
+                spare.push(std::mem::take(&mut self.words));
+            }
+        }
+    }
+}
+
+impl Clone for AlignedBytes {
+    fn clone(&self) -> Self {
+        Self {
+            words: self.words.clone(),
+            len: self.len,
+            pool: None,
+        }
+    }
 }
 
 impl AlignedBytes {
-    fn zeroed(len: usize) -> Self {
-        Self {
-            words: vec![0; len.div_ceil(8)],
-            len,
-        }
-    }
-
     fn resize(&mut self, len: usize) {
         if self.words.len() < len.div_ceil(8) {
             self.words.resize(len.div_ceil(8), 0);
@@ -263,10 +300,11 @@ struct WindowBuf {
 /// The batches of one epoch. Dropping it stops the read-ahead thread.
 pub struct Stream {
     rx: Option<Receiver<Result<WindowBuf>>>,
-    recycle: SyncSender<WindowBuf>,
+    recycle: Option<SyncSender<WindowBuf>>,
     worker: Option<JoinHandle<()>>,
     current: Option<(WindowBuf, usize)>,
     columns: Vec<(String, DType, Vec<usize>, usize)>,
+    pool: Arc<Pool>,
     batch_size: usize,
     state: ReadState,
     remaining: u64,
@@ -318,15 +356,16 @@ impl Stream {
             .name("frugal-store-read".into())
             .spawn(move || {
                 let mut reader = ShardReader::new(dataset, verify);
-                read_ahead(&plan, begin, hi, &mut reader, &tx, &recycled);
+                read_ahead(&plan, begin, hi, &mut reader, &tx, &recycled, prefetch + 1);
             })
             .map_err(|e| StoreError::Invalid(format!("cannot start the read-ahead thread: {e}")))?;
         Ok(Self {
             rx: Some(rx),
-            recycle,
+            recycle: Some(recycle),
             worker: Some(worker),
             current: None,
             columns,
+            pool: Arc::default(),
             batch_size: o.batch_size,
             state: o.state,
             remaining: hi - begin,
@@ -352,13 +391,13 @@ impl Stream {
         let mut out: Vec<AlignedBytes> = self
             .columns
             .iter()
-            .map(|c| AlignedBytes::zeroed(n * c.3))
+            .map(|c| self.pool.take(n * c.3))
             .collect();
         let mut filled = 0;
         while filled < n {
             if self.current.as_ref().is_none_or(|(w, k)| *k >= w.to) {
-                if let Some((old, _)) = self.current.take() {
-                    let _ = self.recycle.try_send(old);
+                if let (Some((old, _)), Some(recycle)) = (self.current.take(), &self.recycle) {
+                    let _ = recycle.try_send(old);
                 }
                 match self.rx.as_ref()?.recv() {
                     Ok(Ok(w)) => {
@@ -427,8 +466,10 @@ impl Iterator for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Closing the channel makes the read-ahead thread's next send fail and return.
+        // Closing both channels makes the read-ahead thread's next send or wait for a
+        // buffer fail, and it returns.
         self.rx = None;
+        self.recycle = None;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
@@ -442,17 +483,30 @@ fn read_ahead(
     reader: &mut ShardReader,
     tx: &SyncSender<Result<WindowBuf>>,
     recycled: &Receiver<WindowBuf>,
+    buffers: usize,
 ) {
     if begin >= end {
         return;
     }
+    // At most `buffers` windows exist: the one being consumed and those read ahead.
+    let mut allocated = 0;
     for w in plan.window_of(begin)..plan.windows() {
         let (ws, we) = plan.window_range(w);
         if ws >= end {
             return;
         }
         let content = plan.window(w);
-        let buf = recycled.try_recv().ok();
+        let buf = match recycled.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if allocated < buffers => {
+                allocated += 1;
+                None
+            }
+            Err(_) => match recycled.recv() {
+                Ok(b) => Some(b),
+                Err(_) => return,
+            },
+        };
         let result = reader.read_window(&content.segments, buf).map(|mut buf| {
             buf.from = begin.saturating_sub(ws) as usize;
             buf.to = (end.min(we) - ws) as usize;
@@ -500,10 +554,13 @@ impl ShardReader {
             return Ok(());
         }
         let columns = self.dataset.manifest.schema.columns.len();
-        let check = self.streaming.entry(shard).or_insert_with(|| StreamingCheck {
-            next_row: vec![0; columns],
-            hashers: (0..columns).map(|_| Xxh3::new()).collect(),
-        });
+        let check = self
+            .streaming
+            .entry(shard)
+            .or_insert_with(|| StreamingCheck {
+                next_row: vec![0; columns],
+                hashers: (0..columns).map(|_| Xxh3::new()).collect(),
+            });
         if check.next_row[ci] != start {
             // Not read front to back in this pass (a resume mid-shard, or `full`
             // order): it cannot be checked on the fly.
@@ -517,7 +574,14 @@ impl ShardReader {
         if check.next_row.iter().all(|&r| r == entry.samples) {
             let check = self.streaming.remove(&shard).expect("present");
             self.checked.insert(shard);
-            for (c, h) in self.dataset.manifest.schema.columns.iter().zip(check.hashers) {
+            for (c, h) in self
+                .dataset
+                .manifest
+                .schema
+                .columns
+                .iter()
+                .zip(check.hashers)
+            {
                 let want = &entry.column_checksums[&c.name];
                 if Some(h.digest()) != parse_checksum(want) {
                     return Err(StoreError::shard(
@@ -614,7 +678,13 @@ impl ShardReader {
                         StoreError::io(&path, e)
                     }
                 })?;
-                self.track(seg.shard, ci, seg.start, seg.len, &buf.columns[ci].bytes()[range])?;
+                self.track(
+                    seg.shard,
+                    ci,
+                    seg.start,
+                    seg.len,
+                    &buf.columns[ci].bytes()[range],
+                )?;
             }
             row += seg.len;
         }

@@ -65,7 +65,7 @@ pub fn encode_header(schema: &Schema, samples: u64) -> (Vec<u8>, ShardLayout) {
         offset += len;
     }
     let mut json = serde_json::to_vec(&Value::Object(map)).expect("json");
-    while (8 + json.len()) % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let data_start = 8 + json.len() as u64;
@@ -105,7 +105,9 @@ pub struct ShardHeader {
 pub fn header_len(prefix: [u8; 8], file_bytes: u64) -> Result<u64, String> {
     let len = u64::from_le_bytes(prefix);
     if len > MAX_HEADER {
-        return Err(format!("header length {len} is absurd (limit {MAX_HEADER})"));
+        return Err(format!(
+            "header length {len} is absurd (limit {MAX_HEADER})"
+        ));
     }
     if file_bytes < 8 + len {
         return Err(format!(
@@ -161,10 +163,7 @@ pub fn parse_header(json: &[u8], file_bytes: u64) -> Result<ShardHeader, String>
 }
 
 fn parse_tensor(t: &Value) -> Result<TensorInfo, String> {
-    let dtype = t
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or("no dtype")?;
+    let dtype = t.get("dtype").and_then(Value::as_str).ok_or("no dtype")?;
     let dtype = DType::ALL
         .into_iter()
         .find(|d| d.name() == dtype)
@@ -174,7 +173,10 @@ fn parse_tensor(t: &Value) -> Result<TensorInfo, String> {
         .and_then(Value::as_array)
         .ok_or("no shape")?
         .iter()
-        .map(|d| d.as_u64().ok_or("shape entries must be non-negative integers"))
+        .map(|d| {
+            d.as_u64()
+                .ok_or("shape entries must be non-negative integers")
+        })
         .collect::<Result<Vec<u64>, _>>()?;
     let offsets = t
         .get("data_offsets")
@@ -208,10 +210,15 @@ fn parse_tensor(t: &Value) -> Result<TensorInfo, String> {
 
 impl ShardHeader {
     /// Checks the header against the schema and sample count the manifest gives.
-    pub fn layout_for(&self, schema: &Schema, samples: u64, file_bytes: u64) -> Result<ShardLayout, String> {
+    pub fn layout_for(
+        &self,
+        schema: &Schema,
+        samples: u64,
+        file_bytes: u64,
+    ) -> Result<ShardLayout, String> {
         if self.tensors.len() != schema.columns.len() {
             return Err(format!(
-                "holds {} tensors, the schema has {} columns",
+                "the shard holds {} tensors, the schema has {} columns",
                 self.tensors.len(),
                 schema.columns.len()
             ));
@@ -221,7 +228,7 @@ impl ShardHeader {
             let t = self
                 .tensors
                 .get(&c.name)
-                .ok_or_else(|| format!("has no tensor `{}`", c.name))?;
+                .ok_or_else(|| format!("no tensor `{}`", c.name))?;
             if t.dtype != c.dtype {
                 return Err(format!(
                     "tensor `{}` is {}, the manifest says {}",
@@ -250,17 +257,18 @@ impl ShardHeader {
 /// names, dtypes and shapes. The checksum is not read here (see [`checksum_file`]).
 pub fn open_shard(path: &Path, schema: &Schema, entry: &ShardEntry) -> Result<(File, ShardLayout)> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| StoreError::io(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     if len != entry.bytes {
         return Err(StoreError::shard(
             path,
             format!(
                 "file is {len} bytes, the manifest says {} ({})",
                 entry.bytes,
-                if len < entry.bytes { "truncated" } else { "grown" }
+                if len < entry.bytes {
+                    "truncated"
+                } else {
+                    "grown"
+                }
             ),
         ));
     }
@@ -269,7 +277,12 @@ pub fn open_shard(path: &Path, schema: &Schema, entry: &ShardEntry) -> Result<(F
     Ok((file, layout))
 }
 
-fn read_layout(file: &File, len: u64, schema: &Schema, samples: u64) -> Result<ShardLayout, String> {
+fn read_layout(
+    file: &File,
+    len: u64,
+    schema: &Schema,
+    samples: u64,
+) -> Result<ShardLayout, String> {
     let mut prefix = [0u8; 8];
     if len < 8 {
         return Err(format!("file is {len} bytes, too short for a header"));
@@ -280,7 +293,10 @@ fn read_layout(file: &File, len: u64, schema: &Schema, samples: u64) -> Result<S
     let mut json = vec![0u8; hlen as usize];
     file.read_exact_at(&mut json, 8)
         .map_err(|e| format!("reading header: {e}"))?;
-    parse_header(&json, len)?.layout_for(schema, samples, len)
+    parse_header(&json, len)
+        .map_err(|e| format!("bad header: {e}"))?
+        .layout_for(schema, samples, len)
+        .map_err(|e| format!("header does not match the manifest: {e}"))
 }
 
 /// XXH3-64 of a whole file, read in large sequential chunks.

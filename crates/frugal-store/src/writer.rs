@@ -13,6 +13,10 @@ use crate::shard::ShardBuffer;
 /// Directory (inside a dataset) holding the manifests of parallel writers until merge.
 pub(crate) const PARTS_DIR: &str = "parts";
 
+/// A generator's settings, kept beside the part manifests so a resumed run can refuse to
+/// mix shards made with other settings.
+pub(crate) const PART_SPEC_FILE: &str = "generator.settings";
+
 /// Default shard size target: large enough for long sequential reads, small enough that a
 /// writer's buffer (one shard) is a modest amount of memory.
 pub const DEFAULT_SHARD_BYTES: u64 = 64 << 20;
@@ -66,7 +70,9 @@ impl DatasetWriter {
             None => dir.join(MANIFEST_FILE),
             Some(part) => {
                 if part.is_empty() || part.contains(['/', '\\']) || part.starts_with('.') {
-                    return Err(StoreError::Invalid(format!("`{part}` is not a valid part name")));
+                    return Err(StoreError::Invalid(format!(
+                        "`{part}` is not a valid part name"
+                    )));
                 }
                 let parts = dir.join(PARTS_DIR);
                 fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
@@ -159,7 +165,14 @@ impl DatasetWriter {
                 widths.len()
             )));
         }
-        for ((c, w), data) in self.manifest.schema.columns.iter().zip(&widths).zip(columns) {
+        for ((c, w), data) in self
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .zip(&widths)
+            .zip(columns)
+        {
             if data.len() as u64 != *w as u64 * rows {
                 return Err(StoreError::Invalid(format!(
                     "column `{}`: {rows} samples are {} bytes, got {}",
@@ -220,7 +233,7 @@ fn already_complete(dir: &Path) -> StoreError {
 
 /// A new dataset goes into an empty directory, so nothing of the user's is mixed in or
 /// swept away.
-fn refuse_foreign_files(dir: &Path) -> Result<()> {
+pub(crate) fn refuse_foreign_files(dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
@@ -242,9 +255,9 @@ fn sweep(dir: &Path, manifest: &Manifest, next_shard: Option<u64>) -> Result<()>
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let orphan_shard = shard_index(&name).zip(next_shard).is_some_and(|(i, next)| {
-            i >= next && !manifest.shards.iter().any(|s| s.file == name)
-        });
+        let orphan_shard = shard_index(&name)
+            .zip(next_shard)
+            .is_some_and(|(i, next)| i >= next && !manifest.shards.iter().any(|s| s.file == name));
         // Another live writer's temporaries carry its pid; only ours and dead ones go.
         let stale_temp = fsutil::is_temp_name(&name)
             && name
@@ -349,7 +362,10 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
     let mut shards: BTreeMap<u64, ShardEntry> = BTreeMap::new();
     for (path, m) in &parts {
         if m.schema != schema {
-            return Err(StoreError::manifest(path, "its schema differs from the other parts'"));
+            return Err(StoreError::manifest(
+                path,
+                "its schema differs from the other parts'",
+            ));
         }
         for s in &m.shards {
             let i = shard_index(&s.file).expect("validated");
@@ -358,7 +374,10 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
             {
                 return Err(StoreError::manifest(
                     path,
-                    format!("shard `{}` is also recorded, differently, by another part", s.file),
+                    format!(
+                        "shard `{}` is also recorded, differently, by another part",
+                        s.file
+                    ),
                 ));
             }
         }

@@ -6,16 +6,13 @@ use frugal_store::{EpochPlan, Order, OrderSpec, SampleRef, rank_range};
 use proptest::prelude::*;
 
 fn spec_strategy() -> impl Strategy<Value = OrderSpec> {
-    (
-        prop::sample::select(Order::ALL.to_vec()),
-        1u64..40,
-        1u64..6,
-    )
-        .prop_map(|(order, window, spread)| OrderSpec {
+    (prop::sample::select(Order::ALL.to_vec()), 1u64..40, 1u64..6).prop_map(
+        |(order, window, spread)| OrderSpec {
             order,
             window,
             spread,
-        })
+        },
+    )
 }
 
 fn sizes_strategy() -> impl Strategy<Value = Vec<u64>> {

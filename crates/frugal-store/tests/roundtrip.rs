@@ -180,7 +180,11 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
     }
     // Killed: the partial shard in memory is lost, debris of an unfinished write remains.
     drop(w);
-    std::fs::write(tmp.path().join(".shard-000003.safetensors.999999.tmp"), b"junk").unwrap();
+    std::fs::write(
+        tmp.path().join(".shard-000003.safetensors.999999.tmp"),
+        b"junk",
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("shard-000009.safetensors"), b"junk").unwrap();
     let err = Dataset::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("unfinished"), "{err}");
@@ -193,7 +197,11 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
         w.push_sample(&[&a, &b, &c, &d]).unwrap();
     }
     w.finish().unwrap();
-    assert!(!tmp.path().join(".shard-000003.safetensors.999999.tmp").exists());
+    assert!(
+        !tmp.path()
+            .join(".shard-000003.safetensors.999999.tmp")
+            .exists()
+    );
 
     let reference = tempfile::tempdir().unwrap();
     write(reference.path(), 103, 250);
@@ -216,7 +224,10 @@ fn a_finished_dataset_is_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path(), 5, 150);
     let err = DatasetWriter::create(tmp.path(), schema(), WriterOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("already holds a complete dataset"), "{err}");
+    assert!(
+        err.to_string().contains("already holds a complete dataset"),
+        "{err}"
+    );
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
     let err = DatasetWriter::create(other.path(), schema(), WriterOptions::default()).unwrap_err();

@@ -1,2 +1,3 @@
 pub(crate) mod config;
+pub(crate) mod data;
 pub(crate) mod probe;

@@ -1,0 +1,330 @@
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use frugal_hw::units::Bytes;
+use frugal_store::synthetic::{self, SyntheticSpec};
+use frugal_store::{Dataset, Manifest, OrderSpec, StreamOptions, WriterOptions};
+use serde::Serialize;
+
+use crate::args::{BenchArgs, DataCommand, GenCommand, ImportCommand};
+use crate::progress;
+
+pub(crate) fn run(command: DataCommand, out: &mut dyn Write) -> Result<()> {
+    match command {
+        DataCommand::Gen(GenCommand::Synthetic {
+            samples,
+            features,
+            classes,
+            hidden,
+            seed,
+            out: dir,
+            shard,
+            threads,
+            json,
+        }) => {
+            let spec = SyntheticSpec {
+                samples,
+                features,
+                classes,
+                hidden,
+                seed,
+                shard_bytes: shard.shard_size,
+            };
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let bar = progress::bar(samples, "generating", false);
+            let start = Instant::now();
+            let manifest = synthetic::generate(&dir, &spec, threads, &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            let seconds = start.elapsed().as_secs_f64();
+            summary(out, &dir, &manifest, seconds, json)
+        }
+        DataCommand::Import(command) => import(command, out),
+        DataCommand::Inspect { dir, json } => inspect(&dir, json, out),
+        DataCommand::Verify { dir, json } => verify(&dir, json, out),
+        DataCommand::Bench(args) => bench(args, out),
+    }
+}
+
+#[derive(Serialize)]
+struct WriteSummary<'a> {
+    dir: &'a Path,
+    samples: u64,
+    shards: usize,
+    bytes: u64,
+    seconds: f64,
+    write_gbps: f64,
+}
+
+fn summary(out: &mut dyn Write, dir: &Path, m: &Manifest, seconds: f64, json: bool) -> Result<()> {
+    let s = WriteSummary {
+        dir,
+        samples: m.samples,
+        shards: m.shards.len(),
+        bytes: m.bytes(),
+        seconds,
+        write_gbps: m.bytes() as f64 / seconds.max(1e-9) / 1e9,
+    };
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &s)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "wrote {} samples in {} shards ({}) to {} in {:.1} s ({:.2} GB/s)",
+            s.samples,
+            s.shards,
+            Bytes(s.bytes),
+            dir.display(),
+            s.seconds,
+            s.write_gbps
+        )?;
+    }
+    Ok(())
+}
+
+fn import(command: ImportCommand, out: &mut dyn Write) -> Result<()> {
+    use frugal_store::import;
+    let options = |shard_size| WriterOptions {
+        shard_bytes: shard_size,
+        ..WriterOptions::default()
+    };
+    let start = Instant::now();
+    let (dir, manifest) = match command {
+        ImportCommand::Npy {
+            npz,
+            column,
+            out: dir,
+            shard,
+        } => {
+            let m = match npz {
+                Some(npz) => import::import_npz(&npz, &dir, options(shard.shard_size))?,
+                None => import::import_npy(&column, &dir, options(shard.shard_size))?,
+            };
+            (dir, m)
+        }
+        ImportCommand::Hdf5 {
+            file,
+            dataset,
+            out: dir,
+            shard,
+        } => {
+            let m = import_hdf5(&file, &dataset, &dir, options(shard.shard_size))?;
+            (dir, m)
+        }
+        ImportCommand::Mnist {
+            images,
+            labels,
+            out: dir,
+            shard,
+        } => {
+            let m = import::import_mnist(&images, &labels, &dir, options(shard.shard_size))?;
+            (dir, m)
+        }
+    };
+    summary(out, &dir, &manifest, start.elapsed().as_secs_f64(), false)
+}
+
+#[cfg(feature = "hdf5")]
+fn import_hdf5(
+    file: &Path,
+    datasets: &[(String, String)],
+    dir: &Path,
+    options: WriterOptions,
+) -> Result<Manifest> {
+    Ok(frugal_store::import::import_hdf5(
+        file, datasets, dir, options,
+    )?)
+}
+
+#[cfg(not(feature = "hdf5"))]
+fn import_hdf5(_: &Path, _: &[(String, String)], _: &Path, _: WriterOptions) -> Result<Manifest> {
+    bail!(
+        "this frugal was built without HDF5 support; rebuild with `cargo install --features hdf5` (needs libhdf5, e.g. Debian's libhdf5-dev)"
+    )
+}
+
+fn inspect(dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let m = Manifest::load(dir)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &m)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "dataset   {}", dir.display())?;
+    writeln!(
+        out,
+        "status    {}",
+        if m.complete {
+            "complete"
+        } else {
+            "unfinished (re-run the writing command to complete it)"
+        }
+    )?;
+    writeln!(out, "format    frugal-store v{}", m.version)?;
+    writeln!(out, "samples   {}", m.samples)?;
+    let sizes = m.shard_sizes();
+    writeln!(
+        out,
+        "shards    {} ({} total, {}–{} samples each)",
+        m.shards.len(),
+        Bytes(m.bytes()),
+        sizes.iter().min().unwrap_or(&0),
+        sizes.iter().max().unwrap_or(&0)
+    )?;
+    writeln!(out, "columns")?;
+    for c in &m.schema.columns {
+        writeln!(
+            out,
+            "  {:<16} {:<5} {:<16} {} per sample",
+            c.name,
+            c.dtype.to_string(),
+            format!("{:?}", c.shape),
+            Bytes(c.sample_bytes() as u64)
+        )?;
+    }
+    for (k, v) in &m.metadata {
+        writeln!(out, "meta      {k} = {v}")?;
+    }
+    Ok(())
+}
+
+fn verify(dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let total = Manifest::load(dir)?.bytes();
+    let bar = progress::bar(total, "verifying", true);
+    let report = frugal_store::verify(dir, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        for f in &report.faults {
+            writeln!(out, "DAMAGED {}: {}", dir.join(&f.file).display(), f.fault)?;
+        }
+        if report.ok() {
+            writeln!(
+                out,
+                "ok: {} shards, {} checked",
+                report.shards,
+                Bytes(report.bytes)
+            )?;
+        }
+    }
+    if !report.faults.is_empty() {
+        let names: Vec<&str> = report.faults.iter().map(|f| f.file.as_str()).collect();
+        bail!(
+            "{} of {} shards in {} are damaged: {}; regenerate or restore them",
+            names.len(),
+            report.shards,
+            dir.display(),
+            names.join(", ")
+        );
+    }
+    if !report.complete {
+        bail!(
+            "{} is unfinished: its writer stopped before the end; re-run it to complete the dataset",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    dir: String,
+    order: String,
+    cold: bool,
+    samples: u64,
+    bytes: u64,
+    window_samples: u64,
+    batch_size: usize,
+    read_seconds: f64,
+    raw_seconds: f64,
+    read_gbps: f64,
+    raw_gbps: f64,
+    ratio: f64,
+    samples_per_s: f64,
+    peak_rss_bytes: u64,
+}
+
+fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    let dataset = Dataset::open(&args.dir)?;
+    let m = dataset.manifest();
+    let spec = OrderSpec::for_budget(
+        args.order,
+        args.window_budget,
+        m.schema.sample_bytes() as u64,
+    );
+    let prepare = || -> Result<()> {
+        if args.cold {
+            frugal_store::bench::drop_cache(&dataset)?;
+        } else {
+            frugal_store::bench::raw_sequential_read(&dataset)?;
+        }
+        Ok(())
+    };
+    // The raw rate of the same files under the same cache state, measured in this run.
+    prepare()?;
+    let (raw_bytes, raw_seconds) = frugal_store::bench::raw_sequential_read(&dataset)?;
+    prepare()?;
+    let mut options = StreamOptions::new(spec, args.seed, args.epoch, args.batch_size);
+    options.verify = args.verify;
+    let bar = progress::bar(dataset.len(), "reading", false);
+    let start = Instant::now();
+    let mut samples = 0u64;
+    for batch in dataset.stream(options)? {
+        let batch = batch.with_context(|| format!("reading {}", args.dir.display()))?;
+        samples += batch.samples as u64;
+        bar.inc(batch.samples as u64);
+    }
+    let read_seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let peak = frugal_hw::MemoryMeter::new().sample()?.peak_rss_bytes;
+    let bytes = m.bytes();
+    let read_gbps = bytes as f64 / read_seconds / 1e9;
+    let raw_gbps = raw_bytes as f64 / raw_seconds / 1e9;
+    let report = BenchReport {
+        dir: args.dir.display().to_string(),
+        order: args.order.to_string(),
+        cold: args.cold,
+        samples,
+        bytes,
+        window_samples: spec.window,
+        batch_size: args.batch_size,
+        read_seconds,
+        raw_seconds,
+        read_gbps,
+        raw_gbps,
+        ratio: read_gbps / raw_gbps,
+        samples_per_s: samples as f64 / read_seconds,
+        peak_rss_bytes: peak,
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{} order, {}: {} samples ({}) in {:.2} s",
+            report.order,
+            if args.cold { "cold" } else { "warm" },
+            samples,
+            Bytes(bytes),
+            read_seconds
+        )?;
+        writeln!(
+            out,
+            "epoch read  {:.2} GB/s, {:.0} samples/s (window {} samples, batch {})",
+            read_gbps, report.samples_per_s, spec.window, args.batch_size
+        )?;
+        writeln!(
+            out,
+            "raw read    {raw_gbps:.2} GB/s (same files, sequential, same run)"
+        )?;
+        writeln!(out, "ratio       {:.3}", report.ratio)?;
+        writeln!(out, "peak RSS    {}", Bytes(peak))?;
+    }
+    Ok(())
+}
