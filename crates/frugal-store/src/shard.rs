@@ -374,6 +374,23 @@ impl ShardBuffer {
         Ok(())
     }
 
+    /// Appends `rows` samples that `fill` writes in place, one mutable byte slice per
+    /// column: producers that compute samples avoid a staging copy.
+    pub fn push_with(&mut self, rows: u64, fill: impl FnOnce(&mut [&mut [u8]])) {
+        let starts: Vec<usize> = self.columns.iter().map(Vec::len).collect();
+        for (buf, c) in self.columns.iter_mut().zip(&self.schema.columns) {
+            buf.resize(buf.len() + rows as usize * c.sample_bytes(), 0);
+        }
+        let mut slices: Vec<&mut [u8]> = self
+            .columns
+            .iter_mut()
+            .zip(starts)
+            .map(|(buf, start)| &mut buf[start..])
+            .collect();
+        fill(&mut slices);
+        self.samples += rows;
+    }
+
     /// Writes the buffered samples to `dir/file` atomically and empties the buffer.
     pub fn write(&mut self, dir: &Path, file: &str) -> Result<ShardEntry> {
         let target = dir.join(file);

@@ -172,13 +172,24 @@ fn fill_shard(
     let first = index * per_shard;
     let n = per_shard.min(spec.samples - first);
     let mut rng = Rng::new(spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index);
-    let mut x = vec![0.0f32; n as usize * spec.features];
-    let mut y = Vec::with_capacity(n as usize);
-    for sample in x.chunks_exact_mut(spec.features) {
-        fill(&mut rng, sample);
-        y.push(teacher.label(sample));
-    }
-    buffer.push_rows(n, &[bytemuck::cast_slice(&x), bytemuck::cast_slice(&y)])
+    buffer.push_with(n, |columns| {
+        let [x, y] = columns else {
+            unreachable!("two columns")
+        };
+        // Column buffers are byte vectors; generate f32s in a chunk and copy, which is
+        // cheap next to the teacher's arithmetic and keeps this free of alignment
+        // assumptions.
+        let mut sample = vec![0.0f32; spec.features];
+        for (xs, ys) in x
+            .chunks_exact_mut(spec.features * 4)
+            .zip(y.chunks_exact_mut(8))
+        {
+            fill(&mut rng, &mut sample);
+            xs.copy_from_slice(bytemuck::cast_slice(&sample));
+            ys.copy_from_slice(&teacher.label(&sample).to_le_bytes());
+        }
+    });
+    Ok(())
 }
 
 /// Writes the dataset into `dir` with `threads` writers, or finishes a killed run.
