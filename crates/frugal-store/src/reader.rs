@@ -490,12 +490,20 @@ fn read_ahead(
     }
     // At most `buffers` windows exist: the one being consumed and those read ahead.
     let mut allocated = 0;
+    let mut next = None;
     for w in plan.window_of(begin)..plan.windows() {
         let (ws, we) = plan.window_range(w);
         if ws >= end {
             return;
         }
-        let content = plan.window(w);
+        let content = next.take().unwrap_or_else(|| plan.window(w));
+        // Ask the kernel for the following window now, so the disk stays busy while this
+        // one is copied, hashed and consumed.
+        if w + 1 < plan.windows() && plan.window_range(w + 1).0 < end {
+            let following = plan.window(w + 1);
+            reader.will_need(&following.segments);
+            next = Some(following);
+        }
         let buf = match recycled.try_recv() {
             Ok(b) => Some(b),
             Err(_) if allocated < buffers => {
@@ -631,6 +639,33 @@ impl ShardReader {
             self.open.insert(shard, (file, layout));
         }
         Ok(&self.open[&shard])
+    }
+
+    /// Starts reading `segments` into the page cache without waiting. Advisory: a fault
+    /// here surfaces when the segments are read.
+    fn will_need(&mut self, segments: &[crate::order::Segment]) {
+        let widths: Vec<u64> = self
+            .dataset
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.sample_bytes() as u64)
+            .collect();
+        for seg in segments {
+            let Ok((file, layout)) = self.shard(seg.shard) else {
+                continue;
+            };
+            for (offset, w) in layout.column_offsets.iter().zip(&widths) {
+                let len = std::num::NonZeroU64::new(seg.len * w);
+                let _ = rustix::fs::fadvise(
+                    file,
+                    offset + seg.start * w,
+                    len,
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
     }
 
     fn read_window(

@@ -753,3 +753,29 @@ with h5py.File(path, "r") as f:
         assert!(import_message(err).1.contains("HDF5"));
     }
 }
+
+mod fuzz {
+    use std::path::Path;
+
+    use frugal_store::import::read_npy_header;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Arbitrary bytes as an .npy file: an error or a header, never a panic.
+        #[test]
+        fn npy_headers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = read_npy_header(&mut bytes.as_slice(), Path::new("fuzz.npy"));
+        }
+
+        /// A valid preamble with an arbitrary dictionary reaches the dictionary parser.
+        #[test]
+        fn npy_dictionaries_never_panic(dict in "[ -~]{0,120}") {
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(dict.as_bytes());
+            let _ = read_npy_header(&mut bytes.as_slice(), Path::new("fuzz.npy"));
+        }
+    }
+}

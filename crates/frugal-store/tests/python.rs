@@ -3,6 +3,8 @@
 //! for JAX. Skipped when these packages are missing, unless FRUGAL_REQUIRE_PYTHON=1 (as in
 //! CI), where their absence fails the test.
 
+#![allow(clippy::print_stderr)] // a skipped test says why
+
 use std::process::Command;
 
 use frugal_store::{Column, DType, DatasetWriter, Schema, WriterOptions};
