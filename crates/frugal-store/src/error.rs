@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The caller asked for something the dataset or the schema cannot give.
     #[error("{0}")]
     Invalid(String),
+    /// An internal failure that is not the data's or the caller's fault.
+    #[error("{0}")]
+    Failed(String),
     /// A file being imported is malformed.
     #[error("{path}: {message}")]
     Import {

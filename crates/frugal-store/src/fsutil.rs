@@ -5,22 +5,37 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, StoreError};
 
-/// The temporary name a file is written under before it is renamed into place. Names
-/// starting with `.` and ending in `.tmp` are never part of a dataset and are swept away
-/// when a writer reopens the directory.
+/// The temporary name a file is written under before it is renamed into place:
+/// `.NAME.PID-N.tmp`, unique across the threads of a process. Such names are never part of
+/// a dataset; a writer reopening the directory removes those whose process is gone.
 pub(crate) fn temp_path(target: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
 }
 
 pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// True for a temporary file whose writing process no longer exists. A live process's
+/// temporaries — this one's included, whose other threads may be mid-write — stay.
+pub(crate) fn is_stale_temp(name: &str) -> bool {
+    is_temp_name(name)
+        && name
+            .rsplit('.')
+            .nth(1)
+            .and_then(|tag| tag.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Writes `bytes` to `target` atomically.

@@ -246,6 +246,17 @@ impl Manifest {
             if s.samples == 0 {
                 return Err(format!("shard `{}` has no samples", s.file));
             }
+            // A damaged count would make readers plan (and allocate) for samples that
+            // cannot be in the file.
+            if s.samples
+                .checked_mul(self.schema.sample_bytes() as u64)
+                .is_none_or(|b| b > s.bytes)
+            {
+                return Err(format!(
+                    "shard `{}` cannot hold {} samples in {} bytes",
+                    s.file, s.samples, s.bytes
+                ));
+            }
             if parse_checksum(&s.checksum).is_none() {
                 return Err(format!(
                     "shard `{}` has checksum `{}`, expected xxh3-64: and 16 hex digits",

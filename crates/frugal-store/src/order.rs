@@ -65,6 +65,8 @@ impl FromStr for Order {
 const STRIPE_BYTES: u64 = 4 << 20;
 /// Most shards mixed into one window.
 const MAX_SPREAD: u64 = 16;
+/// Most samples in one window: positions in a window are `u32`.
+const MAX_WINDOW: u64 = 1 << 30;
 
 /// An order and its parameters. Two runs see the same order only with the same spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +83,12 @@ impl OrderSpec {
     /// Sizes the window to a RAM budget: `budget_bytes` is the memory one window may
     /// hold; stripes of about 4 MiB per shard decide how many shards a window mixes.
     pub fn for_budget(order: Order, budget_bytes: u64, sample_bytes: u64) -> Self {
-        let window = (budget_bytes / sample_bytes.max(1)).max(1);
-        let spread = (budget_bytes / STRIPE_BYTES).clamp(1, MAX_SPREAD);
+        let window = (budget_bytes / sample_bytes.max(1)).clamp(1, MAX_WINDOW);
+        // A window holds up to `window + spread - 1` samples (stripes round up), so
+        // spreading wider than the window would break the budget.
+        let spread = (budget_bytes / STRIPE_BYTES)
+            .clamp(1, MAX_SPREAD)
+            .min(window);
         Self {
             order,
             window,
@@ -166,8 +172,8 @@ impl EpochPlan {
     /// The order of epoch `epoch` over shards of the given sample counts.
     pub fn new(spec: OrderSpec, seed: u64, epoch: u64, sizes: &[u64]) -> Self {
         let spec = OrderSpec {
-            window: spec.window.clamp(1, u32::MAX as u64),
-            spread: spec.spread.max(1),
+            window: spec.window.clamp(1, MAX_WINDOW),
+            spread: spec.spread.clamp(1, MAX_SPREAD),
             ..spec
         };
         let mut shard_starts = Vec::with_capacity(sizes.len());

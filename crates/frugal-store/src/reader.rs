@@ -348,7 +348,7 @@ impl Stream {
             .iter()
             .map(|c| (c.name.clone(), c.dtype, c.shape.clone(), c.sample_bytes()))
             .collect();
-        let prefetch = o.prefetch.max(1);
+        let prefetch = o.prefetch.clamp(1, 8);
         let (tx, rx) = sync_channel(prefetch);
         let (recycle, recycled) = sync_channel(prefetch + 2);
         let verify = o.verify;
@@ -410,9 +410,17 @@ impl Stream {
                     }
                     Err(_) => {
                         self.failed = true;
-                        return Some(Err(StoreError::Invalid(
-                            "the read-ahead thread stopped before the end of the epoch".into(),
-                        )));
+                        let why = match self.worker.take().map(JoinHandle::join) {
+                            Some(Err(panic)) => panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into()),
+                            _ => "no reason given".into(),
+                        };
+                        return Some(Err(StoreError::Failed(format!(
+                            "the read-ahead thread stopped before the end of the epoch: {why}"
+                        ))));
                     }
                 }
             }
@@ -595,7 +603,7 @@ impl ShardReader {
                     return Err(StoreError::shard(
                         self.path(shard),
                         format!(
-                            "column `{}` does not match its checksum (the manifest says {want}, the data hashes to {}): the shard is corrupted; `frugal data verify` lists every damaged shard",
+                            "column `{}` does not match its checksum (the manifest says {want}, the data hashes to {}): the shard (or the manifest) is corrupted; `frugal data verify` lists every damaged shard",
                             c.name,
                             crate::manifest::format_checksum(h.digest())
                         ),

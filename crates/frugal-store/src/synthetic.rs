@@ -212,7 +212,7 @@ pub fn generate(
             )));
         }
     }
-    crate::writer::refuse_foreign_files(dir)?;
+    crate::writer::refuse_foreign_files(dir, true)?;
     let parts = dir.join(crate::writer::PARTS_DIR);
     std::fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
     let spec_path = parts.join(PART_SPEC_FILE);
@@ -253,12 +253,9 @@ pub fn generate(
                 let result = (|| -> Result<()> {
                     let mut part: Option<PartWriter> = None;
                     let mut buffer = ShardBuffer::new(schema.clone());
-                    loop {
-                        if failure.lock().expect("lock").is_some() {
-                            return Ok(());
-                        }
+                    while failure.lock().expect("lock").is_none() {
                         let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            return Ok(());
+                            break;
                         };
                         if part.is_none() {
                             part = Some(PartWriter::create(
@@ -274,6 +271,7 @@ pub fn generate(
                             .write_shard(index, &mut buffer)?;
                         progress(entry.samples);
                     }
+                    part.map_or(Ok(()), PartWriter::finish)
                 })();
                 if let Err(e) = result {
                     failure.lock().expect("lock").get_or_insert(e);

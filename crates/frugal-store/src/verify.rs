@@ -1,12 +1,16 @@
 //! Full integrity check of a dataset: every shard's size, header and checksum.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Result, StoreError};
+use crate::manifest::ShardEntry;
 use crate::manifest::{Manifest, format_checksum, parse_checksum};
-use crate::shard::{checksum_file, open_shard};
+use crate::shard::{ShardLayout, open_shard};
 
 /// What is wrong with one shard.
 #[derive(Debug, Clone, Serialize)]
@@ -54,16 +58,9 @@ pub fn verify(dir: &Path, mut progress: impl FnMut(u64)) -> Result<VerifyReport>
             Err(StoreError::Shard { fault, .. }) => Some(fault),
             Err(StoreError::Io { source, .. }) => Some(source.to_string()),
             Err(e) => return Err(e),
-            Ok(_) => {
-                let got = checksum_file(&path)?;
+            Ok((file, layout)) => {
                 report.bytes += entry.bytes;
-                (Some(got) != parse_checksum(&entry.checksum)).then(|| {
-                    format!(
-                        "checksum mismatch: the manifest says {}, the file hashes to {} (corrupted)",
-                        entry.checksum,
-                        format_checksum(got)
-                    )
-                })
+                check_hashes(&file, &layout, &manifest, entry).err()
             }
         };
         if let Some(fault) = fault {
@@ -75,4 +72,64 @@ pub fn verify(dir: &Path, mut progress: impl FnMut(u64)) -> Result<VerifyReport>
         progress(entry.bytes);
     }
     Ok(report)
+}
+
+/// Reads the shard once, front to back, feeding the whole-file hash and each column's hash
+/// (columns are contiguous regions after the header), and compares both with the manifest.
+fn check_hashes(
+    file: &File,
+    layout: &ShardLayout,
+    manifest: &Manifest,
+    entry: &ShardEntry,
+) -> Result<(), String> {
+    let mut regions: Vec<(u64, Option<usize>)> = layout
+        .column_offsets
+        .iter()
+        .enumerate()
+        .map(|(i, &o)| (o, Some(i)))
+        .collect();
+    regions.sort_unstable();
+    let data_start = regions.first().map_or(layout.file_bytes, |r| r.0);
+    regions.insert(0, (0, None));
+    let mut whole = Xxh3::new();
+    let mut columns: Vec<Xxh3> = manifest
+        .schema
+        .columns
+        .iter()
+        .map(|_| Xxh3::new())
+        .collect();
+    let mut buf = vec![0u8; 4 << 20];
+    for (k, &(start, column)) in regions.iter().enumerate() {
+        let end = regions.get(k + 1).map_or(layout.file_bytes, |r| r.0);
+        let end = if column.is_none() { data_start } else { end };
+        let mut offset = start;
+        while offset < end {
+            let n = ((end - offset) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| format!("reading at byte {offset}: {e}"))?;
+            whole.update(&buf[..n]);
+            if let Some(c) = column {
+                columns[c].update(&buf[..n]);
+            }
+            offset += n as u64;
+        }
+    }
+    if Some(whole.digest()) != parse_checksum(&entry.checksum) {
+        return Err(format!(
+            "checksum mismatch: the manifest says {}, the file hashes to {} (corrupted)",
+            entry.checksum,
+            format_checksum(whole.digest())
+        ));
+    }
+    for (c, h) in manifest.schema.columns.iter().zip(columns) {
+        let want = &entry.column_checksums[&c.name];
+        if Some(h.digest()) != parse_checksum(want) {
+            return Err(format!(
+                "column `{}` hashes to {} but the manifest says {want}: the manifest's entry for this shard is damaged",
+                c.name,
+                format_checksum(h.digest())
+            ));
+        }
+    }
+    Ok(())
 }

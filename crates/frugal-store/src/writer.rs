@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
@@ -60,7 +61,13 @@ pub struct DatasetWriter {
     buffer: ShardBuffer,
     per_shard: u64,
     next_shard: u64,
+    saved: Instant,
 }
+
+/// How often a writer replaces its manifest while shards keep coming: often enough that a
+/// killed run loses seconds of work, rarely enough that rewriting a manifest of many
+/// thousand shards stays a small fraction of the I/O.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl DatasetWriter {
     /// Starts a dataset in `dir`, or continues an unfinished one with the same schema.
@@ -85,6 +92,10 @@ impl DatasetWriter {
             if m.complete {
                 return Err(already_complete(dir));
             }
+            return Err(StoreError::Invalid(format!(
+                "{} holds an unfinished dataset of a single writer; parallel writers cannot add to it",
+                dir.display()
+            )));
         }
         let manifest = if manifest_path.exists() {
             let bytes = fs::read(&manifest_path).map_err(|e| StoreError::io(&manifest_path, e))?;
@@ -101,7 +112,7 @@ impl DatasetWriter {
             m
         } else {
             if options.part.is_none() {
-                refuse_foreign_files(dir)?;
+                refuse_foreign_files(dir, false)?;
             }
             Manifest::new(schema.clone())
         };
@@ -124,12 +135,14 @@ impl DatasetWriter {
             manifest,
             per_shard,
             next_shard,
+            saved: Instant::now(),
         };
         writer.manifest.save_to(&writer.manifest_path)?;
         Ok(writer)
     }
 
-    /// Samples safely on disk in complete shards: where a resumed producer starts.
+    /// Samples safely on disk in complete, recorded shards: where a resumed producer
+    /// starts. Records are made durable at least every second and by [`DatasetWriter::sync`].
     pub fn samples_written(&self) -> u64 {
         self.manifest.samples
     }
@@ -209,7 +222,20 @@ impl DatasetWriter {
         self.next_shard += 1;
         self.manifest.samples += entry.samples;
         self.manifest.shards.push(entry);
-        self.manifest.save_to(&self.manifest_path)
+        if self.saved.elapsed() >= SAVE_EVERY {
+            self.manifest.save_to(&self.manifest_path)?;
+            self.saved = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Records the shards written so far durably now, rather than within the next second.
+    /// A producer that checkpoints its own state calls this first, so the dataset is never
+    /// behind its checkpoint.
+    pub fn sync(&mut self) -> Result<()> {
+        self.manifest.save_to(&self.manifest_path)?;
+        self.saved = Instant::now();
+        Ok(())
     }
 
     /// Writes the last partial shard and marks the dataset (or part) finished. A part
@@ -218,8 +244,8 @@ impl DatasetWriter {
         self.flush_shard()?;
         if self.manifest_path == self.dir.join(MANIFEST_FILE) {
             self.manifest.complete = true;
-            self.manifest.save_to(&self.manifest_path)?;
         }
+        self.manifest.save_to(&self.manifest_path)?;
         Ok(self.manifest)
     }
 }
@@ -232,13 +258,14 @@ fn already_complete(dir: &Path) -> StoreError {
 }
 
 /// A new dataset goes into an empty directory, so nothing of the user's is mixed in or
-/// swept away.
-pub(crate) fn refuse_foreign_files(dir: &Path) -> Result<()> {
+/// swept away. A parallel generator resuming its own run may find its parts and shards.
+pub(crate) fn refuse_foreign_files(dir: &Path, allow_parts: bool) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(fsutil::is_temp_name(&name) || name == PARTS_DIR || shard_index(&name).is_some()) {
+        let own = allow_parts && (name == PARTS_DIR || shard_index(&name).is_some());
+        if !(fsutil::is_temp_name(&name) || own) {
             return Err(StoreError::Invalid(format!(
                 "{} is not empty (it holds `{name}`); a dataset needs an empty or new directory",
                 dir.display()
@@ -258,23 +285,13 @@ fn sweep(dir: &Path, manifest: &Manifest, next_shard: Option<u64>) -> Result<()>
         let orphan_shard = shard_index(&name)
             .zip(next_shard)
             .is_some_and(|(i, next)| i >= next && !manifest.shards.iter().any(|s| s.file == name));
-        // Another live writer's temporaries carry its pid; only ours and dead ones go.
-        let stale_temp = fsutil::is_temp_name(&name)
-            && name
-                .rsplit('.')
-                .nth(1)
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_none_or(|pid| pid == std::process::id() || !pid_alive(pid));
+        let stale_temp = fsutil::is_stale_temp(&name);
         if orphan_shard || stale_temp {
             let path = entry.path();
             fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
     }
     Ok(())
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Writes whole shards by number: for producers that generate shard `i` independently
@@ -284,6 +301,7 @@ pub struct PartWriter {
     dir: PathBuf,
     path: PathBuf,
     manifest: Manifest,
+    saved: Instant,
 }
 
 impl PartWriter {
@@ -301,21 +319,38 @@ impl PartWriter {
             dir: w.dir,
             path: w.manifest_path,
             manifest: w.manifest,
+            saved: Instant::now(),
         })
     }
 
-    /// Writes `buffer` as shard number `index` and records it.
+    /// Writes `buffer` as shard number `index` and records it (replacing an earlier
+    /// record of the same shard). The record is durable after [`PartWriter::finish`], or
+    /// within about a second.
     pub fn write_shard(&mut self, index: u64, buffer: &mut ShardBuffer) -> Result<ShardEntry> {
+        if buffer.samples() == 0 {
+            return Err(StoreError::Invalid(format!(
+                "shard {index} would be empty; a shard holds at least one sample"
+            )));
+        }
         let entry = buffer.write(&self.dir, &shard_file_name(index))?;
-        self.manifest.samples += entry.samples;
+        self.manifest.shards.retain(|s| s.file != entry.file);
         self.manifest.shards.push(entry.clone());
-        self.manifest.save_to(&self.path)?;
+        self.manifest.samples = self.manifest.shards.iter().map(|s| s.samples).sum();
+        if self.saved.elapsed() >= SAVE_EVERY {
+            self.manifest.save_to(&self.path)?;
+            self.saved = Instant::now();
+        }
         Ok(entry)
+    }
+
+    /// Records every shard written so far durably.
+    pub fn finish(self) -> Result<()> {
+        self.manifest.save_to(&self.path)
     }
 }
 
-/// Shards already recorded by any part (or an unfinished main manifest), by number: what
-/// a resumed parallel producer can skip. Entries whose file is missing or of the wrong
+/// Shards already recorded by any part, by number: what a resumed parallel producer can
+/// skip. Entries whose file is missing or of the wrong
 /// size are left out, so they are produced again.
 pub fn recorded_shards(dir: &Path) -> Result<BTreeMap<u64, ShardEntry>> {
     let mut out = BTreeMap::new();
@@ -380,6 +415,19 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
                     ),
                 ));
             }
+        }
+    }
+    for s in shards.values() {
+        let path = dir.join(&s.file);
+        match fs::metadata(&path) {
+            Ok(md) if md.len() == s.bytes => {}
+            Ok(md) => {
+                return Err(StoreError::shard(
+                    &path,
+                    format!("file is {} bytes, its part records {}", md.len(), s.bytes),
+                ));
+            }
+            Err(e) => return Err(StoreError::io(&path, e)),
         }
     }
     let mut manifest = Manifest::new(schema);

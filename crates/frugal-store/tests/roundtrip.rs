@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use frugal_store::{
-    Column, DType, Dataset, DatasetWriter, Order, OrderSpec, PartWriter, ReadState, Schema,
-    ShardBuffer, StreamOptions, WriterOptions, merge_parts, recorded_shards,
+    Column, DType, Dataset, DatasetWriter, EpochPlan, Order, OrderSpec, PartWriter, ReadState,
+    Schema, ShardBuffer, StreamOptions, WriterOptions, merge_parts, recorded_shards,
 };
 use proptest::prelude::*;
 
@@ -177,6 +177,9 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
     for id in 0..37 {
         let (a, b, c, d) = sample(id);
         w.push_sample(&[&a, &b, &c, &d]).unwrap();
+        if id == 29 {
+            w.sync().unwrap();
+        }
     }
     // Killed: the partial shard in memory is lost, debris of an unfinished write remains.
     drop(w);
@@ -252,6 +255,7 @@ fn parallel_parts_merge_into_one_dataset() {
                     }
                     part.write_shard(i, &mut buf).unwrap();
                 }
+                part.finish().unwrap();
             });
         }
     });
@@ -266,4 +270,103 @@ fn parallel_parts_merge_into_one_dataset() {
         m.shards,
         Dataset::open(reference.path()).unwrap().manifest().shards
     );
+}
+
+#[test]
+fn many_generator_threads_never_trip_over_each_other() {
+    use frugal_store::synthetic::{SyntheticSpec, generate};
+    let spec = SyntheticSpec {
+        samples: 3000,
+        features: 4,
+        classes: 3,
+        hidden: 4,
+        seed: 1,
+        shard_bytes: 200,
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let want = generate(reference.path(), &spec, 1, &|_| {}).unwrap();
+    for _ in 0..4 {
+        let tmp = tempfile::tempdir().unwrap();
+        let got = generate(tmp.path(), &spec, 24, &|_| {}).unwrap();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn writers_do_not_take_over_each_others_directories() {
+    // A single writer refuses a directory holding a parallel writer's parts and shards.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut part = PartWriter::create(tmp.path(), schema(), "a").unwrap();
+    let mut buf = ShardBuffer::new(schema());
+    let (a, b, c, d) = sample(0);
+    buf.push_rows(1, &[&a, &b, &c, &d]).unwrap();
+    part.write_shard(0, &mut buf).unwrap();
+    // Rewriting a shard replaces its record instead of listing it twice.
+    buf.push_rows(1, &[&a, &b, &c, &d]).unwrap();
+    part.write_shard(0, &mut buf).unwrap();
+    assert!(part.write_shard(1, &mut buf).is_err(), "an empty shard");
+    part.finish().unwrap();
+    let err = DatasetWriter::create(tmp.path(), schema(), WriterOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert!(tmp.path().join("shard-000000.safetensors").exists());
+    assert_eq!(
+        merge_parts(tmp.path(), Default::default()).unwrap().samples,
+        1
+    );
+
+    // A parallel writer refuses a single writer's unfinished dataset.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        schema(),
+        WriterOptions {
+            shard_bytes: 25,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    w.push_sample(&[&a, &b, &c, &d]).unwrap();
+    drop(w);
+    let err = PartWriter::create(tmp.path(), schema(), "b").unwrap_err();
+    assert!(err.to_string().contains("single writer"), "{err}");
+}
+
+#[test]
+fn a_window_budget_is_kept_whatever_the_sample_size() {
+    for sample_bytes in [8u64, 12 << 10, 3 << 20, 60 << 20] {
+        let spec = OrderSpec::for_budget(Order::Window, 64 << 20, sample_bytes);
+        assert!(spec.spread <= spec.window, "{spec:?}");
+        let plan = EpochPlan::new(spec, 0, 0, &[1; 40]);
+        for w in 0..plan.windows() {
+            let (a, b) = plan.window_range(w);
+            assert!(
+                (b - a) * sample_bytes <= (64 << 20).max(sample_bytes),
+                "{spec:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_checks_column_checksums_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), 30, 250);
+    let path = tmp.path().join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["shards"][1]["column_checksums"]["x"] = "xxh3-64:0000000000000000".into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let report = frugal_store::verify(tmp.path(), |_| {}).unwrap();
+    assert_eq!(report.faults.len(), 1);
+    assert_eq!(report.faults[0].file, "shard-000001.safetensors");
+    assert!(
+        report.faults[0].fault.contains("column `x`"),
+        "{:?}",
+        report.faults
+    );
+
+    m["shards"][1]["samples"] = (1u64 << 62).into();
+    m["samples"] = (1u64 << 62).into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let err = Dataset::open(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("cannot hold"), "{err}");
 }
