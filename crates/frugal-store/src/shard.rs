@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde_json::Value;
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
 use crate::dtype::DType;
 use crate::error::{Result, StoreError};
@@ -317,6 +317,17 @@ pub fn checksum_file(path: &Path) -> Result<u64> {
     }
 }
 
+/// A column's checksum: the wrapping sum over rows of XXH3-64 of the row's bytes, seeded
+/// with the row's index. A sum does not depend on the order rows are read in, so a reader
+/// checks it whatever order an epoch visits the rows.
+pub fn column_checksum(data: &[u8], row_bytes: usize) -> u64 {
+    data.chunks_exact(row_bytes.max(1))
+        .enumerate()
+        .fold(0u64, |acc, (row, bytes)| {
+            acc.wrapping_add(xxh3_64_with_seed(bytes, row as u64))
+        })
+}
+
 /// Samples for one shard, column by column, before they are written.
 #[derive(Debug, Clone)]
 pub struct ShardBuffer {
@@ -406,7 +417,12 @@ impl ShardBuffer {
             .columns
             .iter()
             .zip(&self.columns)
-            .map(|(c, data)| (c.name.clone(), format_checksum(xxh3_64(data))))
+            .map(|(c, data)| {
+                (
+                    c.name.clone(),
+                    format_checksum(column_checksum(data, c.sample_bytes())),
+                )
+            })
             .collect();
         fsutil::atomic_write_with(&target, |f| {
             // One buffered stream: many small column writes would each be a syscall.

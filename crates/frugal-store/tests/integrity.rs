@@ -228,3 +228,59 @@ fn mutated_shards_fail_cleanly() {
         assert!(err.contains(SHARD), "truncated to {len}: {err}");
     }
 }
+
+/// A shard truncated after the reader mapped it: reads past the new end would raise
+/// SIGBUS (or, within the last page, read zeros); the reader turns both into an error
+/// naming the shard.
+#[test]
+fn a_mapped_shard_truncated_mid_epoch_is_an_error_not_a_crash() {
+    for samples_per_shard in [40u32, 4000] {
+        truncate_while_streaming(samples_per_shard);
+    }
+}
+
+fn truncate_while_streaming(per_shard: u32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        schema(),
+        WriterOptions {
+            shard_bytes: per_shard as u64 * 24,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..2 * per_shard {
+        let x: Vec<u8> = (0..4)
+            .flat_map(|k| (i as f32 + k as f32).to_le_bytes())
+            .collect();
+        w.push_sample(&[&x, &(i as i64).to_le_bytes()]).unwrap();
+    }
+    w.finish().unwrap();
+    let ds = Dataset::open(tmp.path()).unwrap();
+    let mut o = StreamOptions::new(
+        OrderSpec {
+            order: Order::Sequential,
+            window: 8000,
+            spread: 1,
+        },
+        0,
+        0,
+        4,
+    );
+    o.threads = 1;
+    o.verify = Verify::Off;
+    let mut stream = ds.stream(o).unwrap();
+    assert_eq!(stream.next().unwrap().unwrap().samples, 4);
+    OpenOptions::new()
+        .write(true)
+        .open(tmp.path().join("shard-000000.safetensors"))
+        .unwrap()
+        .set_len(300)
+        .unwrap();
+    let err = stream.find_map(Result::err).expect("an error").to_string();
+    assert!(
+        err.contains("shard-000000.safetensors") && err.contains("truncated"),
+        "{per_shard}: {err}"
+    );
+}
