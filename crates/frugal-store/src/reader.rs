@@ -692,12 +692,13 @@ impl Shared {
         if done {
             let content = cache.content.as_ref().expect("loaded");
             for seg in &content.segments {
-                if let Some(m) = cache
+                // A shard no longer mapped has no pages in the process to release.
+                let mapped = cache
                     .maps
                     .get(&seg.shard)
                     .cloned()
-                    .or_else(|| self.shard(seg.shard).ok())
-                {
+                    .or_else(|| self.shards.lock().expect("shards").get(&seg.shard).cloned());
+                if let Some(m) = mapped {
                     for c in 0..self.widths.len() {
                         m.dont_need(c, seg.start, seg.len);
                     }
