@@ -1,16 +1,15 @@
-//! Streaming reads: one epoch in a chosen order, as batches assembled by worker threads.
+//! Streaming reads: one epoch in a chosen order, window by window, with a bounded number
+//! of windows read ahead on a background thread.
 //!
-//! Shards are memory-mapped and each batch is copied row by row straight from the page
-//! cache into a contiguous, pooled buffer: one pass over memory per sample. The kernel is
-//! asked for the next window's pages before they are needed (`WILLNEED`) and a window's
-//! pages are released from the process once it has been consumed (`DONTNEED`), so resident
-//! memory is bounded by the windows in flight and the batches queued, whatever the dataset
-//! size. A shard truncated under a running reader is an error naming it, never a SIGBUS
-//! (see `guard.rs`).
+//! Reads are `pread`s of whole segments (contiguous rows of a shard) into reused buffers,
+//! so the process never maps dataset files: resident memory is the windows in flight and
+//! the batch being built, whatever the dataset size, and a file truncated under a running
+//! reader is a read error, not a SIGBUS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,18 +19,13 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::dtype::DType;
 use crate::error::{Result, StoreError};
-use crate::manifest::{Manifest, format_checksum, parse_checksum};
-use crate::mapped::ShardMap;
-use crate::order::{EpochPlan, OrderSpec, WindowContent, rank_range};
-use crate::shard::{checksum_file, open_shard};
+use crate::manifest::{Manifest, parse_checksum};
+use crate::order::{EpochPlan, OrderSpec, rank_range};
+use crate::shard::{ShardLayout, checksum_file, open_shard};
 
-/// Shards kept mapped at once beyond those in use: enough for a window's spread, few
-/// enough for any descriptor limit.
-const OPEN_SHARDS: usize = 64;
-/// Samples ahead of the copy whose pages are prefetched into the CPU cache.
-const PREFETCH_DISTANCE: u64 = 2;
-/// Batches each worker may have finished ahead of the consumer.
-const QUEUED_PER_WORKER: usize = 2;
+/// Shard files kept open at once: enough for a window's spread, few enough for any
+/// descriptor limit.
+const OPEN_FILES: usize = 64;
 
 /// An opened dataset: the manifest, checked against the files on disk.
 #[derive(Debug, Clone)]
@@ -135,10 +129,8 @@ pub struct StreamOptions {
     pub ranks: u64,
     /// Samples per batch; the last batch of a slice may be smaller.
     pub batch_size: usize,
-    /// Windows whose pages are requested from the kernel ahead of the one being read.
+    /// Windows read ahead of the one being consumed (at least 1).
     pub prefetch: usize,
-    /// Threads assembling batches (at least 1).
-    pub threads: usize,
     /// How shard contents are checked against their checksums.
     pub verify: Verify,
 }
@@ -150,10 +142,10 @@ pub struct StreamOptions {
 pub enum Verify {
     /// Never.
     Off,
-    /// Hash every sample as it is copied into its batch and compare each column's sum of
-    /// row hashes with the manifest once every row of a shard has been read: no extra
-    /// reads, any order; a damaged shard fails the epoch at the batch holding its last
-    /// row. A stream resumed mid-epoch checks only the shards it reads in full.
+    /// Hash every row as it is read and compare each column's sum of row hashes with the
+    /// manifest once every row of a shard has been read: no extra reads, any order; a
+    /// damaged shard fails the epoch at the window holding its last row. A stream resumed
+    /// mid-epoch checks only the shards it reads in full.
     #[default]
     OnRead,
     /// Hash each whole shard before its first use: catches damage before any of its
@@ -175,7 +167,6 @@ impl StreamOptions {
             ranks: 1,
             batch_size,
             prefetch: 1,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             verify: Verify::OnRead,
         }
     }
@@ -196,7 +187,7 @@ pub struct AlignedBytes {
 struct Pool(Mutex<Vec<Vec<u64>>>);
 
 /// Buffers a pool keeps: a few batches' worth of columns.
-const POOL_BUFFERS: usize = 8;
+const POOL_BUFFERS: usize = 16;
 
 impl Pool {
     fn take(self: &Arc<Self>, len: usize) -> AlignedBytes {
@@ -295,13 +286,26 @@ impl Batch {
     }
 }
 
-/// The batches of one epoch, in order. Dropping it stops the worker threads.
+/// A window's samples as read: per column, rows in segment order.
+struct WindowBuf {
+    columns: Vec<AlignedBytes>,
+    /// Buffer rows in emission order.
+    emit: Vec<u32>,
+    /// First emission index handed out (positions before it belong to an earlier reader).
+    from: usize,
+    /// One past the last emission index handed out.
+    to: usize,
+}
+
+/// The batches of one epoch. Dropping it stops the read-ahead thread.
 pub struct Stream {
-    /// Batch `b` comes from worker `b % workers`.
-    results: Vec<Receiver<Result<Batch>>>,
-    workers: Vec<JoinHandle<()>>,
-    next: usize,
-    batches: usize,
+    rx: Option<Receiver<Result<WindowBuf>>>,
+    recycle: Option<SyncSender<WindowBuf>>,
+    worker: Option<JoinHandle<()>>,
+    current: Option<(WindowBuf, usize)>,
+    columns: Vec<(String, DType, Vec<usize>, usize)>,
+    pool: Arc<Pool>,
+    batch_size: usize,
     state: ReadState,
     remaining: u64,
     failed: bool,
@@ -314,30 +318,6 @@ impl std::fmt::Debug for Stream {
             .field("remaining", &self.remaining)
             .finish_non_exhaustive()
     }
-}
-
-/// What the workers of one stream share.
-struct Shared {
-    dataset: Dataset,
-    plan: EpochPlan,
-    /// Rank slice start: `consumed` counts from here.
-    lo: u64,
-    begin: u64,
-    end: u64,
-    batch_size: u64,
-    prefetch: usize,
-    verify: Verify,
-    seed: u64,
-    epoch: u64,
-    widths: Vec<usize>,
-    pool: Arc<Pool>,
-    shards: Mutex<HashMap<u32, Arc<ShardMap>>>,
-    /// Samples of each window consumed so far (windows not yet finished).
-    windows: Mutex<HashMap<usize, u64>>,
-    /// Windows before this one have had their pages requested.
-    advised: AtomicUsize,
-    /// Running column sums of row hashes and rows seen, per shard (`OnRead`).
-    checks: Mutex<HashMap<u32, (Vec<u64>, u64)>>,
 }
 
 impl Stream {
@@ -361,50 +341,32 @@ impl Stream {
             )));
         }
         let begin = lo + o.state.consumed;
-        let batches = (hi - begin).div_ceil(o.batch_size as u64) as usize;
-        let widths = dataset
+        let columns = dataset
             .manifest
             .schema
             .columns
             .iter()
-            .map(|c| c.sample_bytes())
+            .map(|c| (c.name.clone(), c.dtype, c.shape.clone(), c.sample_bytes()))
             .collect();
-        let shared = Arc::new(Shared {
-            dataset,
-            plan,
-            lo,
-            begin,
-            end: hi,
-            batch_size: o.batch_size as u64,
-            prefetch: o.prefetch.clamp(1, 8),
-            verify: o.verify,
-            seed: o.state.seed,
-            epoch: o.state.epoch,
-            widths,
-            pool: Arc::default(),
-            shards: Mutex::default(),
-            windows: Mutex::default(),
-            advised: AtomicUsize::new(0),
-            checks: Mutex::default(),
-        });
-        let threads = o.threads.clamp(1, 64).min(batches.max(1));
-        let mut results = Vec::with_capacity(threads);
-        let mut workers = Vec::with_capacity(threads);
-        for t in 0..threads {
-            let (tx, rx) = sync_channel(QUEUED_PER_WORKER);
-            let shared = Arc::clone(&shared);
-            let worker = std::thread::Builder::new()
-                .name(format!("frugal-store-{t}"))
-                .spawn(move || work(&shared, t, threads, batches, &tx))
-                .map_err(|e| StoreError::Failed(format!("cannot start a reader thread: {e}")))?;
-            results.push(rx);
-            workers.push(worker);
-        }
+        let prefetch = o.prefetch.clamp(1, 8);
+        let (tx, rx) = sync_channel(prefetch);
+        let (recycle, recycled) = sync_channel(prefetch + 2);
+        let verify = o.verify;
+        let worker = std::thread::Builder::new()
+            .name("frugal-store-read".into())
+            .spawn(move || {
+                let mut reader = ShardReader::new(dataset, verify);
+                read_ahead(&plan, begin, hi, &mut reader, &tx, &recycled, prefetch + 1);
+            })
+            .map_err(|e| StoreError::Invalid(format!("cannot start the read-ahead thread: {e}")))?;
         Ok(Self {
-            results,
-            workers,
-            next: 0,
-            batches,
+            rx: Some(rx),
+            recycle: Some(recycle),
+            worker: Some(worker),
+            current: None,
+            columns,
+            pool: Arc::default(),
+            batch_size: o.batch_size,
             state: o.state,
             remaining: hi - begin,
             failed: false,
@@ -422,36 +384,83 @@ impl Stream {
     }
 
     fn next_batch(&mut self) -> Option<Result<Batch>> {
-        if self.failed || self.next >= self.batches {
+        if self.failed || self.remaining == 0 {
             return None;
         }
-        let worker = self.next % self.results.len();
-        match self.results[worker].recv() {
-            Ok(Ok(batch)) => {
-                self.next += 1;
-                self.remaining -= batch.samples as u64;
-                self.state = batch.state;
-                Some(Ok(batch))
+        let n = (self.batch_size as u64).min(self.remaining) as usize;
+        let mut out: Vec<AlignedBytes> = self
+            .columns
+            .iter()
+            .map(|c| self.pool.take(n * c.3))
+            .collect();
+        let mut filled = 0;
+        while filled < n {
+            if self.current.as_ref().is_none_or(|(w, k)| *k >= w.to) {
+                if let (Some((old, _)), Some(recycle)) = (self.current.take(), &self.recycle) {
+                    let _ = recycle.try_send(old);
+                }
+                match self.rx.as_ref()?.recv() {
+                    Ok(Ok(w)) => {
+                        let from = w.from;
+                        self.current = Some((w, from));
+                    }
+                    Ok(Err(e)) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                    Err(_) => {
+                        self.failed = true;
+                        let why = match self.worker.take().map(JoinHandle::join) {
+                            Some(Err(panic)) => panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into()),
+                            _ => "no reason given".into(),
+                        };
+                        return Some(Err(StoreError::Failed(format!(
+                            "the read-ahead thread stopped before the end of the epoch: {why}"
+                        ))));
+                    }
+                }
             }
-            Ok(Err(e)) => {
-                self.failed = true;
-                Some(Err(e))
+            let (w, k) = self.current.as_mut().expect("window");
+            let take = (w.to - *k).min(n - filled);
+            for (ci, col) in self.columns.iter().enumerate() {
+                let width = col.3;
+                let src = w.columns[ci].bytes();
+                let dst = out[ci].bytes_mut();
+                for (i, &row) in w.emit[*k..*k + take].iter().enumerate() {
+                    let s = row as usize * width;
+                    let d = (filled + i) * width;
+                    dst[d..d + width].copy_from_slice(&src[s..s + width]);
+                }
             }
-            Err(_) => {
-                self.failed = true;
-                let why = match self.workers.remove(worker).join() {
-                    Err(panic) => panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".into()),
-                    Ok(()) => "no reason given".into(),
-                };
-                Some(Err(StoreError::Failed(format!(
-                    "a reader thread stopped before the end of the epoch: {why}"
-                ))))
-            }
+            *k += take;
+            filled += take;
         }
+        self.remaining -= n as u64;
+        self.state.consumed += n as u64;
+        let columns = self
+            .columns
+            .iter()
+            .zip(out)
+            .map(|((name, dtype, shape, _), data)| {
+                let mut full = vec![n];
+                full.extend_from_slice(shape);
+                ColumnData {
+                    name: name.clone(),
+                    dtype: *dtype,
+                    shape: full,
+                    data,
+                }
+            })
+            .collect();
+        Some(Ok(Batch {
+            columns,
+            samples: n,
+            state: self.state,
+        }))
     }
 }
 
@@ -465,19 +474,61 @@ impl Iterator for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Closing the result channels makes each worker's next send fail, and it returns.
-        self.results.clear();
-        for worker in self.workers.drain(..) {
+        // Closing both channels makes the read-ahead thread's next send or wait for a
+        // buffer fail, and it returns.
+        self.rx = None;
+        self.recycle = None;
+        if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
     }
 }
 
-/// Worker `t` of `n` builds batches `t, t + n, ...` and sends them in that order.
-fn work(shared: &Shared, t: usize, n: usize, batches: usize, tx: &SyncSender<Result<Batch>>) {
-    let mut cache = WorkerCache::default();
-    for b in (t..batches).step_by(n) {
-        let result = shared.assemble(b as u64, &mut cache);
+fn read_ahead(
+    plan: &EpochPlan,
+    begin: u64,
+    end: u64,
+    reader: &mut ShardReader,
+    tx: &SyncSender<Result<WindowBuf>>,
+    recycled: &Receiver<WindowBuf>,
+    buffers: usize,
+) {
+    if begin >= end {
+        return;
+    }
+    // At most `buffers` windows exist: the one being consumed and those read ahead.
+    let mut allocated = 0;
+    let mut next = None;
+    for w in plan.window_of(begin)..plan.windows() {
+        let (ws, we) = plan.window_range(w);
+        if ws >= end {
+            return;
+        }
+        let content = next.take().unwrap_or_else(|| plan.window(w));
+        // Ask the kernel for the following window now, so the disk stays busy while this
+        // one is copied, hashed and consumed.
+        if w + 1 < plan.windows() && plan.window_range(w + 1).0 < end {
+            let following = plan.window(w + 1);
+            reader.will_need(&following.segments);
+            next = Some(following);
+        }
+        let buf = match recycled.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if allocated < buffers => {
+                allocated += 1;
+                None
+            }
+            Err(_) => match recycled.recv() {
+                Ok(b) => Some(b),
+                Err(_) => return,
+            },
+        };
+        let result = reader.read_window(&content.segments, buf).map(|mut buf| {
+            buf.from = begin.saturating_sub(ws) as usize;
+            buf.to = (end.min(we) - ws) as usize;
+            buf.emit = content.emit;
+            buf
+        });
         let failed = result.is_err();
         if tx.send(result).is_err() || failed {
             return;
@@ -485,257 +536,67 @@ fn work(shared: &Shared, t: usize, n: usize, batches: usize, tx: &SyncSender<Res
     }
 }
 
-/// A worker's view of the window it is reading and the shards it holds mapped.
-#[derive(Default)]
-struct WorkerCache {
-    window: Option<usize>,
-    content: Option<WindowContent>,
-    /// Buffer row at which each segment of the window starts, plus the total.
-    seg_starts: Vec<u64>,
-    maps: HashMap<u32, Arc<ShardMap>>,
+/// Opens shards on demand (checking each header against the manifest once), reads
+/// segments, and checks checksums as [`Verify`] asks.
+struct ShardReader {
+    dataset: Dataset,
+    open: HashMap<u32, (File, ShardLayout)>,
+    checked: HashSet<u32>,
+    streaming: HashMap<u32, StreamingCheck>,
+    verify: Verify,
 }
 
-impl WorkerCache {
-    fn load(&mut self, shared: &Shared, w: usize) {
-        if self.window == Some(w) {
-            return;
-        }
-        let content = shared.plan.window(w);
-        self.seg_starts.clear();
-        let mut acc = 0;
-        for s in &content.segments {
-            self.seg_starts.push(acc);
-            acc += s.len;
-        }
-        self.seg_starts.push(acc);
-        self.content = Some(content);
-        self.window = Some(w);
-        // Shards of the previous window stay mapped in the shared table if still in use.
-        self.maps.clear();
-        shared.advise_ahead(w);
-    }
-
-    /// Shard and row of the window's `k`-th sample.
-    fn locate(&self, k: u64) -> (u32, u64) {
-        let content = self.content.as_ref().expect("loaded");
-        let r = content.emit[k as usize] as u64;
-        let s = self.seg_starts.partition_point(|&start| start <= r) - 1;
-        let seg = content.segments[s];
-        (seg.shard, seg.start + (r - self.seg_starts[s]))
-    }
+/// Per-column sums of row hashes of a shard, and rows seen, while it is being read.
+struct StreamingCheck {
+    sums: Vec<u64>,
+    rows: Vec<u64>,
 }
 
-impl Shared {
-    fn assemble(&self, b: u64, cache: &mut WorkerCache) -> Result<Batch> {
-        let p0 = self.begin + b * self.batch_size;
-        let p1 = (p0 + self.batch_size).min(self.end);
-        let n = (p1 - p0) as usize;
-        let mut out: Vec<AlignedBytes> =
-            self.widths.iter().map(|w| self.pool.take(n * w)).collect();
-        let verify = self.verify == Verify::OnRead;
-        let mut sums: HashMap<u32, (Vec<u64>, u64)> = HashMap::new();
-        let mut used: Vec<Arc<ShardMap>> = Vec::new();
-        let mut p = p0;
-        while p < p1 {
-            let w = self.plan.window_of(p);
-            cache.load(self, w);
-            let (ws, we) = self.plan.window_range(w);
-            let stop = p1.min(we);
-            for pos in p..stop {
-                if pos + PREFETCH_DISTANCE < stop {
-                    let (shard, row) = cache.locate(pos + PREFETCH_DISTANCE - ws);
-                    if let Some(m) = cache.maps.get(&shard) {
-                        for c in 0..self.widths.len() {
-                            m.prefetch_row(c, row);
-                        }
-                    }
-                }
-                let (shard, row) = cache.locate(pos - ws);
-                let map = match cache.maps.get(&shard) {
-                    Some(m) => Arc::clone(m),
-                    None => {
-                        let m = self.shard(shard)?;
-                        cache.maps.insert(shard, Arc::clone(&m));
-                        m
-                    }
-                };
-                if !used.iter().any(|u| Arc::ptr_eq(u, &map)) {
-                    used.push(Arc::clone(&map));
-                }
-                let i = (pos - p0) as usize;
-                let acc = verify.then(|| {
-                    sums.entry(shard)
-                        .or_insert_with(|| (vec![0; self.widths.len()], 0))
-                });
-                let mut hashes = acc;
-                for (c, (buf, &width)) in out.iter_mut().zip(&self.widths).enumerate() {
-                    let dst = &mut buf.bytes_mut()[i * width..(i + 1) * width];
-                    map.copy_row(c, row, dst)?;
-                    if let Some((s, _)) = hashes.as_mut() {
-                        s[c] = s[c].wrapping_add(xxh3_64_with_seed(dst, row));
-                    }
-                }
-                if let Some((_, rows)) = hashes {
-                    *rows += 1;
-                }
-            }
-            self.window_progress(w, stop - p, cache);
-            p = stop;
+impl ShardReader {
+    fn new(dataset: Dataset, verify: Verify) -> Self {
+        Self {
+            dataset,
+            open: HashMap::new(),
+            checked: HashSet::new(),
+            streaming: HashMap::new(),
+            verify,
         }
-        for m in &used {
-            if m.truncated() {
-                return Err(StoreError::shard(
-                    m.path(),
-                    "the file was truncated while being read (pages past its new end read as zeros were discarded)",
-                ));
-            }
-        }
-        if verify {
-            self.check(sums)?;
-        }
-        let columns = self
-            .dataset
-            .manifest
-            .schema
-            .columns
-            .iter()
-            .zip(out)
-            .map(|(c, data)| {
-                let mut shape = vec![n];
-                shape.extend_from_slice(&c.shape);
-                ColumnData {
-                    name: c.name.clone(),
-                    dtype: c.dtype,
-                    shape,
-                    data,
-                }
-            })
-            .collect();
-        Ok(Batch {
-            columns,
-            samples: n,
-            state: ReadState {
-                seed: self.seed,
-                epoch: self.epoch,
-                consumed: p1 - self.lo,
-            },
-        })
     }
 
-    /// The mapping of shard `shard`, opened (and checked) on first use.
-    fn shard(&self, shard: u32) -> Result<Arc<ShardMap>> {
-        let mut shards = self.shards.lock().expect("shards");
-        if let Some(m) = shards.get(&shard) {
-            return Ok(Arc::clone(m));
+    /// Adds the row hashes of rows `[start, start + n)` of column `ci` of `shard`; once
+    /// every row of every column has been seen, compares the sums with the manifest. Sums
+    /// do not depend on order, so this works for every order and for resumed epochs (a
+    /// shard only part of which this stream reads is not checked).
+    fn track(&mut self, shard: u32, ci: usize, start: u64, n: u64, bytes: &[u8]) -> Result<()> {
+        if self.verify != Verify::OnRead || self.checked.contains(&shard) || n == 0 {
+            return Ok(());
         }
-        if shards.len() >= OPEN_SHARDS {
-            shards.retain(|_, m| Arc::strong_count(m) > 1);
+        let columns = self.dataset.manifest.schema.columns.len();
+        let width = bytes.len() / n as usize;
+        let check = self
+            .streaming
+            .entry(shard)
+            .or_insert_with(|| StreamingCheck {
+                sums: vec![0; columns],
+                rows: vec![0; columns],
+            });
+        for (k, row) in bytes.chunks_exact(width.max(1)).enumerate() {
+            check.sums[ci] = check.sums[ci].wrapping_add(xxh3_64_with_seed(row, start + k as u64));
         }
+        check.rows[ci] += n;
         let entry = &self.dataset.manifest.shards[shard as usize];
-        let path = self.dataset.dir.join(&entry.file);
-        if self.verify == Verify::Before {
-            let want = parse_checksum(&entry.checksum).expect("validated");
-            let got = checksum_file(&path)?;
-            if got != want {
-                return Err(StoreError::shard(
-                    &path,
-                    format!(
-                        "checksum mismatch: the manifest says {}, the file hashes to {} (corrupted)",
-                        entry.checksum,
-                        format_checksum(got)
-                    ),
-                ));
-            }
-        }
-        let (file, layout) = open_shard(&path, &self.dataset.manifest.schema, entry)?;
-        let widths = self.widths.iter().map(|&w| w as u64).collect();
-        let m = Arc::new(ShardMap::new(&path, file, layout, widths)?);
-        shards.insert(shard, Arc::clone(&m));
-        Ok(m)
-    }
-
-    /// Requests the pages of the windows after `w` (up to `prefetch` of them) from the
-    /// kernel, once per window across all workers.
-    fn advise_ahead(&self, w: usize) {
-        let last = (w + self.prefetch).min(self.plan.windows().saturating_sub(1));
-        let before = self.advised.fetch_max(last + 1, Ordering::AcqRel);
-        for x in before.max(w)..=last {
-            let (start, _) = self.plan.window_range(x);
-            if start >= self.end {
-                break;
-            }
-            for seg in self.plan.window(x).segments {
-                if let Ok(m) = self.shard(seg.shard) {
-                    for c in 0..self.widths.len() {
-                        m.will_need(c, seg.start, seg.len);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Counts `n` samples of window `w` as read; when the last of its samples in this
-    /// stream's range is read, releases its pages from the process.
-    fn window_progress(&self, w: usize, n: u64, cache: &WorkerCache) {
-        let (ws, we) = self.plan.window_range(w);
-        let in_range = we.min(self.end) - ws.max(self.begin);
-        let done = {
-            let mut windows = self.windows.lock().expect("windows");
-            let seen = windows.entry(w).or_insert(0);
-            *seen += n;
-            let done = *seen >= in_range;
-            if done {
-                windows.remove(&w);
-            }
-            done
-        };
-        if done {
-            let content = cache.content.as_ref().expect("loaded");
-            for seg in &content.segments {
-                // A shard no longer mapped has no pages in the process to release.
-                let mapped = cache
-                    .maps
-                    .get(&seg.shard)
-                    .cloned()
-                    .or_else(|| self.shards.lock().expect("shards").get(&seg.shard).cloned());
-                if let Some(m) = mapped {
-                    for c in 0..self.widths.len() {
-                        m.dont_need(c, seg.start, seg.len);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds a batch's row-hash sums; compares the shards now read in full.
-    fn check(&self, sums: HashMap<u32, (Vec<u64>, u64)>) -> Result<()> {
-        let mut done = Vec::new();
-        {
-            let mut checks = self.checks.lock().expect("checks");
-            for (shard, (s, rows)) in sums {
-                let acc = checks
-                    .entry(shard)
-                    .or_insert_with(|| (vec![0; self.widths.len()], 0));
-                for (a, v) in acc.0.iter_mut().zip(s) {
-                    *a = a.wrapping_add(v);
-                }
-                acc.1 += rows;
-                if acc.1 == self.dataset.manifest.shards[shard as usize].samples {
-                    done.push((shard, checks.remove(&shard).expect("present").0));
-                }
-            }
-        }
-        for (shard, sums) in done {
-            let entry = &self.dataset.manifest.shards[shard as usize];
-            for (c, sum) in self.dataset.manifest.schema.columns.iter().zip(sums) {
+        if check.rows.iter().all(|&r| r == entry.samples) {
+            let check = self.streaming.remove(&shard).expect("present");
+            self.checked.insert(shard);
+            for (c, sum) in self.dataset.manifest.schema.columns.iter().zip(check.sums) {
                 let want = &entry.column_checksums[&c.name];
                 if Some(sum) != parse_checksum(want) {
                     return Err(StoreError::shard(
-                        self.dataset.dir.join(&entry.file),
+                        self.path(shard),
                         format!(
                             "column `{}` does not match its checksum (the manifest says {want}, the data sums to {}): the shard (or the manifest) is corrupted; `frugal data verify` lists every damaged shard",
                             c.name,
-                            format_checksum(sum)
+                            crate::manifest::format_checksum(sum)
                         ),
                     ));
                 }
@@ -743,4 +604,129 @@ impl Shared {
         }
         Ok(())
     }
+
+    fn path(&self, shard: u32) -> PathBuf {
+        self.dataset
+            .dir
+            .join(&self.dataset.manifest.shards[shard as usize].file)
+    }
+
+    fn shard(&mut self, shard: u32) -> Result<&(File, ShardLayout)> {
+        if !self.open.contains_key(&shard) {
+            if self.open.len() >= OPEN_FILES {
+                self.open.clear();
+            }
+            let entry = &self.dataset.manifest.shards[shard as usize];
+            let path = self.path(shard);
+            if self.verify == Verify::Before && !self.checked.contains(&shard) {
+                let want = parse_checksum(&entry.checksum).expect("validated");
+                let got = checksum_file(&path)?;
+                if got != want {
+                    return Err(StoreError::shard(
+                        &path,
+                        format!(
+                            "checksum mismatch: the manifest says {}, the file hashes to {} (corrupted)",
+                            entry.checksum,
+                            crate::manifest::format_checksum(got)
+                        ),
+                    ));
+                }
+                self.checked.insert(shard);
+            }
+            let (file, layout) = open_shard(&path, &self.dataset.manifest.schema, entry)?;
+            advise_sequential(&file);
+            self.open.insert(shard, (file, layout));
+        }
+        Ok(&self.open[&shard])
+    }
+
+    /// Starts reading `segments` into the page cache without waiting. Advisory: a fault
+    /// here surfaces when the segments are read.
+    fn will_need(&mut self, segments: &[crate::order::Segment]) {
+        let widths: Vec<u64> = self
+            .dataset
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.sample_bytes() as u64)
+            .collect();
+        for seg in segments {
+            let Ok((file, layout)) = self.shard(seg.shard) else {
+                continue;
+            };
+            for (offset, w) in layout.column_offsets.iter().zip(&widths) {
+                let len = std::num::NonZeroU64::new(seg.len * w);
+                let _ = rustix::fs::fadvise(
+                    file,
+                    offset + seg.start * w,
+                    len,
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
+    }
+
+    fn read_window(
+        &mut self,
+        segments: &[crate::order::Segment],
+        buf: Option<WindowBuf>,
+    ) -> Result<WindowBuf> {
+        let widths: Vec<u64> = self
+            .dataset
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.sample_bytes() as u64)
+            .collect();
+        let rows: u64 = segments.iter().map(|s| s.len).sum();
+        let mut buf = buf.unwrap_or_else(|| WindowBuf {
+            columns: vec![AlignedBytes::default(); widths.len()],
+            emit: Vec::new(),
+            from: 0,
+            to: 0,
+        });
+        for (col, w) in buf.columns.iter_mut().zip(&widths) {
+            col.resize((rows * w) as usize);
+        }
+        let mut row = 0u64;
+        for seg in segments {
+            let path = self.path(seg.shard);
+            let offsets = self.shard(seg.shard)?.1.column_offsets.clone();
+            for (ci, w) in widths.iter().enumerate() {
+                let file = &self.open[&seg.shard].0;
+                let offset = offsets[ci] + seg.start * w;
+                let range = (row * w) as usize..((row + seg.len) * w) as usize;
+                let dst = &mut buf.columns[ci].bytes_mut()[range.clone()];
+                file.read_exact_at(dst, offset).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        StoreError::shard(
+                            &path,
+                            format!(
+                                "ends before byte {} (truncated while in use?)",
+                                offset + dst.len() as u64
+                            ),
+                        )
+                    } else {
+                        StoreError::io(&path, e)
+                    }
+                })?;
+                self.track(
+                    seg.shard,
+                    ci,
+                    seg.start,
+                    seg.len,
+                    &buf.columns[ci].bytes()[range],
+                )?;
+            }
+            row += seg.len;
+        }
+        Ok(buf)
+    }
+}
+
+/// Tells the kernel a file is read front to back, which doubles its read-ahead.
+fn advise_sequential(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Sequential);
 }
