@@ -162,30 +162,30 @@ fn the_dataset_does_not_depend_on_the_thread_count() {
     assert_eq!(read("one"), read("two"));
 }
 
+/// A generation of many small shards: long enough to be killed part way.
+const SMALL_SHARDS: [&str; 13] = [
+    "data",
+    "gen",
+    "synthetic",
+    "--features",
+    "64",
+    "--classes",
+    "5",
+    "--shard-size",
+    "16KiB",
+    "--seed",
+    "7",
+    "--samples",
+    "30000",
+];
+
 #[test]
 fn a_killed_generation_resumes_to_the_same_dataset() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("killed");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
-        .args([
-            "data",
-            "gen",
-            "synthetic",
-            "--features",
-            "64",
-            "--classes",
-            "5",
-        ])
-        .args([
-            "--shard-size",
-            "16KiB",
-            "--seed",
-            "7",
-            "--samples",
-            "30000",
-            "--threads",
-            "2",
-        ])
+        .args(SMALL_SHARDS)
+        .args(["--threads", "2"])
         .arg("--out")
         .arg(&dir)
         .spawn()
@@ -220,25 +220,8 @@ fn a_killed_generation_resumes_to_the_same_dataset() {
             .assert()
             .failure();
         frugal()
-            .args([
-                "data",
-                "gen",
-                "synthetic",
-                "--features",
-                "64",
-                "--classes",
-                "5",
-            ])
-            .args([
-                "--shard-size",
-                "16KiB",
-                "--seed",
-                "7",
-                "--samples",
-                "30000",
-                "--threads",
-                "1",
-            ])
+            .args(SMALL_SHARDS)
+            .args(["--threads", "1"])
             .arg("--out")
             .arg(&dir)
             .assert()
@@ -246,25 +229,8 @@ fn a_killed_generation_resumes_to_the_same_dataset() {
     }
     let reference = tmp.path().join("reference");
     frugal()
-        .args([
-            "data",
-            "gen",
-            "synthetic",
-            "--features",
-            "64",
-            "--classes",
-            "5",
-        ])
-        .args([
-            "--shard-size",
-            "16KiB",
-            "--seed",
-            "7",
-            "--samples",
-            "30000",
-            "--threads",
-            "2",
-        ])
+        .args(SMALL_SHARDS)
+        .args(["--threads", "2"])
         .arg("--out")
         .arg(&reference)
         .assert()

@@ -540,6 +540,8 @@ fn read_ahead(
 /// segments, and checks checksums as [`Verify`] asks.
 struct ShardReader {
     dataset: Dataset,
+    /// Bytes per sample of each column.
+    widths: Vec<u64>,
     open: HashMap<u32, (File, ShardLayout)>,
     checked: HashSet<u32>,
     streaming: HashMap<u32, StreamingCheck>,
@@ -554,8 +556,16 @@ struct StreamingCheck {
 
 impl ShardReader {
     fn new(dataset: Dataset, verify: Verify) -> Self {
+        let widths = dataset
+            .manifest
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.sample_bytes() as u64)
+            .collect();
         Self {
             dataset,
+            widths,
             open: HashMap::new(),
             checked: HashSet::new(),
             streaming: HashMap::new(),
@@ -643,14 +653,7 @@ impl ShardReader {
     /// Starts reading `segments` into the page cache without waiting. Advisory: a fault
     /// here surfaces when the segments are read.
     fn will_need(&mut self, segments: &[crate::order::Segment]) {
-        let widths: Vec<u64> = self
-            .dataset
-            .manifest
-            .schema
-            .columns
-            .iter()
-            .map(|c| c.sample_bytes() as u64)
-            .collect();
+        let widths = self.widths.clone();
         for seg in segments {
             let Ok((file, layout)) = self.shard(seg.shard) else {
                 continue;
@@ -672,14 +675,7 @@ impl ShardReader {
         segments: &[crate::order::Segment],
         buf: Option<WindowBuf>,
     ) -> Result<WindowBuf> {
-        let widths: Vec<u64> = self
-            .dataset
-            .manifest
-            .schema
-            .columns
-            .iter()
-            .map(|c| c.sample_bytes() as u64)
-            .collect();
+        let widths = self.widths.clone();
         let rows: u64 = segments.iter().map(|s| s.len).sum();
         let mut buf = buf.unwrap_or_else(|| WindowBuf {
             columns: vec![AlignedBytes::default(); widths.len()],
