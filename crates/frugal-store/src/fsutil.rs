@@ -22,20 +22,25 @@ pub(crate) fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
 }
 
+/// True for names of the form `temp_path` makes, `.NAME.PID-N.tmp`, and nothing else: a
+/// user's own `.notes.tmp` is theirs, not debris.
 pub(crate) fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
+    temp_pid(name).is_some()
+}
+
+fn temp_pid(name: &str) -> Option<u32> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (target, tag) = inner.rsplit_once('.')?;
+    let (pid, n) = tag.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (!target.is_empty() && digits(pid) && digits(n)).then(|| pid.parse().ok())?
 }
 
 /// True for a temporary file whose writing process no longer exists. A live process's
 /// temporaries — this one's included, whose other threads may be mid-write — stay.
+/// Processes are looked up on this machine: writers of one dataset share a host.
 pub(crate) fn is_stale_temp(name: &str) -> bool {
-    is_temp_name(name)
-        && name
-            .rsplit('.')
-            .nth(1)
-            .and_then(|tag| tag.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    temp_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Writes `bytes` to `target` atomically.
@@ -73,4 +78,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_temporaries_are_temporaries() {
+        let ours = temp_path(Path::new("/d/shard-000001.safetensors"));
+        let name = ours.file_name().unwrap().to_str().unwrap();
+        assert!(is_temp_name(name), "{name}");
+        assert!(!is_stale_temp(name), "this process is alive");
+        assert!(is_temp_name(".manifest.json.4194999-3.tmp"));
+        for theirs in [
+            ".notes.tmp",
+            ".x.y.tmp",
+            ".a.12.tmp",
+            ".a.-1.tmp",
+            "..1-2.tmp",
+            "a.1-2.tmp",
+        ] {
+            assert!(!is_temp_name(theirs), "{theirs}");
+            assert!(!is_stale_temp(theirs), "{theirs}");
+        }
+    }
 }

@@ -115,8 +115,9 @@ pub struct ShardEntry {
     pub bytes: u64,
     /// `xxh3-64:` followed by 16 hex digits: the XXH3 64-bit hash of the whole file.
     pub checksum: String,
-    /// The same hash of each column's bytes alone, by column name: lets a reader check
-    /// data as it streams it, without a second pass over the file.
+    /// Per column (by name), the wrapping sum over rows of XXH3-64 of the row's bytes
+    /// seeded with the row index: order-independent, so a reader checks the data it
+    /// streams, in any order, without a second pass over the file.
     pub column_checksums: BTreeMap<String, String>,
 }
 

@@ -235,6 +235,11 @@ impl EpochPlan {
         self.window_starts.push(pos);
     }
 
+    /// Sample counts of the shards, in manifest order.
+    pub fn shard_sizes(&self) -> &[u64] {
+        &self.sizes
+    }
+
     /// Samples in the epoch.
     pub fn total(&self) -> u64 {
         self.total

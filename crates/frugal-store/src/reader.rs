@@ -144,8 +144,9 @@ pub enum Verify {
     Off,
     /// Hash every row as it is read and compare each column's sum of row hashes with the
     /// manifest once every row of a shard has been read: no extra reads, any order; a
-    /// damaged shard fails the epoch at the window holding its last row. A stream resumed
-    /// mid-epoch checks only the shards it reads in full.
+    /// damaged shard fails the epoch at the window holding its last row. Shards this
+    /// stream reads only in part (rank edges, a resumed epoch, `full` order with several
+    /// ranks) are hashed whole before their first use instead.
     #[default]
     OnRead,
     /// Hash each whole shard before its first use: catches damage before any of its
@@ -496,6 +497,9 @@ fn read_ahead(
     if begin >= end {
         return;
     }
+    if reader.verify == Verify::OnRead {
+        reader.partial = partly_read_shards(plan, begin, end);
+    }
     // At most `buffers` windows exist: the one being consumed and those read ahead.
     let mut allocated = 0;
     let mut next = None;
@@ -536,6 +540,26 @@ fn read_ahead(
     }
 }
 
+/// Shards of which this stream reads some rows but not all (the edges of a rank's slice,
+/// the start of a resumed epoch, every shard under `full` order with several ranks): their
+/// row-hash sums never complete, so they are checked whole before first use instead.
+fn partly_read_shards(plan: &EpochPlan, begin: u64, end: u64) -> HashSet<u32> {
+    let mut rows: HashMap<u32, u64> = HashMap::new();
+    for w in plan.window_of(begin)..plan.windows() {
+        if plan.window_range(w).0 >= end {
+            break;
+        }
+        for seg in plan.window(w).segments {
+            *rows.entry(seg.shard).or_default() += seg.len;
+        }
+    }
+    let sizes = plan.shard_sizes();
+    rows.into_iter()
+        .filter(|&(shard, n)| n < sizes[shard as usize])
+        .map(|(shard, _)| shard)
+        .collect()
+}
+
 /// Opens shards on demand (checking each header against the manifest once), reads
 /// segments, and checks checksums as [`Verify`] asks.
 struct ShardReader {
@@ -546,6 +570,8 @@ struct ShardReader {
     checked: HashSet<u32>,
     streaming: HashMap<u32, StreamingCheck>,
     verify: Verify,
+    /// Shards checked whole before use under `OnRead` (see [`partly_read_shards`]).
+    partial: HashSet<u32>,
 }
 
 /// Per-column sums of row hashes of a shard, and rows seen, while it is being read.
@@ -570,6 +596,7 @@ impl ShardReader {
             checked: HashSet::new(),
             streaming: HashMap::new(),
             verify,
+            partial: HashSet::new(),
         }
     }
 
@@ -628,7 +655,9 @@ impl ShardReader {
             }
             let entry = &self.dataset.manifest.shards[shard as usize];
             let path = self.path(shard);
-            if self.verify == Verify::Before && !self.checked.contains(&shard) {
+            let whole = self.verify == Verify::Before
+                || (self.verify == Verify::OnRead && self.partial.contains(&shard));
+            if whole && !self.checked.contains(&shard) {
                 let want = parse_checksum(&entry.checksum).expect("validated");
                 let got = checksum_file(&path)?;
                 if got != want {

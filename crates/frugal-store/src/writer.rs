@@ -62,11 +62,16 @@ pub struct DatasetWriter {
     per_shard: u64,
     next_shard: u64,
     saved: Instant,
+    /// Samples in the shards the manifest on disk records.
+    durable: u64,
 }
 
-/// How often a writer replaces its manifest while shards keep coming: often enough that a
-/// killed run loses seconds of work, rarely enough that rewriting a manifest of many
-/// thousand shards stays a small fraction of the I/O.
+/// A manifest of up to this many shards is replaced after every shard (a few hundred KiB
+/// per 64 MiB shard at most).
+const SAVE_EACH_UP_TO: usize = 4096;
+/// Beyond that, at most once a second, so that rewriting a manifest of many thousand
+/// shards stays a small fraction of the I/O; a shard not yet recorded is recorded by the
+/// next push, shard, `sync` or `finish` after the second is up.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl DatasetWriter {
@@ -136,15 +141,35 @@ impl DatasetWriter {
             per_shard,
             next_shard,
             saved: Instant::now(),
+            durable: 0,
         };
-        writer.manifest.save_to(&writer.manifest_path)?;
+        let mut writer = writer;
+        writer.save()?;
         Ok(writer)
     }
 
-    /// Samples safely on disk in complete, recorded shards: where a resumed producer
-    /// starts. Records are made durable at least every second and by [`DatasetWriter::sync`].
+    /// Samples safely on disk in shards the manifest on disk records: where a producer
+    /// resumed after a kill starts.
     pub fn samples_written(&self) -> u64 {
-        self.manifest.samples
+        self.durable
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.manifest.save_to(&self.manifest_path)?;
+        self.saved = Instant::now();
+        self.durable = self.manifest.samples;
+        Ok(())
+    }
+
+    /// Saves the manifest when it is behind and the policy allows (see [`SAVE_EVERY`]).
+    fn maybe_save(&mut self) -> Result<()> {
+        let behind = self.durable != self.manifest.samples;
+        if behind
+            && (self.manifest.shards.len() <= SAVE_EACH_UP_TO || self.saved.elapsed() >= SAVE_EVERY)
+        {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Samples per shard.
@@ -209,7 +234,7 @@ impl DatasetWriter {
                 self.flush_shard()?;
             }
         }
-        Ok(())
+        self.maybe_save()
     }
 
     fn flush_shard(&mut self) -> Result<()> {
@@ -222,20 +247,16 @@ impl DatasetWriter {
         self.next_shard += 1;
         self.manifest.samples += entry.samples;
         self.manifest.shards.push(entry);
-        if self.saved.elapsed() >= SAVE_EVERY {
-            self.manifest.save_to(&self.manifest_path)?;
-            self.saved = Instant::now();
-        }
-        Ok(())
+        self.maybe_save()
     }
 
-    /// Records the shards written so far durably now, rather than within the next second.
-    /// A producer that checkpoints its own state calls this first, so the dataset is never
-    /// behind its checkpoint.
+    /// Makes every sample pushed so far durable now: the partial shard is written as a
+    /// shorter shard and the manifest saved. A producer that checkpoints its own position
+    /// calls this first, so the dataset is never behind its checkpoint (shards then differ
+    /// in size, which readers handle).
     pub fn sync(&mut self) -> Result<()> {
-        self.manifest.save_to(&self.manifest_path)?;
-        self.saved = Instant::now();
-        Ok(())
+        self.flush_shard()?;
+        self.save()
     }
 
     /// Writes the last partial shard and marks the dataset (or part) finished. A part
@@ -245,7 +266,7 @@ impl DatasetWriter {
         if self.manifest_path == self.dir.join(MANIFEST_FILE) {
             self.manifest.complete = true;
         }
-        self.manifest.save_to(&self.manifest_path)?;
+        self.save()?;
         Ok(self.manifest)
     }
 }
@@ -324,8 +345,9 @@ impl PartWriter {
     }
 
     /// Writes `buffer` as shard number `index` and records it (replacing an earlier
-    /// record of the same shard). The record is durable after [`PartWriter::finish`], or
-    /// within about a second.
+    /// record of the same shard). The record is durable at once while the part holds up to
+    /// 4096 shards, beyond that at the next shard after a second, and after
+    /// [`PartWriter::finish`].
     pub fn write_shard(&mut self, index: u64, buffer: &mut ShardBuffer) -> Result<ShardEntry> {
         if buffer.samples() == 0 {
             return Err(StoreError::Invalid(format!(
@@ -336,7 +358,7 @@ impl PartWriter {
         self.manifest.shards.retain(|s| s.file != entry.file);
         self.manifest.shards.push(entry.clone());
         self.manifest.samples = self.manifest.shards.iter().map(|s| s.samples).sum();
-        if self.saved.elapsed() >= SAVE_EVERY {
+        if self.manifest.shards.len() <= SAVE_EACH_UP_TO || self.saved.elapsed() >= SAVE_EVERY {
             self.manifest.save_to(&self.path)?;
             self.saved = Instant::now();
         }

@@ -282,3 +282,57 @@ fn truncate_while_streaming(per_shard: u32) {
         "{per_shard}: {err}"
     );
 }
+
+/// Every rank's stream notices damage in the shards it reads, also those it reads only in
+/// part (rank edges; every shard under `full` order).
+#[test]
+fn damage_is_caught_by_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path());
+    let path = tmp.path().join(SHARD);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let ds = Dataset::open(tmp.path()).unwrap();
+    for order in Order::ALL {
+        for ranks in [2u64, 4] {
+            let mut caught = 0;
+            for rank in 0..ranks {
+                let mut o = StreamOptions::new(
+                    OrderSpec {
+                        order,
+                        window: 16,
+                        spread: 2,
+                    },
+                    3,
+                    0,
+                    8,
+                );
+                o.rank = rank;
+                o.ranks = ranks;
+                let reads_it =
+                    ds.plan(o.spec, 3, 0)
+                        .materialize()
+                        .iter()
+                        .enumerate()
+                        .any(|(pos, s)| {
+                            let (a, b) = frugal_store::rank_range(200, rank, ranks);
+                            s.shard == 2 && (a..b).contains(&(pos as u64))
+                        });
+                let result: Result<Vec<_>, _> = ds.stream(o).unwrap().collect();
+                match result {
+                    Err(e) => {
+                        assert!(e.to_string().contains(SHARD), "{e}");
+                        caught += 1;
+                    }
+                    Ok(_) => assert!(
+                        !reads_it,
+                        "{order} rank {rank}/{ranks} read the damage unnoticed"
+                    ),
+                }
+            }
+            assert!(caught >= 1, "{order} with {ranks} ranks");
+        }
+    }
+}

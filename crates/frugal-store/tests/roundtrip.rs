@@ -184,7 +184,7 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
     // Killed: the partial shard in memory is lost, debris of an unfinished write remains.
     drop(w);
     std::fs::write(
-        tmp.path().join(".shard-000003.safetensors.999999.tmp"),
+        tmp.path().join(".shard-000003.safetensors.999999-0.tmp"),
         b"junk",
     )
     .unwrap();
@@ -202,7 +202,7 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
     w.finish().unwrap();
     assert!(
         !tmp.path()
-            .join(".shard-000003.safetensors.999999.tmp")
+            .join(".shard-000003.safetensors.999999-0.tmp")
             .exists()
     );
 
@@ -369,4 +369,56 @@ fn verify_checks_column_checksums_too() {
     std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
     let err = Dataset::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("cannot hold"), "{err}");
+}
+
+#[test]
+fn every_shard_is_recorded_when_written_and_sync_keeps_the_partial_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = DatasetWriter::create(
+        tmp.path(),
+        schema(),
+        WriterOptions {
+            shard_bytes: 250,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for id in 0..15 {
+        let (a, b, c, d) = sample(id);
+        w.push_sample(&[&a, &b, &c, &d]).unwrap();
+    }
+    // The first shard is on disk and recorded at once, not a second later.
+    let on_disk = || -> u64 {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("manifest.json")).unwrap())
+                .unwrap();
+        m["samples"].as_u64().unwrap()
+    };
+    assert_eq!(on_disk(), 10);
+    assert_eq!(w.samples_written(), 10);
+    w.sync().unwrap();
+    assert_eq!(on_disk(), 15);
+    assert_eq!(w.samples_written(), 15);
+    drop(w); // killed
+    let w = DatasetWriter::create(
+        tmp.path(),
+        schema(),
+        WriterOptions {
+            shard_bytes: 250,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w.samples_written(), 15);
+    let m = w.finish().unwrap();
+    assert_eq!(m.shard_sizes(), vec![10, 5]);
+}
+
+#[test]
+fn a_users_own_dot_tmp_files_are_neither_accepted_nor_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join(".notes.tmp"), "mine").unwrap();
+    let err = DatasetWriter::create(tmp.path(), schema(), WriterOptions::default()).unwrap_err();
+    assert!(err.to_string().contains(".notes.tmp"), "{err}");
+    assert!(tmp.path().join(".notes.tmp").exists());
 }
