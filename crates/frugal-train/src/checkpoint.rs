@@ -1,0 +1,279 @@
+//! Segment checkpointing: train a stack of L blocks keeping only the activations at
+//! segment boundaries (⌈√L⌉ segments by default), recomputing each segment during the
+//! backward pass.
+//!
+//! burn's autodiff recomputes single operations (`BalancedCheckpointing`) but has no notion
+//! of a segment, so this drives the backward pass itself:
+//!
+//! 1. Forward every segment but the last on the model's validation copy (no autodiff, so
+//!    no graph is kept), storing only each segment's input.
+//! 2. Run the last segment and the head with autodiff from a `require_grad` leaf, take the
+//!    loss's backward: the gradients of those parameters and of the leaf.
+//! 3. For each earlier segment, last to first: recompute it with autodiff from its stored
+//!    input as a leaf, inject the gradient arriving from above with
+//!    `(out * g).sum().backward()`, collect its parameters' gradients and pass the leaf's
+//!    gradient down.
+//!
+//! The parameter gradients equal those of one full backward pass. Dropout is replayed:
+//! [`Ctx::dropout`] draws its masks from a per-segment seed, the same in the first run and
+//! the recomputation, and applies whenever training — also in the no-autodiff first run,
+//! where burn's own `Dropout` would switch itself off.
+
+use std::ops::Range;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use std::cell::Cell;
+
+use burn::tensor::{Gradients, Tensor, TensorData};
+
+/// Per-forward context handed to blocks: whether this is training, and the random stream
+/// dropout draws from.
+///
+/// Masks come from a counter-based generator owned by the context (the k-th dropout call
+/// of a segment draws stream k of the segment's seed), not from the device's generator:
+/// whatever else draws from the device in between (burn initializes parameters lazily, on
+/// first use, from it), a recomputed segment draws exactly the masks of its first run.
+#[derive(Debug)]
+pub struct Ctx {
+    training: bool,
+    seed: u64,
+    calls: Cell<u64>,
+}
+
+impl Ctx {
+    /// Training with dropout streams from `seed`.
+    pub fn train(seed: u64) -> Self {
+        Self {
+            training: true,
+            seed,
+            calls: Cell::new(0),
+        }
+    }
+
+    /// Evaluation: dropout is the identity.
+    pub fn eval() -> Self {
+        Self {
+            training: false,
+            seed: 0,
+            calls: Cell::new(0),
+        }
+    }
+
+    /// Whether this is a training forward pass.
+    pub fn training(&self) -> bool {
+        self.training
+    }
+
+    /// Inverted dropout with drop probability `prob`.
+    pub fn dropout<const D: usize>(&self, x: Tensor<D>, prob: f64) -> Tensor<D> {
+        if !self.training || prob <= 0.0 {
+            return x;
+        }
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let keep = 1.0 - prob;
+        let threshold = (keep * (1u64 << 32) as f64) as u64;
+        let scale = (1.0 / keep) as f32;
+        let shape = x.shape();
+        let mut state = mix(self.seed ^ mix(call.wrapping_add(0x632b_e59b_d9b4_e019)));
+        let mask: Vec<f32> = (0..shape.num_elements())
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                if (mix(state) >> 32) < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
+        x * mask
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One block of a stack that segment checkpointing may recompute. A block must be a pure
+/// function of its parameters, its input and the context's dropout streams.
+pub trait Block: Module {
+    /// Applies the block.
+    fn forward(&self, x: Tensor<2>, ctx: &Ctx) -> Tensor<2>;
+}
+
+/// Cuts `blocks` blocks into `segments` contiguous, near-equal ranges (at least one
+/// segment, at most one per block).
+pub fn segment_ranges(blocks: usize, segments: usize) -> Vec<Range<usize>> {
+    let segments = segments.clamp(1, blocks.max(1));
+    (0..segments)
+        .map(|s| (s * blocks / segments)..((s + 1) * blocks / segments))
+        .collect()
+}
+
+/// The default segment count for `blocks` blocks: ⌈√L⌉.
+pub fn default_segments(blocks: usize) -> usize {
+    (blocks as f64).sqrt().ceil() as usize
+}
+
+/// The dropout context of segment `segment` in a step seeded with `step_seed`.
+fn segment_ctx(step_seed: u64, segment: usize) -> Ctx {
+    Ctx::train(mix(
+        step_seed ^ (segment as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    ))
+}
+
+fn run<B: Block>(blocks: &[B], mut x: Tensor<2>, ctx: &Ctx) -> Tensor<2> {
+    for b in blocks {
+        x = b.forward(x, ctx);
+    }
+    x
+}
+
+/// Moves a module's parameter gradients out of `grads` into `into`, adding to what is
+/// there (a parameter shared by several segments gets the sum).
+struct Collect<'a> {
+    grads: &'a mut Gradients,
+    into: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        if let Some(g) = param.val().grad_remove(self.grads) {
+            let g = match self.into.remove::<D>(param.id) {
+                Some(previous) => previous + g,
+                None => g,
+            };
+            self.into.register(param.id, g);
+        }
+    }
+}
+
+fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsParams) {
+    module.visit(&mut Collect { grads, into });
+}
+
+/// The result of one forward and backward pass.
+#[derive(Debug)]
+pub struct StepGrads {
+    /// The loss.
+    pub loss: f64,
+    /// Gradients of the blocks' and the head's parameters.
+    pub grads: GradientsParams,
+}
+
+/// One training forward and backward pass over `blocks` then `head`, with `loss` turning
+/// the head's output into a scalar, keeping only segment-boundary activations.
+/// `segments == blocks.len()` checkpoints every block; `segments == 1` is plain backward.
+/// The parameters must live on an autodiff device with checkpointing strategy `Disabled`
+/// (the default of `device.autodiff()`), so that leaves lifted with `Tensor::autodiff`
+/// match them.
+pub fn segmented_backward<B: Block, H: Module>(
+    blocks: &[B],
+    head: &H,
+    x: Tensor<2>,
+    segments: usize,
+    step_seed: u64,
+    loss: impl FnOnce(&H, Tensor<2>) -> Tensor<1>,
+) -> StepGrads {
+    let ranges = segment_ranges(blocks.len(), segments);
+    let last = ranges.len() - 1;
+    let mut inputs = Vec::with_capacity(last);
+    let mut h = x.without_autodiff();
+    for (s, r) in ranges[..last].iter().enumerate() {
+        inputs.push(h.clone());
+        let plain: Vec<B> = blocks[r.clone()].iter().map(Module::valid).collect();
+        h = run(&plain, h, &segment_ctx(step_seed, s));
+    }
+
+    let mut all = GradientsParams::new();
+    let leaf = h.autodiff().require_grad();
+    let out = run(
+        &blocks[ranges[last].clone()],
+        leaf.clone(),
+        &segment_ctx(step_seed, last),
+    );
+    let l = loss(head, out);
+    let loss_value = f64::from(l.clone().into_scalar::<f32>());
+    let mut grads = l.backward();
+    collect(head, &mut grads, &mut all);
+    for b in &blocks[ranges[last].clone()] {
+        collect(b, &mut grads, &mut all);
+    }
+    let mut upstream = leaf.grad(&grads);
+
+    for s in (0..last).rev() {
+        let Some(g) = upstream.take() else { break };
+        let leaf = inputs
+            .pop()
+            .expect("one input per segment")
+            .autodiff()
+            .require_grad();
+        let out = run(
+            &blocks[ranges[s].clone()],
+            leaf.clone(),
+            &segment_ctx(step_seed, s),
+        );
+        let mut grads = (out * g).sum().backward();
+        for b in &blocks[ranges[s].clone()] {
+            collect(b, &mut grads, &mut all);
+        }
+        upstream = (s > 0).then(|| leaf.grad(&grads)).flatten();
+    }
+    StepGrads {
+        loss: loss_value,
+        grads: all,
+    }
+}
+
+/// The same pass without checkpointing, with the same per-segment dropout streams as
+/// [`segmented_backward`], so the two draw the same masks: the reference its gradients
+/// are compared with.
+pub fn plain_backward<B: Block, H: Module>(
+    blocks: &[B],
+    head: &H,
+    x: Tensor<2>,
+    segments: usize,
+    step_seed: u64,
+    loss: impl FnOnce(&H, Tensor<2>) -> Tensor<1>,
+) -> StepGrads {
+    let mut h = x.autodiff();
+    for (s, r) in segment_ranges(blocks.len(), segments)
+        .into_iter()
+        .enumerate()
+    {
+        h = run(&blocks[r], h, &segment_ctx(step_seed, s));
+    }
+    let l = loss(head, h);
+    let loss_value = f64::from(l.clone().into_scalar::<f32>());
+    let mut grads = l.backward();
+    let mut all = GradientsParams::new();
+    collect(head, &mut grads, &mut all);
+    for b in blocks {
+        collect(b, &mut grads, &mut all);
+    }
+    StepGrads {
+        loss: loss_value,
+        grads: all,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_the_stack() {
+        assert_eq!(segment_ranges(7, 3), vec![0..2, 2..4, 4..7]);
+        assert_eq!(segment_ranges(4, 9), vec![0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(segment_ranges(5, 0), vec![0..5]);
+        assert_eq!(default_segments(32), 6);
+        assert_eq!(default_segments(16), 4);
+    }
+}
