@@ -1,0 +1,84 @@
+//! Gradient accumulation: a batch too large for memory is run as micro-batches whose
+//! gradients add up to the whole batch's, then the optimizer steps once.
+//!
+//! With a loss that is a mean over the batch, the batch gradient is the sum of the
+//! micro-batch gradients weighted by their share of the samples: micro-batches may differ in
+//! size (the last one of an epoch often does) without changing the result.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+use crate::checkpoint::StepGrads;
+
+/// Sums micro-batch gradients, weighted by sample count.
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    total: GradientsParams,
+    loss: f64,
+    samples: usize,
+}
+
+struct AddScaled<'a> {
+    total: &'a mut GradientsParams,
+    part: &'a mut GradientsParams,
+    weight: f64,
+}
+
+impl ModuleVisitor for AddScaled<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.part.remove::<D>(param.id) {
+            let g = if self.weight == 1.0 {
+                g
+            } else {
+                g * self.weight
+            };
+            let sum = match self.total.remove::<D>(param.id) {
+                Some(previous) => previous + g,
+                None => g,
+            };
+            self.total.register(param.id, sum);
+        }
+    }
+}
+
+impl Accumulator {
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the gradients of a micro-batch of `samples` samples whose loss is the mean over
+    /// those samples. `model` names the parameters (every module whose gradients `step`
+    /// holds).
+    pub fn add<M: Module>(&mut self, model: &M, mut step: StepGrads, samples: usize) {
+        model.visit(&mut AddScaled {
+            total: &mut self.total,
+            part: &mut step.grads,
+            weight: samples as f64,
+        });
+        self.loss += step.loss * samples as f64;
+        self.samples += samples;
+    }
+
+    /// Micro-batch samples added so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The gradients and mean loss of the whole batch.
+    pub fn finish<M: Module>(self, model: &M) -> StepGrads {
+        let n = self.samples.max(1) as f64;
+        let mut total = GradientsParams::new();
+        let mut sum = self.total;
+        model.visit(&mut AddScaled {
+            total: &mut total,
+            part: &mut sum,
+            weight: 1.0 / n,
+        });
+        StepGrads {
+            loss: self.loss / n,
+            grads: total,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Micro-batches accumulated give the whole batch's gradients.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Distribution, Tensor};
+use frugal_train::Accumulator;
+use frugal_train::checkpoint::{Block, Ctx, StepGrads, plain_backward, segmented_backward};
+
+#[derive(Module, Debug)]
+struct Residual {
+    linear: Linear,
+}
+
+impl Block for Residual {
+    fn forward(&self, x: Tensor<2>, _: &Ctx) -> Tensor<2> {
+        x.clone() + gelu(self.linear.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+struct Model {
+    stack: Vec<Residual>,
+    head: Linear,
+}
+
+fn ids<M: Module>(m: &M) -> Vec<(ParamId, usize)> {
+    struct Ids(Vec<(ParamId, usize)>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((param.id, D));
+        }
+    }
+    let mut v = Ids(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+fn flat(g: &StepGrads, id: ParamId, rank: usize) -> Vec<f32> {
+    let data = match rank {
+        1 => g.grads.get::<1>(id).expect("grad").into_data(),
+        _ => g.grads.get::<2>(id).expect("grad").into_data(),
+    };
+    data.try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn uneven_micro_batches_add_up_to_the_whole_batch() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let width = 16;
+    let model = Model {
+        stack: (0..5)
+            .map(|_| Residual {
+                linear: LinearConfig::new(width, width).init(&device),
+            })
+            .collect(),
+        head: LinearConfig::new(width, 4).init(&device),
+    };
+    let x = Tensor::<2>::random([10, width], Distribution::Normal(0.0, 1.0), &device);
+    let y = Tensor::<2>::random([10, 4], Distribution::Normal(0.0, 1.0), &device);
+    let step = |start: usize, len: usize, segments: usize| {
+        let target = y.clone().narrow(0, start, len);
+        let loss = |head: &Linear, h: Tensor<2>| (head.forward(h) - target).powi_scalar(2).mean();
+        let input = x.clone().narrow(0, start, len);
+        if segments == 1 {
+            plain_backward(&model.stack, &model.head, input, 1, 0, loss)
+        } else {
+            segmented_backward(&model.stack, &model.head, input, segments, 0, loss)
+        }
+    };
+    let whole = step(0, 10, 1);
+    for segments in [1, 3] {
+        let mut acc = Accumulator::new();
+        for (start, len) in [(0, 3), (3, 5), (8, 2)] {
+            acc.add(&model, step(start, len, segments), len);
+        }
+        assert_eq!(acc.samples(), 10);
+        let micro = acc.finish(&model);
+        assert!(
+            (micro.loss - whole.loss).abs() <= 1e-5 * whole.loss,
+            "{} vs {}",
+            micro.loss,
+            whole.loss
+        );
+        for (id, rank) in ids(&model) {
+            let (a, b) = (flat(&micro, id, rank), flat(&whole, id, rank));
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                err / scale <= 1e-5,
+                "segments {segments}: relative error {}",
+                err / scale
+            );
+        }
+    }
+}
