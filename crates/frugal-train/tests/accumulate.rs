@@ -98,3 +98,43 @@ fn uneven_micro_batches_add_up_to_the_whole_batch() {
         }
     }
 }
+
+#[test]
+fn the_scaler_sees_an_overflow_and_unscales() {
+    use frugal_train::scaler::{grads_finite, scale_grads};
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let model = Model {
+        stack: vec![Residual {
+            linear: LinearConfig::new(4, 4).init(&device),
+        }],
+        head: LinearConfig::new(4, 1).init(&device),
+    };
+    let x = Tensor::<2>::random([3, 4], Distribution::Normal(0.0, 1.0), &device);
+    let loss = |head: &Linear, h: Tensor<2>| head.forward(h).powi_scalar(2).mean();
+    let step = plain_backward(&model.stack, &model.head, x, 1, 0, loss);
+    let mut grads = step.grads;
+    assert!(grads_finite(&model, &grads));
+    let id = model.head.weight.id;
+    let before: Vec<f32> = grads
+        .get::<2>(id)
+        .unwrap()
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    scale_grads(&model, &mut grads, 0.25);
+    let after: Vec<f32> = grads
+        .get::<2>(id)
+        .unwrap()
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(b, a)| (b * 0.25 - a).abs() <= 1e-7 * b.abs().max(1.0))
+    );
+    scale_grads(&model, &mut grads, f64::INFINITY);
+    assert!(!grads_finite(&model, &grads));
+}
