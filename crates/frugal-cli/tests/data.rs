@@ -212,20 +212,44 @@ fn a_killed_generation_resumes_to_the_same_dataset() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let finished_anyway = dir.join("manifest.json").exists();
-    if !finished_anyway {
-        frugal()
-            .args(["data", "verify"])
-            .arg(&dir)
-            .assert()
-            .failure();
-        frugal()
-            .args(SMALL_SHARDS)
-            .args(["--threads", "1"])
-            .arg("--out")
-            .arg(&dir)
-            .assert()
-            .success();
+    // 484 shards: killed after the fifth, the run cannot have finished, so this test
+    // always exercises the resume.
+    assert!(
+        !dir.join("manifest.json").exists(),
+        "the generation finished before it was killed"
+    );
+    frugal()
+        .args(["data", "verify"])
+        .arg(&dir)
+        .assert()
+        .failure();
+    // Shards the killed run recorded are kept, not written again.
+    let recorded: Vec<(String, u64)> = std::fs::read_dir(dir.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .flat_map(|p| {
+            let part: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            part["shards"].as_array().unwrap().clone()
+        })
+        .map(|s| {
+            let file = s["file"].as_str().unwrap().to_owned();
+            let inode =
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(&file)).unwrap());
+            (file, inode)
+        })
+        .collect();
+    assert!(!recorded.is_empty());
+    frugal()
+        .args(SMALL_SHARDS)
+        .args(["--threads", "1"])
+        .arg("--out")
+        .arg(&dir)
+        .assert()
+        .success();
+    for (file, inode) in &recorded {
+        let now = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(file)).unwrap());
+        assert_eq!(now, *inode, "{file} was written again");
     }
     let reference = tmp.path().join("reference");
     frugal()

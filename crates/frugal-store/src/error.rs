@@ -72,12 +72,6 @@ impl StoreError {
             message: message.into(),
         }
     }
-
-    /// True when the fault is in the data on disk (a damaged or mismatched shard or
-    /// manifest) rather than in how the dataset was asked for.
-    pub fn is_damage(&self) -> bool {
-        matches!(self, Self::Shard { .. } | Self::Manifest { .. })
-    }
 }
 
 /// Result with [`StoreError`].

@@ -70,11 +70,6 @@ impl Schema {
         self.columns.iter().map(Column::sample_bytes).sum()
     }
 
-    /// Index of a column by name.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
-    }
-
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.columns.is_empty() {
             return Err("the schema has no columns".into());

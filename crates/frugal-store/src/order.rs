@@ -245,11 +245,6 @@ impl EpochPlan {
         self.total
     }
 
-    /// The spec this plan follows.
-    pub fn spec(&self) -> OrderSpec {
-        self.spec
-    }
-
     /// Windows in the epoch.
     pub fn windows(&self) -> usize {
         self.window_starts.len() - 1
@@ -265,10 +260,9 @@ impl EpochPlan {
         self.window_starts.partition_point(|&s| s <= pos) - 1
     }
 
-    /// Segments and emission order of window `w`.
-    pub fn window(&self, w: usize) -> WindowContent {
+    /// The segments window `w` reads, without working out its emission order.
+    pub fn segments(&self, w: usize) -> Vec<Segment> {
         let (start, end) = self.window_range(w);
-        let len = end - start;
         match self.spec.order {
             Order::Sequential | Order::Shard => {
                 let mut segments = Vec::new();
@@ -292,16 +286,13 @@ impl EpochPlan {
                         break;
                     }
                 }
-                WindowContent {
-                    segments,
-                    emit: (0..len as u32).collect(),
-                }
+                segments
             }
             Order::Window => {
                 let gi = self.groups.partition_point(|g| g.first_window <= w) - 1;
                 let group = &self.groups[gi];
                 let j = (w - group.first_window) as u64;
-                let segments = self.shard_order[group.shards.clone()]
+                self.shard_order[group.shards.clone()]
                     .iter()
                     .filter_map(|&s| {
                         let (first, n) = stripe(self.sizes[s as usize], group.windows, j);
@@ -311,13 +302,32 @@ impl EpochPlan {
                             len: n,
                         })
                     })
-                    .collect();
+                    .collect()
+            }
+            // The runs of a random permutation are only known by computing it.
+            Order::Full => self.window(w).segments,
+        }
+    }
+
+    /// Segments and emission order of window `w`.
+    pub fn window(&self, w: usize) -> WindowContent {
+        let (start, end) = self.window_range(w);
+        let len = end - start;
+        match self.spec.order {
+            Order::Sequential | Order::Shard => WindowContent {
+                segments: self.segments(w),
+                emit: (0..len as u32).collect(),
+            },
+            Order::Window => {
                 let mut emit: Vec<u32> = (0..len as u32).collect();
                 shuffle(
                     &mut emit,
                     &mut Rng::new(key(self.seed, self.epoch, 1, w as u64)),
                 );
-                WindowContent { segments, emit }
+                WindowContent {
+                    segments: self.segments(w),
+                    emit,
+                }
             }
             Order::Full => {
                 let perm = Feistel::new(self.total, key(self.seed, self.epoch, 2, 0));
@@ -413,11 +423,9 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
+        let z = splitmix(self.0);
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        z
     }
 
     /// Uniform in `[0, n)`, without modulo bias (Lemire).

@@ -56,16 +56,7 @@ impl Dataset {
                     }
                 })?
                 .len();
-            if len != s.bytes {
-                return Err(StoreError::shard(
-                    &path,
-                    format!(
-                        "file is {len} bytes, the manifest says {} ({})",
-                        s.bytes,
-                        if len < s.bytes { "truncated" } else { "grown" }
-                    ),
-                ));
-            }
+            crate::shard::check_size(&path, len, s)?;
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -497,7 +488,8 @@ fn read_ahead(
     if begin >= end {
         return;
     }
-    if reader.verify == Verify::OnRead {
+    // A stream over the whole epoch reads every shard in full.
+    if reader.verify == Verify::OnRead && (begin, end) != (0, plan.total()) {
         reader.partial = partly_read_shards(plan, begin, end);
     }
     // At most `buffers` windows exist: the one being consumed and those read ahead.
@@ -549,7 +541,7 @@ fn partly_read_shards(plan: &EpochPlan, begin: u64, end: u64) -> HashSet<u32> {
         if plan.window_range(w).0 >= end {
             break;
         }
-        for seg in plan.window(w).segments {
+        for seg in plan.segments(w) {
             *rows.entry(seg.shard).or_default() += seg.len;
         }
     }

@@ -253,25 +253,31 @@ impl ShardHeader {
     }
 }
 
+/// Compares a shard file's size with its manifest entry.
+pub(crate) fn check_size(path: &Path, len: u64, entry: &ShardEntry) -> Result<()> {
+    if len == entry.bytes {
+        return Ok(());
+    }
+    let how = if len < entry.bytes {
+        "truncated"
+    } else {
+        "grown"
+    };
+    Err(StoreError::shard(
+        path,
+        format!(
+            "file is {len} bytes, the manifest says {} ({how})",
+            entry.bytes
+        ),
+    ))
+}
+
 /// Opens a shard and checks it against its manifest entry: file size, header, tensor
 /// names, dtypes and shapes. The checksum is not read here (see [`checksum_file`]).
 pub fn open_shard(path: &Path, schema: &Schema, entry: &ShardEntry) -> Result<(File, ShardLayout)> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
-    if len != entry.bytes {
-        return Err(StoreError::shard(
-            path,
-            format!(
-                "file is {len} bytes, the manifest says {} ({})",
-                entry.bytes,
-                if len < entry.bytes {
-                    "truncated"
-                } else {
-                    "grown"
-                }
-            ),
-        ));
-    }
+    check_size(path, len, entry)?;
     let layout = read_layout(&file, len, schema, entry.samples)
         .map_err(|fault| StoreError::shard(path, fault))?;
     Ok((file, layout))

@@ -3,6 +3,8 @@
 
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -659,24 +661,9 @@ with h5py.File(path, "r") as f:
         a.astype(a.dtype.newbyteorder("<")).tofile(f"{dump}/{name}.bin")
 "#;
 
-    fn python_ready() -> bool {
-        let ok = Command::new("python3")
-            .args(["-c", "import h5py, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            assert!(
-                std::env::var("FRUGAL_REQUIRE_PYTHON").as_deref() != Ok("1"),
-                "python3 with h5py and numpy is required (FRUGAL_REQUIRE_PYTHON=1)"
-            );
-            eprintln!("skipping: python3 with h5py and numpy is not available");
-        }
-        ok
-    }
-
     #[test]
     fn hdf5_chunked_compressed_matches_h5py() {
-        if !python_ready() {
+        if !crate::common::python_ready("h5py, numpy") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -3,30 +3,15 @@
 //! for JAX. Skipped when these packages are missing, unless FRUGAL_REQUIRE_PYTHON=1 (as in
 //! CI), where their absence fails the test.
 
-#![allow(clippy::print_stderr)] // a skipped test says why
+mod common;
 
 use std::process::Command;
 
 use frugal_store::{Column, DType, DatasetWriter, Schema, WriterOptions};
 
-fn python_ready() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import numpy, safetensors.numpy, ml_dtypes"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("FRUGAL_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "FRUGAL_REQUIRE_PYTHON=1 but python3 cannot import numpy, safetensors and ml_dtypes"
-        );
-        eprintln!("skipped: python3 with numpy, safetensors and ml_dtypes is not available");
-    }
-    ok
-}
-
 #[test]
 fn shards_load_in_python_with_the_written_values() {
-    if !python_ready() {
+    if !common::python_ready("numpy, safetensors.numpy, ml_dtypes") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -30,16 +30,17 @@ fn sample(id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 /// A dataset of `n` samples whose `id` column is the sample's index in writing order.
+/// A writer of [`schema`] rows cutting shards at `shard_bytes`.
+fn writer(dir: &Path, shard_bytes: u64) -> DatasetWriter {
+    let options = WriterOptions {
+        shard_bytes,
+        ..WriterOptions::default()
+    };
+    DatasetWriter::create(dir, schema(), options).unwrap()
+}
+
 fn write(dir: &Path, n: u64, shard_bytes: u64) {
-    let mut w = DatasetWriter::create(
-        dir,
-        schema(),
-        WriterOptions {
-            shard_bytes,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
+    let mut w = writer(dir, shard_bytes);
     for id in 0..n {
         let (a, b, c, d) = sample(id);
         w.push_sample(&[&a, &b, &c, &d]).unwrap();
@@ -169,11 +170,7 @@ fn a_resume_past_the_end_is_refused() {
 #[test]
 fn a_killed_writer_continues_after_its_last_complete_shard() {
     let tmp = tempfile::tempdir().unwrap();
-    let options = WriterOptions {
-        shard_bytes: 250,
-        ..WriterOptions::default()
-    };
-    let mut w = DatasetWriter::create(tmp.path(), schema(), options.clone()).unwrap();
+    let mut w = writer(tmp.path(), 250);
     for id in 0..37 {
         let (a, b, c, d) = sample(id);
         w.push_sample(&[&a, &b, &c, &d]).unwrap();
@@ -192,7 +189,7 @@ fn a_killed_writer_continues_after_its_last_complete_shard() {
     let err = Dataset::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("unfinished"), "{err}");
 
-    let mut w = DatasetWriter::create(tmp.path(), schema(), options).unwrap();
+    let mut w = writer(tmp.path(), 250);
     let done = w.samples_written();
     assert_eq!(done, 30);
     for id in done..103 {
@@ -316,15 +313,7 @@ fn writers_do_not_take_over_each_others_directories() {
 
     // A parallel writer refuses a single writer's unfinished dataset.
     let tmp = tempfile::tempdir().unwrap();
-    let mut w = DatasetWriter::create(
-        tmp.path(),
-        schema(),
-        WriterOptions {
-            shard_bytes: 25,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
+    let mut w = writer(tmp.path(), 25);
     w.push_sample(&[&a, &b, &c, &d]).unwrap();
     drop(w);
     let err = PartWriter::create(tmp.path(), schema(), "b").unwrap_err();
@@ -374,15 +363,7 @@ fn verify_checks_column_checksums_too() {
 #[test]
 fn every_shard_is_recorded_when_written_and_sync_keeps_the_partial_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut w = DatasetWriter::create(
-        tmp.path(),
-        schema(),
-        WriterOptions {
-            shard_bytes: 250,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
+    let mut w = writer(tmp.path(), 250);
     for id in 0..15 {
         let (a, b, c, d) = sample(id);
         w.push_sample(&[&a, &b, &c, &d]).unwrap();
@@ -400,15 +381,7 @@ fn every_shard_is_recorded_when_written_and_sync_keeps_the_partial_one() {
     assert_eq!(on_disk(), 15);
     assert_eq!(w.samples_written(), 15);
     drop(w); // killed
-    let w = DatasetWriter::create(
-        tmp.path(),
-        schema(),
-        WriterOptions {
-            shard_bytes: 250,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
+    let w = writer(tmp.path(), 250);
     assert_eq!(w.samples_written(), 15);
     let m = w.finish().unwrap();
     assert_eq!(m.shard_sizes(), vec![10, 5]);

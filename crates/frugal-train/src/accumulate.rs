@@ -25,6 +25,21 @@ struct AddScaled<'a> {
     weight: f64,
 }
 
+/// Moves every gradient of `model`'s parameters from `part` into `total`, multiplied by
+/// `weight` and added to what `total` holds.
+pub(crate) fn add_scaled<M: Module>(
+    model: &M,
+    total: &mut GradientsParams,
+    part: &mut GradientsParams,
+    weight: f64,
+) {
+    model.visit(&mut AddScaled {
+        total,
+        part,
+        weight,
+    });
+}
+
 impl ModuleVisitor for AddScaled<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.part.remove::<D>(param.id) {
@@ -52,11 +67,7 @@ impl Accumulator {
     /// those samples. `model` names the parameters (every module whose gradients `step`
     /// holds).
     pub fn add<M: Module>(&mut self, model: &M, mut step: StepGrads, samples: usize) {
-        model.visit(&mut AddScaled {
-            total: &mut self.total,
-            part: &mut step.grads,
-            weight: samples as f64,
-        });
+        add_scaled(model, &mut self.total, &mut step.grads, samples as f64);
         self.loss += step.loss * samples as f64;
         self.samples += samples;
     }
@@ -69,16 +80,11 @@ impl Accumulator {
     /// The gradients and mean loss of the whole batch.
     pub fn finish<M: Module>(self, model: &M) -> StepGrads {
         let n = self.samples.max(1) as f64;
-        let mut total = GradientsParams::new();
-        let mut sum = self.total;
-        model.visit(&mut AddScaled {
-            total: &mut total,
-            part: &mut sum,
-            weight: 1.0 / n,
-        });
+        let mut grads = self.total;
+        crate::scaler::scale_grads(model, &mut grads, 1.0 / n);
         StepGrads {
             loss: self.loss / n,
-            grads: total,
+            grads,
         }
     }
 }

@@ -26,6 +26,7 @@ use burn::optim::GradientsParams;
 use std::cell::Cell;
 
 use burn::tensor::{Gradients, Tensor, TensorData};
+use frugal_store::order::Rng;
 
 /// Per-forward context handed to blocks: whether this is training, and the random stream
 /// dropout draws from.
@@ -76,11 +77,10 @@ impl Ctx {
         let threshold = (keep * (1u64 << 32) as f64) as u64;
         let scale = (1.0 / keep) as f32;
         let shape = x.shape();
-        let mut state = mix(self.seed ^ mix(call.wrapping_add(0x632b_e59b_d9b4_e019)));
+        let mut rng = Rng::new(self.seed ^ Rng::new(call).next_u64());
         let mask: Vec<f32> = (0..shape.num_elements())
             .map(|_| {
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                if (mix(state) >> 32) < threshold {
+                if (rng.next_u64() >> 32) < threshold {
                     scale
                 } else {
                     0.0
@@ -90,12 +90,6 @@ impl Ctx {
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
         x * mask
     }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// One block of a stack that segment checkpointing may recompute. A block must be a pure
@@ -121,9 +115,9 @@ pub fn default_segments(blocks: usize) -> usize {
 
 /// The dropout context of segment `segment` in a step seeded with `step_seed`.
 fn segment_ctx(step_seed: u64, segment: usize) -> Ctx {
-    Ctx::train(mix(
-        step_seed ^ (segment as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    ))
+    Ctx::train(
+        Rng::new(step_seed ^ (segment as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64(),
+    )
 }
 
 fn run<B: Block>(blocks: &[B], mut x: Tensor<2>, ctx: &Ctx) -> Tensor<2> {
@@ -159,6 +153,23 @@ fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsPar
     module.visit(&mut Collect { grads, into });
 }
 
+/// Backward from the loss `l`: its value, what is left of the gradients (those of
+/// non-parameter leaves), and the parameter gradients of `head` and `blocks`.
+fn loss_backward<H: Module, B: Block>(
+    l: Tensor<1>,
+    head: &H,
+    blocks: &[B],
+) -> (f64, Gradients, GradientsParams) {
+    let loss = f64::from(l.clone().into_scalar::<f32>());
+    let mut grads = l.backward();
+    let mut params = GradientsParams::new();
+    collect(head, &mut grads, &mut params);
+    for b in blocks {
+        collect(b, &mut grads, &mut params);
+    }
+    (loss, grads, params)
+}
+
 /// The result of one forward and backward pass.
 #[derive(Debug)]
 pub struct StepGrads {
@@ -192,20 +203,10 @@ pub fn segmented_backward<B: Block, H: Module>(
         h = run(&plain, h, &segment_ctx(step_seed, s));
     }
 
-    let mut all = GradientsParams::new();
     let leaf = h.autodiff().require_grad();
-    let out = run(
-        &blocks[ranges[last].clone()],
-        leaf.clone(),
-        &segment_ctx(step_seed, last),
-    );
-    let l = loss(head, out);
-    let loss_value = f64::from(l.clone().into_scalar::<f32>());
-    let mut grads = l.backward();
-    collect(head, &mut grads, &mut all);
-    for b in &blocks[ranges[last].clone()] {
-        collect(b, &mut grads, &mut all);
-    }
+    let tail = &blocks[ranges[last].clone()];
+    let out = run(tail, leaf.clone(), &segment_ctx(step_seed, last));
+    let (loss_value, grads, mut all) = loss_backward(loss(head, out), head, tail);
     let mut upstream = leaf.grad(&grads);
 
     for s in (0..last).rev() {
@@ -250,18 +251,8 @@ pub fn plain_backward<B: Block, H: Module>(
     {
         h = run(&blocks[r], h, &segment_ctx(step_seed, s));
     }
-    let l = loss(head, h);
-    let loss_value = f64::from(l.clone().into_scalar::<f32>());
-    let mut grads = l.backward();
-    let mut all = GradientsParams::new();
-    collect(head, &mut grads, &mut all);
-    for b in blocks {
-        collect(b, &mut grads, &mut all);
-    }
-    StepGrads {
-        loss: loss_value,
-        grads: all,
-    }
+    let (loss, _, grads) = loss_backward(loss(head, h), head, blocks);
+    StepGrads { loss, grads }
 }
 
 #[cfg(test)]

@@ -91,22 +91,10 @@ pub fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> bool {
     check.finite
 }
 
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g * self.factor);
-        }
-    }
-}
-
 /// Multiplies every gradient of `model`'s parameters by `factor` (`1 / scale` unscales).
 pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f64) {
-    model.visit(&mut Scale { grads, factor });
+    let mut part = std::mem::take(grads);
+    crate::accumulate::add_scaled(model, grads, &mut part, factor);
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Micro-batches accumulated give the whole batch's gradients.
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+mod common;
+
+use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
 use frugal_train::Accumulator;
-use frugal_train::checkpoint::{Block, Ctx, StepGrads, plain_backward, segmented_backward};
+use frugal_train::checkpoint::{Block, Ctx, plain_backward, segmented_backward};
 
 #[derive(Module, Debug)]
 struct Residual {
@@ -22,26 +24,6 @@ impl Block for Residual {
 struct Model {
     stack: Vec<Residual>,
     head: Linear,
-}
-
-fn ids<M: Module>(m: &M) -> Vec<(ParamId, usize)> {
-    struct Ids(Vec<(ParamId, usize)>);
-    impl ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push((param.id, D));
-        }
-    }
-    let mut v = Ids(Vec::new());
-    m.visit(&mut v);
-    v.0
-}
-
-fn flat(g: &StepGrads, id: ParamId, rank: usize) -> Vec<f32> {
-    let data = match rank {
-        1 => g.grads.get::<1>(id).expect("grad").into_data(),
-        _ => g.grads.get::<2>(id).expect("grad").into_data(),
-    };
-    data.try_to_vec::<f32>().unwrap()
 }
 
 #[test]
@@ -83,19 +65,8 @@ fn uneven_micro_batches_add_up_to_the_whole_batch() {
             micro.loss,
             whole.loss
         );
-        for (id, rank) in ids(&model) {
-            let (a, b) = (flat(&micro, id, rank), flat(&whole, id, rank));
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-            let err = a
-                .iter()
-                .zip(&b)
-                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                err / scale <= 1e-5,
-                "segments {segments}: relative error {}",
-                err / scale
-            );
-        }
+        let err = common::max_relative_error(&model, &micro.grads, &whole.grads);
+        assert!(err <= 1e-5, "segments {segments}: relative error {err}");
     }
 }
 

@@ -28,8 +28,7 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
         ConfigCommand::Show { config, json } => {
             let parsed = load(&config)?;
             if json {
-                serde_json::to_writer_pretty(&mut *out, &parsed)?;
-                writeln!(out)?;
+                super::print_json(out, &parsed)?;
             } else {
                 write!(out, "{}", toml::to_string_pretty(&parsed)?)?;
             }

@@ -68,8 +68,7 @@ fn summary(out: &mut dyn Write, dir: &Path, m: &Manifest, seconds: f64, json: bo
         write_gbps: m.bytes() as f64 / seconds.max(1e-9) / 1e9,
     };
     if json {
-        serde_json::to_writer_pretty(&mut *out, &s)?;
-        writeln!(out)?;
+        super::print_json(out, &s)?;
     } else {
         writeln!(
             out,
@@ -149,8 +148,7 @@ fn import_hdf5(_: &Path, _: &[(String, String)], _: &Path, _: WriterOptions) -> 
 fn inspect(dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     let m = Manifest::load(dir)?;
     if json {
-        serde_json::to_writer_pretty(&mut *out, &m)?;
-        writeln!(out)?;
+        super::print_json(out, &m)?;
         return Ok(());
     }
     writeln!(out, "dataset   {}", dir.display())?;
@@ -197,8 +195,7 @@ fn verify(dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     let report = frugal_store::verify(dir, |n| bar.inc(n))?;
     bar.finish_and_clear();
     if json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
+        super::print_json(out, &report)?;
     } else {
         for f in &report.faults {
             writeln!(out, "DAMAGED {}: {}", dir.join(&f.file).display(), f.fault)?;
@@ -257,18 +254,18 @@ fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         args.window_budget,
         m.schema.sample_bytes() as u64,
     );
-    let prepare = || -> Result<()> {
-        if args.cold {
-            frugal_store::bench::drop_cache(&dataset)?;
-        } else {
-            frugal_store::bench::raw_sequential_read(&dataset)?;
-        }
-        Ok(())
-    };
     // The raw rate of the same files under the same cache state, measured in this run.
-    prepare()?;
+    // Warm: one untimed read fills the cache, and the timed raw read leaves it full for
+    // the epoch. Cold: the files are dropped before each timed read.
+    if args.cold {
+        frugal_store::bench::drop_cache(&dataset)?;
+    } else {
+        frugal_store::bench::raw_sequential_read(&dataset)?;
+    }
     let (raw_bytes, raw_seconds) = frugal_store::bench::raw_sequential_read(&dataset)?;
-    prepare()?;
+    if args.cold {
+        frugal_store::bench::drop_cache(&dataset)?;
+    }
     let mut options = StreamOptions::new(spec, args.seed, args.epoch, args.batch_size);
     options.verify = args.verify;
     let bar = progress::bar(dataset.len(), "reading", false);
@@ -302,8 +299,7 @@ fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         peak_rss_bytes: peak,
     };
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
+        super::print_json(out, &report)?;
     } else {
         writeln!(
             out,

@@ -77,8 +77,7 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
             tier_rule: &report.tier.rule,
             presets: chosen,
         };
-        serde_json::to_writer_pretty(&mut *out, &doc)?;
-        writeln!(out)?;
+        super::print_json(out, &doc)?;
     } else {
         write_table(&report, &chosen, out)?;
     }

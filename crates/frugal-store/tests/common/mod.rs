@@ -1,0 +1,22 @@
+//! Shared by the integration tests of this crate.
+
+use std::process::Command;
+
+/// Whether `python3` can import `modules` (comma-separated, as in an import statement).
+/// Missing packages skip the test, with a note, unless FRUGAL_REQUIRE_PYTHON=1 (as in CI),
+/// where they fail it.
+#[allow(clippy::print_stderr, dead_code)] // a skipped test says why; not every test binary uses it
+pub(crate) fn python_ready(modules: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("FRUGAL_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "FRUGAL_REQUIRE_PYTHON=1 but python3 cannot import {modules}"
+        );
+        eprintln!("skipped: python3 cannot import {modules}");
+    }
+    ok
+}
