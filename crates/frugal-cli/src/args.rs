@@ -23,6 +23,23 @@ pub(crate) enum Command {
     /// Datasets on disk: generate, import, inspect, verify and benchmark them.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Train a model from a configuration file.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Continue the run in the configuration's output directory from its last checkpoint.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Stop after this many optimizer steps (checkpointing first); continue with --resume.
+    #[arg(long, value_name = "STEPS")]
+    pub(crate) stop_after: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +96,10 @@ pub(crate) enum GenCommand {
         /// Seed of the teacher and the samples.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Independent stream of samples from the same teacher: 0 for a training split,
+        /// 1 for its held-out split.
+        #[arg(long, default_value_t = 0)]
+        sample_stream: u64,
         /// Output directory (new, empty, or an unfinished run of the same command).
         #[arg(long)]
         out: PathBuf,

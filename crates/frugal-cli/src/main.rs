@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod config;
+mod plot;
 mod presets;
 mod progress;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => commands::probe::run(args, &mut out),
         Command::Config(command) => commands::config::run(command, &mut out),
         Command::Data(command) => commands::data::run(command, &mut out),
+        Command::Train(args) => commands::train::run(args, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {
@@ -61,6 +63,13 @@ fn is_user_error(e: &anyhow::Error) -> bool {
                 c.downcast_ref::<frugal_store::StoreError>(),
                 Some(
                     frugal_store::StoreError::Invalid(_) | frugal_store::StoreError::Import { .. }
+                )
+            )
+            || matches!(
+                c.downcast_ref::<frugal_train::TrainError>(),
+                Some(
+                    frugal_train::TrainError::Invalid(_)
+                        | frugal_train::TrainError::Snapshot { .. }
                 )
             )
             || matches!(

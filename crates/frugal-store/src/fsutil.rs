@@ -44,12 +44,12 @@ pub(crate) fn is_stale_temp(name: &str) -> bool {
 }
 
 /// Writes `bytes` to `target` atomically.
-pub(crate) fn atomic_write(target: &Path, bytes: &[u8]) -> Result<()> {
+pub fn atomic_write(target: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write_with(target, |file| file.write_all(bytes))
 }
 
 /// Creates `target` atomically from what `fill` writes into a temporary file.
-pub(crate) fn atomic_write_with(
+pub fn atomic_write_with(
     target: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {

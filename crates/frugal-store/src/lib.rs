@@ -22,6 +22,7 @@ mod writer;
 
 pub use dtype::DType;
 pub use error::{Result, StoreError};
+pub use fsutil::{atomic_write, atomic_write_with};
 pub use manifest::{
     Column, FORMAT_VERSION, MANIFEST_FILE, Manifest, Schema, ShardEntry, shard_file_name,
 };

@@ -32,6 +32,10 @@ pub struct SyntheticSpec {
     pub seed: u64,
     /// Target shard size in bytes.
     pub shard_bytes: u64,
+    /// Which independent stream of samples to draw (same teacher): 0 for a training
+    /// split, 1 for its held-out split, and so on.
+    #[serde(default)]
+    pub sample_stream: u64,
 }
 
 impl SyntheticSpec {
@@ -171,7 +175,12 @@ fn fill_shard(
 ) -> Result<()> {
     let first = index * per_shard;
     let n = per_shard.min(spec.samples - first);
-    let mut rng = Rng::new(spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index);
+    // Stream 0 keeps the original derivation, so existing datasets stay reproducible.
+    let stream = spec
+        .sample_stream
+        .wrapping_mul(0xd6e8_feb8_6659_fd93)
+        .rotate_left(32);
+    let mut rng = Rng::new(spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index ^ stream);
     buffer.push_with(n, |columns| {
         let [x, y] = columns else {
             unreachable!("two columns")
@@ -315,6 +324,7 @@ mod tests {
             hidden: 32,
             seed: 9,
             shard_bytes: 1 << 20,
+            sample_stream: 0,
         };
         let t = Teacher::new(&spec);
         let mut rng = Rng::new(77);

@@ -279,6 +279,7 @@ fn many_generator_threads_never_trip_over_each_other() {
         hidden: 4,
         seed: 1,
         shard_bytes: 200,
+        sample_stream: 0,
     };
     let reference = tempfile::tempdir().unwrap();
     let want = generate(reference.path(), &spec, 1, &|_| {}).unwrap();

@@ -55,7 +55,7 @@ fn measure(mode: &str, blocks: usize, width: usize, batch: usize) -> serde_json:
     };
     let step = |seed| {
         if segments == 1 {
-            plain_backward(&stack, &head, x.clone(), 1, seed, loss)
+            plain_backward(&stack, &head, x.clone(), seed, loss)
         } else {
             segmented_backward(&stack, &head, x.clone(), segments, seed, loss)
         }

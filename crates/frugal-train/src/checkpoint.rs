@@ -88,15 +88,90 @@ impl Ctx {
             })
             .collect();
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
+        // Masks are drawn as f32 and follow the activations into bf16/f16 compute.
+        let mask = if x.dtype() == mask.dtype() {
+            mask
+        } else {
+            mask.cast(x.dtype())
+        };
         x * mask
     }
 }
 
-/// One block of a stack that segment checkpointing may recompute. A block must be a pure
-/// function of its parameters, its input and the context's dropout streams.
-pub trait Block: Module {
+/// What flows from one block to the next: one tensor of any rank, or several (a graph
+/// network carries node and edge latents). Implement it for a struct of tensors to carry
+/// more; integer parts (graph indices) pass through untouched and take no gradient.
+pub trait Carry: Clone {
+    /// The same values with no autodiff graph behind them.
+    fn detached(self) -> Self;
+    /// The same values as fresh autodiff leaves that record their gradient.
+    fn leaf(self) -> Self;
+    /// The same values on the autodiff device, without recording a gradient.
+    fn lifted(self) -> Self;
+    /// The gradient that reached this carry, `None` when none did. A part that got no
+    /// gradient while another did is given zeros.
+    fn grad(&self, grads: &Gradients) -> Option<Self>;
+    /// A scalar whose gradient with respect to `self` is `upstream`: the sum over all
+    /// parts of `self * upstream`, with `upstream` detached.
+    fn inject(self, upstream: Self) -> Tensor<1>;
+    /// Zeros of the same shapes, without autodiff.
+    fn zeros(&self) -> Self;
+}
+
+impl<const D: usize> Carry for Tensor<D> {
+    fn detached(self) -> Self {
+        self.without_autodiff()
+    }
+    fn leaf(self) -> Self {
+        self.autodiff().require_grad()
+    }
+    fn lifted(self) -> Self {
+        self.autodiff()
+    }
+    fn grad(&self, grads: &Gradients) -> Option<Self> {
+        Tensor::grad(self, grads)
+    }
+    fn inject(self, upstream: Self) -> Tensor<1> {
+        (self * upstream).sum()
+    }
+    fn zeros(&self) -> Self {
+        self.zeros_like().without_autodiff()
+    }
+}
+
+impl<A: Carry, B: Carry> Carry for (A, B) {
+    fn detached(self) -> Self {
+        (self.0.detached(), self.1.detached())
+    }
+    fn leaf(self) -> Self {
+        (self.0.leaf(), self.1.leaf())
+    }
+    fn lifted(self) -> Self {
+        (self.0.lifted(), self.1.lifted())
+    }
+    fn grad(&self, grads: &Gradients) -> Option<Self> {
+        match (self.0.grad(grads), self.1.grad(grads)) {
+            (None, None) => None,
+            (a, b) => Some((
+                a.unwrap_or_else(|| self.0.zeros()),
+                b.unwrap_or_else(|| self.1.zeros()),
+            )),
+        }
+    }
+    fn inject(self, upstream: Self) -> Tensor<1> {
+        self.0.inject(upstream.0) + self.1.inject(upstream.1)
+    }
+    fn zeros(&self) -> Self {
+        (self.0.zeros(), self.1.zeros())
+    }
+}
+
+/// One block of a stack that segment checkpointing may recompute: a pure function of its
+/// parameters, its input and the context's dropout streams, mapping a carry `A` to the
+/// next.
+pub trait Block<A: Carry = Tensor<2>>: Module {
     /// Applies the block.
-    fn forward(&self, x: Tensor<2>, ctx: &Ctx) -> Tensor<2>;
+    fn forward(&self, x: A, ctx: &Ctx) -> A;
 }
 
 /// Cuts `blocks` blocks into `segments` contiguous, near-equal ranges (at least one
@@ -113,16 +188,16 @@ pub fn default_segments(blocks: usize) -> usize {
     (blocks as f64).sqrt().ceil() as usize
 }
 
-/// The dropout context of segment `segment` in a step seeded with `step_seed`.
-fn segment_ctx(step_seed: u64, segment: usize) -> Ctx {
-    Ctx::train(
-        Rng::new(step_seed ^ (segment as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64(),
-    )
+/// The dropout context of block `block` in a step seeded with `step_seed`: per block, not
+/// per segment, so masks (and so results) do not depend on how the stack is segmented.
+fn block_ctx(step_seed: u64, block: usize) -> Ctx {
+    Ctx::train(Rng::new(step_seed ^ (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64())
 }
 
-fn run<B: Block>(blocks: &[B], mut x: Tensor<2>, ctx: &Ctx) -> Tensor<2> {
-    for b in blocks {
-        x = b.forward(x, ctx);
+/// Runs `blocks`, the first of which is block `first` of the stack, in training mode.
+fn run<A: Carry, B: Block<A>>(blocks: &[B], first: usize, mut x: A, step_seed: u64) -> A {
+    for (i, b) in blocks.iter().enumerate() {
+        x = b.forward(x, &block_ctx(step_seed, first + i));
     }
     x
 }
@@ -155,7 +230,7 @@ fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsPar
 
 /// Backward from the loss `l`: its value, what is left of the gradients (those of
 /// non-parameter leaves), and the parameter gradients of `head` and `blocks`.
-fn loss_backward<H: Module, B: Block>(
+fn loss_backward<A: Carry, H: Module, B: Block<A>>(
     l: Tensor<1>,
     head: &H,
     blocks: &[B],
@@ -185,43 +260,40 @@ pub struct StepGrads {
 /// The parameters must live on an autodiff device with checkpointing strategy `Disabled`
 /// (the default of `device.autodiff()`), so that leaves lifted with `Tensor::autodiff`
 /// match them.
-pub fn segmented_backward<B: Block, H: Module>(
+pub fn segmented_backward<A: Carry, B: Block<A>, H: Module>(
     blocks: &[B],
     head: &H,
-    x: Tensor<2>,
+    x: A,
     segments: usize,
     step_seed: u64,
-    loss: impl FnOnce(&H, Tensor<2>) -> Tensor<1>,
+    loss: impl FnOnce(&H, A) -> Tensor<1>,
 ) -> StepGrads {
     let ranges = segment_ranges(blocks.len(), segments);
     let last = ranges.len() - 1;
     let mut inputs = Vec::with_capacity(last);
-    let mut h = x.without_autodiff();
-    for (s, r) in ranges[..last].iter().enumerate() {
+    let mut h = x.detached();
+    for r in &ranges[..last] {
         inputs.push(h.clone());
         let plain: Vec<B> = blocks[r.clone()].iter().map(Module::valid).collect();
-        h = run(&plain, h, &segment_ctx(step_seed, s));
+        h = run(&plain, r.start, h, step_seed);
     }
 
-    let leaf = h.autodiff().require_grad();
+    let leaf = h.leaf();
     let tail = &blocks[ranges[last].clone()];
-    let out = run(tail, leaf.clone(), &segment_ctx(step_seed, last));
+    let out = run(tail, ranges[last].start, leaf.clone(), step_seed);
     let (loss_value, grads, mut all) = loss_backward(loss(head, out), head, tail);
     let mut upstream = leaf.grad(&grads);
 
     for s in (0..last).rev() {
         let Some(g) = upstream.take() else { break };
-        let leaf = inputs
-            .pop()
-            .expect("one input per segment")
-            .autodiff()
-            .require_grad();
+        let leaf = inputs.pop().expect("one input per segment").leaf();
         let out = run(
             &blocks[ranges[s].clone()],
+            ranges[s].start,
             leaf.clone(),
-            &segment_ctx(step_seed, s),
+            step_seed,
         );
-        let mut grads = (out * g).sum().backward();
+        let mut grads = out.inject(g).backward();
         for b in &blocks[ranges[s].clone()] {
             collect(b, &mut grads, &mut all);
         }
@@ -233,26 +305,28 @@ pub fn segmented_backward<B: Block, H: Module>(
     }
 }
 
-/// The same pass without checkpointing, with the same per-segment dropout streams as
-/// [`segmented_backward`], so the two draw the same masks: the reference its gradients
-/// are compared with.
-pub fn plain_backward<B: Block, H: Module>(
+/// The same pass without checkpointing, drawing the same dropout masks as
+/// [`segmented_backward`] (they depend on the block, not the segment): the reference its
+/// gradients are compared with, and the step of a run that does not checkpoint.
+pub fn plain_backward<A: Carry, B: Block<A>, H: Module>(
     blocks: &[B],
     head: &H,
-    x: Tensor<2>,
-    segments: usize,
+    x: A,
     step_seed: u64,
-    loss: impl FnOnce(&H, Tensor<2>) -> Tensor<1>,
+    loss: impl FnOnce(&H, A) -> Tensor<1>,
 ) -> StepGrads {
-    let mut h = x.autodiff();
-    for (s, r) in segment_ranges(blocks.len(), segments)
-        .into_iter()
-        .enumerate()
-    {
-        h = run(&blocks[r], h, &segment_ctx(step_seed, s));
-    }
+    let h = run(blocks, 0, x.lifted(), step_seed);
     let (loss, _, grads) = loss_backward(loss(head, h), head, blocks);
     StepGrads { loss, grads }
+}
+
+/// The forward pass of evaluation: every block with dropout off.
+pub fn eval_forward<A: Carry, B: Block<A>>(blocks: &[B], mut x: A) -> A {
+    let ctx = Ctx::eval();
+    for b in blocks {
+        x = b.forward(x, &ctx);
+    }
+    x
 }
 
 #[cfg(test)]

@@ -1,12 +1,24 @@
-//! The training engine of frugal, on burn: techniques that fit more model and batch into
-//! less memory. So far: segment checkpointing of a stack of blocks with dropout replayed
-//! exactly ([`checkpoint`]), gradient accumulation over micro-batches ([`accumulate`]) and
-//! dynamic loss scaling for f16 ([`scaler`]).
+//! The training engine of frugal, on burn: a training loop over out-of-core datasets
+//! ([`trainer`]) with the techniques that fit more model and batch into less memory —
+//! segment checkpointing with dropout replayed exactly ([`checkpoint`]), gradient
+//! accumulation over micro-batches ([`accumulate`]), bf16/f16 compute on f32 master
+//! weights ([`precision`]) with dynamic loss scaling ([`scaler`]) — exact checkpoints
+//! ([`snapshot`]),.
 
 pub mod accumulate;
 pub mod checkpoint;
+pub mod device;
+mod error;
+pub mod metrics;
+pub mod precision;
 pub mod scaler;
+pub mod schedule;
+pub mod snapshot;
+pub mod trainer;
 
 pub use accumulate::Accumulator;
-pub use checkpoint::{Block, Ctx, StepGrads, segment_ranges};
+pub use checkpoint::{Block, Carry, Ctx, StepGrads, segment_ranges};
+pub use error::{Result, TrainError};
+pub use precision::Precision;
 pub use scaler::{LossScaler, ScaledStep};
+pub use trainer::{EvalOutput, StepInput, StepOutput, Task, TrainData, TrainSpec, train};

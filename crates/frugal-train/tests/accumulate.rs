@@ -46,7 +46,7 @@ fn uneven_micro_batches_add_up_to_the_whole_batch() {
         let loss = |head: &Linear, h: Tensor<2>| (head.forward(h) - target).powi_scalar(2).mean();
         let input = x.clone().narrow(0, start, len);
         if segments == 1 {
-            plain_backward(&model.stack, &model.head, input, 1, 0, loss)
+            plain_backward(&model.stack, &model.head, input, 0, loss)
         } else {
             segmented_backward(&model.stack, &model.head, input, segments, 0, loss)
         }
@@ -83,7 +83,7 @@ fn the_scaler_sees_an_overflow_and_unscales() {
     };
     let x = Tensor::<2>::random([3, 4], Distribution::Normal(0.0, 1.0), &device);
     let loss = |head: &Linear, h: Tensor<2>| head.forward(h).powi_scalar(2).mean();
-    let step = plain_backward(&model.stack, &model.head, x, 1, 0, loss);
+    let step = plain_backward(&model.stack, &model.head, x, 0, loss);
     let mut grads = step.grads;
     assert!(grads_finite(&model, &grads));
     let id = model.head.weight.id;

@@ -19,6 +19,7 @@ pub(crate) fn run(command: DataCommand, out: &mut dyn Write) -> Result<()> {
             classes,
             hidden,
             seed,
+            sample_stream,
             out: dir,
             shard,
             threads,
@@ -31,6 +32,7 @@ pub(crate) fn run(command: DataCommand, out: &mut dyn Write) -> Result<()> {
                 hidden,
                 seed,
                 shard_bytes: shard.shard_size,
+                sample_stream,
             };
             let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -1,6 +1,7 @@
 pub(crate) mod config;
 pub(crate) mod data;
 pub(crate) mod probe;
+pub(crate) mod train;
 
 /// Writes `value` as pretty JSON and a newline: every command's `--json` output.
 pub(crate) fn print_json(

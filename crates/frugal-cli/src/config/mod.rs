@@ -5,7 +5,7 @@
 //! values and grafted into that tree with spans past the end of the file, so one serde
 //! pass checks file and overrides together and each error still points at its source.
 
-mod schema;
+pub(crate) mod schema;
 
 use std::fmt;
 use std::ops::Range;

@@ -95,6 +95,173 @@ pub(crate) struct ClassifierModel {
     /// Dropout probability after each hidden layer.
     #[serde(default)]
     pub(crate) dropout: f64,
+    /// Number of classes.
+    #[serde(default = "ten")]
+    pub(crate) classes: u32,
+}
+
+fn ten() -> u32 {
+    10
+}
+
+/// Where a classifier's data comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DataSource {
+    /// The MNIST IDX files, imported once into `output_dir/data`.
+    #[default]
+    Mnist,
+    /// Existing frugal-store datasets (`train`, `test`).
+    Store,
+    /// The synthetic teacher task, generated once into `output_dir/data`.
+    Synthetic,
+}
+
+fn default_samples() -> u64 {
+    60_000
+}
+
+fn default_test_samples() -> u64 {
+    10_000
+}
+
+fn default_features() -> u32 {
+    64
+}
+
+fn default_teacher() -> u32 {
+    32
+}
+
+/// A classifier's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DataSection {
+    /// `mnist`, `store` or `synthetic`.
+    #[serde(default)]
+    pub(crate) source: DataSource,
+    /// `mnist`: the folder holding the four IDX files (default: `$FRUGAL_MNIST_DIR`, else
+    /// `data/mnist`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dir: Option<PathBuf>,
+    /// `store`: the training dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) train: Option<PathBuf>,
+    /// `store`: the held-out dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) test: Option<PathBuf>,
+    /// Input column (default `image` for MNIST, `x` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<String>,
+    /// Label column (default `label` for MNIST, `y` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) label: Option<String>,
+    /// `synthetic`: training samples.
+    #[serde(default = "default_samples")]
+    pub(crate) samples: u64,
+    /// `synthetic`: held-out samples (same teacher, other samples).
+    #[serde(default = "default_test_samples")]
+    pub(crate) test_samples: u64,
+    /// `synthetic`: features per sample.
+    #[serde(default = "default_features")]
+    pub(crate) features: u32,
+    /// `synthetic`: hidden width of the teacher network.
+    #[serde(default = "default_teacher")]
+    pub(crate) teacher_hidden: u32,
+    /// Epoch order of the training data.
+    #[serde(default)]
+    pub(crate) order: frugal_store::Order,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            source: DataSource::Mnist,
+            dir: None,
+            train: None,
+            test: None,
+            input: None,
+            label: None,
+            samples: default_samples(),
+            test_samples: default_test_samples(),
+            features: default_features(),
+            teacher_hidden: default_teacher(),
+            order: frugal_store::Order::default(),
+        }
+    }
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+
+fn default_weight_decay() -> f64 {
+    1e-4
+}
+
+fn default_log_every() -> u64 {
+    50
+}
+
+fn default_checkpoint_every() -> u64 {
+    500
+}
+
+/// How long and how fast to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrainSection {
+    /// Passes over the training data.
+    #[serde(default = "one64")]
+    pub(crate) epochs: u64,
+    /// Optimizer steps in all; overrides `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) steps: Option<u64>,
+    /// Peak learning rate (AdamW).
+    #[serde(default = "default_lr")]
+    pub(crate) lr: f64,
+    /// `constant`, `cosine` or `linear` decay after warm-up.
+    #[serde(default)]
+    pub(crate) schedule: frugal_train::schedule::Decay,
+    /// Steps of linear warm-up.
+    #[serde(default)]
+    pub(crate) warmup_steps: u64,
+    /// Learning rate at the last step, as a fraction of `lr` (decaying schedules).
+    #[serde(default)]
+    pub(crate) final_lr_fraction: f64,
+    /// AdamW's decoupled weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub(crate) weight_decay: f64,
+    /// Steps between train records in the metrics files.
+    #[serde(default = "default_log_every")]
+    pub(crate) log_every: u64,
+    /// Steps between evaluations; 0 evaluates at the end of every epoch.
+    #[serde(default)]
+    pub(crate) eval_every: u64,
+    /// Steps between checkpoints; 0 checkpoints only at the end.
+    #[serde(default = "default_checkpoint_every")]
+    pub(crate) checkpoint_every: u64,
+}
+
+fn one64() -> u64 {
+    1
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            steps: None,
+            lr: default_lr(),
+            schedule: frugal_train::schedule::Decay::default(),
+            warmup_steps: 0,
+            final_lr_fraction: 0.0,
+            weight_decay: default_weight_decay(),
+            log_every: default_log_every(),
+            eval_every: 0,
+            checkpoint_every: default_checkpoint_every(),
+        }
+    }
 }
 
 /// Classifier architectures.
@@ -162,7 +329,7 @@ pub(crate) struct EvolveSearch {
 }
 
 macro_rules! workload_configs {
-    ($( $variant:ident: $name:ident { $section:ident: $ty:ty } ),* $(,)?) => {
+    ($( $variant:ident: $name:ident { $section:ident: $ty:ty $(; $($extra:ident: $extra_ty:ty),+)? } ),* $(,)?) => {
         $(
             #[doc = concat!("A `", stringify!($variant), "` workload configuration.")]
             #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,10 +347,17 @@ macro_rules! workload_configs {
                 pub(crate) compute: ComputeConfig,
                 /// The family's own section.
                 pub(crate) $section: $ty,
+                $($(
+                    #[doc = concat!("The `[", stringify!($extra), "]` section.")]
+                    #[serde(default)]
+                    pub(crate) $extra: $extra_ty,
+                )+)?
             }
         )*
 
-        /// A configuration of any family.
+        /// A configuration of any family. Read once per command, so the size difference
+        /// between families does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Serialize)]
         #[serde(untagged)]
         pub(crate) enum AnyConfig {
@@ -225,7 +399,7 @@ macro_rules! workload_configs {
 }
 
 workload_configs! {
-    Classifier: ClassifierConfig { model: ClassifierModel },
+    Classifier: ClassifierConfig { model: ClassifierModel; data: DataSection, train: TrainSection },
     Particles: ParticlesConfig { model: ParticlesModel },
     Operator: OperatorConfig { model: OperatorModel },
     Eqprop: EqpropConfig { model: EqpropModel },
@@ -299,6 +473,46 @@ impl AnyConfig {
                     (0.0..1.0).contains(&c.model.dropout),
                     &["model", "dropout"],
                     "must be in [0, 1)",
+                );
+                check(
+                    c.model.classes >= 2,
+                    &["model", "classes"],
+                    "must be at least 2",
+                );
+                check(
+                    c.train.lr > 0.0 && c.train.lr.is_finite(),
+                    &["train", "lr"],
+                    "must be a positive number",
+                );
+                check(
+                    (0.0..=1.0).contains(&c.train.final_lr_fraction),
+                    &["train", "final_lr_fraction"],
+                    "must be in [0, 1]",
+                );
+                check(
+                    c.train.epochs >= 1 && c.train.steps.is_none_or(|s| s >= 1),
+                    &["train", "epochs"],
+                    "`train.epochs` and `train.steps` must be at least 1",
+                );
+                let store = c.data.source == DataSource::Store;
+                check(
+                    !store || c.data.train.is_some(),
+                    &["data", "train"],
+                    "`data.source = \"store\"` needs `data.train` (a dataset directory)",
+                );
+                check(
+                    c.data.source == DataSource::Synthetic
+                        || (c.data.samples == default_samples()
+                            && c.data.test_samples == default_test_samples()
+                            && c.data.features == default_features()
+                            && c.data.teacher_hidden == default_teacher()),
+                    &["data", "source"],
+                    "`samples`, `test_samples`, `features` and `teacher_hidden` only apply to `source = \"synthetic\"`",
+                );
+                check(
+                    c.data.samples >= 1 && c.data.test_samples >= 1 && c.data.features >= 1,
+                    &["data", "samples"],
+                    "`samples`, `test_samples` and `features` must be at least 1",
                 );
             }
             AnyConfig::Particles(c) => {

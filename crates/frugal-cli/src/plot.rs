@@ -1,0 +1,127 @@
+//! PNG training curves: loss (train and test) and accuracy against the optimizer step.
+//! Text is drawn with an embedded font, so no system font is needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Result, anyhow};
+use frugal_train::metrics::{Record, Split};
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+const SIZE: (u32, u32) = (900, 540);
+
+fn fonts() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut ok = true;
+    ONCE.call_once(|| {
+        ok = register_font("sans-serif", FontStyle::Normal, ttf_noto_sans::REGULAR).is_ok();
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("the embedded font could not be loaded"))
+    }
+}
+
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+fn chart(path: &Path, title: &str, y_label: &str, series: &[Series<'_>]) -> Result<()> {
+    let points = || series.iter().flat_map(|s| s.2.iter());
+    if points().next().is_none() {
+        return Ok(());
+    }
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in points() {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let (w, h) = SIZE;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+        root.fill(&WHITE).map_err(e)?;
+        let mut c = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(e)?;
+        c.configure_mesh()
+            .x_desc("optimizer step")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(e)?;
+        for (name, color, pts) in series {
+            if pts.is_empty() {
+                continue;
+            }
+            let color = *color;
+            c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(e)?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 22, y)], color.stroke_width(2))
+                });
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(e)?;
+        root.present().map_err(e)?;
+    }
+    frugal_store::atomic_write_with(path, |file| {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()
+            .and_then(|mut wr| wr.write_image_data(&buf))
+            .map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
+
+/// Writes `loss.png` and `accuracy.png` into `dir` from a run's metrics records.
+pub(crate) fn training_curves(records: &[Record], dir: &Path) -> Result<()> {
+    fonts()?;
+    let pick = |split: Split, f: fn(&Record) -> Option<f64>| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter(|r| r.split == split)
+            .filter_map(|r| f(r).map(|v| (r.step as f64, v)))
+            .collect()
+    };
+    let blue = RGBColor(31, 119, 180);
+    let orange = RGBColor(230, 115, 0);
+    chart(
+        &dir.join("loss.png"),
+        "Loss",
+        "cross-entropy",
+        &[
+            ("train", blue, pick(Split::Train, |r| Some(r.loss))),
+            ("test", orange, pick(Split::Eval, |r| Some(r.loss))),
+        ],
+    )?;
+    chart(
+        &dir.join("accuracy.png"),
+        "Accuracy",
+        "fraction correct",
+        &[
+            ("train", blue, pick(Split::Train, |r| r.accuracy)),
+            ("test", orange, pick(Split::Eval, |r| r.accuracy)),
+        ],
+    )
+}

@@ -1,0 +1,274 @@
+//! `frugal train` through the real binary: MNIST and synthetic data, exact resume,
+//! outputs, and refusals.
+
+use std::path::{Path, PathBuf};
+
+use predicates::prelude::*;
+use serde_json::Value;
+
+mod common;
+use common::frugal;
+
+fn mnist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist")
+}
+
+fn config(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs")
+        .join(name)
+}
+
+/// A short MNIST run into `out` with `extra` overrides.
+fn train(out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = frugal();
+    cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
+        .arg("train")
+        .arg(config("mnist-mlp.toml"))
+        .arg("--set")
+        .arg(format!("output_dir={}", out.display()))
+        .args(["--set", "model.hidden=[64, 32]", "--set", "train.steps=60"])
+        .args([
+            "--set",
+            "train.log_every=10",
+            "--set",
+            "train.eval_every=40",
+        ]);
+    for e in extra {
+        cmd.args(["--set", e]);
+    }
+    cmd
+}
+
+fn json(cmd: &mut assert_cmd::Command) -> Value {
+    let out = cmd.arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Metrics lines without the timing column, which differs between runs by nature.
+fn metrics_without_timing(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("samples_per_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_short_run_learns_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = json(&mut train(dir.path(), &[]));
+    for key in [
+        "test_accuracy",
+        "steps",
+        "samples_per_s",
+        "peak_rss_bytes",
+        "train_loss",
+        "device",
+    ] {
+        assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    assert_eq!(s["steps"], 60);
+    assert!(s["finished"].as_bool().unwrap());
+    // 60 steps of 128 samples already beat chance (10 %) by far.
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.6, "{s}");
+    assert!(s["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
+    for f in [
+        "model.bpk",
+        "checkpoint.bin",
+        "metrics.jsonl",
+        "metrics.csv",
+        "loss.png",
+        "accuracy.png",
+        "summary.json",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let png = std::fs::read(dir.path().join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    // Six train records (every 10 steps) and evaluations at steps 40 and 60.
+    assert_eq!(csv.lines().filter(|l| l.starts_with("train,")).count(), 6);
+    assert_eq!(csv.lines().filter(|l| l.starts_with("eval,")).count(), 2);
+}
+
+#[test]
+fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let whole = tempfile::tempdir().unwrap();
+    let parts = tempfile::tempdir().unwrap();
+    // Dropout, checkpointing and a checkpoint that is not on a log boundary all in play.
+    let extra = ["compute.checkpointing=true", "train.checkpoint_every=25"];
+    json(&mut train(whole.path(), &extra));
+    let first = json(train(parts.path(), &extra).args(["--stop-after", "33"]));
+    assert_eq!(first["steps"], 33);
+    assert!(!first["finished"].as_bool().unwrap());
+    assert!(!parts.path().join("model.bpk").exists());
+    let second = json(train(parts.path(), &extra).arg("--resume"));
+    assert_eq!(second["resumed_from"], 33);
+    assert_eq!(second["steps"], 60);
+    let a = std::fs::read(whole.path().join("model.bpk")).unwrap();
+    let b = std::fs::read(parts.path().join("model.bpk")).unwrap();
+    assert!(a == b, "final weights differ after resume");
+    assert_eq!(
+        metrics_without_timing(whole.path()),
+        metrics_without_timing(parts.path())
+    );
+    assert_eq!(whole_field(&whole), whole_field(&parts));
+}
+
+fn whole_field(dir: &tempfile::TempDir) -> (Value, Value) {
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    (s["test_accuracy"].clone(), s["train_loss"].clone())
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten_and_resumes_only_with_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &[])
+        .args(["--stop-after", "5"])
+        .assert()
+        .success();
+    train(dir.path(), &[])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--resume"));
+    train(dir.path(), &["train.lr=0.01"])
+        .arg("--resume")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("other settings"));
+    // Logging and checkpoint intervals do not change the result, so they may change.
+    train(dir.path(), &["train.log_every=7"])
+        .arg("--resume")
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &[])
+        .args(["--stop-after", "5"])
+        .assert()
+        .success();
+    let path = dir.path().join("checkpoint.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    train(dir.path(), &[])
+        .arg("--resume")
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("checkpoint.bin").and(predicate::str::contains("damaged")),
+        );
+}
+
+#[test]
+fn missing_mnist_files_name_the_folder_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &[])
+        .env("FRUGAL_MNIST_DIR", dir.path().join("nowhere"))
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("nowhere").and(predicate::str::contains("FRUGAL_MNIST_DIR")),
+        );
+}
+
+#[test]
+fn the_synthetic_config_trains_on_generated_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = json(
+        frugal()
+            .arg("train")
+            .arg(config("classifier-synthetic.toml"))
+            .arg("--set")
+            .arg(format!("output_dir={}", dir.path().display()))
+            .args([
+                "--set",
+                "data.samples=4000",
+                "--set",
+                "data.test_samples=1000",
+            ])
+            .args(["--set", "train.epochs=3"]),
+    );
+    // Five classes: chance is 20 %.
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.4, "{s}");
+    assert!(
+        dir.path()
+            .join("data/synthetic-train/manifest.json")
+            .is_file()
+    );
+    assert!(
+        dir.path()
+            .join("data/synthetic-test/manifest.json")
+            .is_file()
+    );
+}
+
+#[test]
+fn reduced_precision_runs_learn_with_f32_master_weights() {
+    for precision in ["bf16", "f16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = json(&mut train(
+            dir.path(),
+            &[&format!("compute.precision={precision}")],
+        ));
+        assert_eq!(s["precision"], precision);
+        assert!(
+            s["test_accuracy"].as_f64().unwrap() > 0.6,
+            "{precision}: {s}"
+        );
+        // The master weights are saved as f32: the record is as large as an f32 run's.
+        let f32_dir = tempfile::tempdir().unwrap();
+        json(&mut train(f32_dir.path(), &[]));
+        let size = |d: &Path| std::fs::metadata(d.join("model.bpk")).unwrap().len();
+        assert_eq!(size(dir.path()), size(f32_dir.path()));
+        if precision == "f16" {
+            // GradScaler semantics: start at 2^16, halve and skip on overflow; no growth
+            // within 2000 clean steps. So the last scale tells how many steps were skipped.
+            let m = metrics_without_timing(dir.path());
+            let last = m
+                .iter()
+                .rev()
+                .find_map(|r| r.get("loss_scale"))
+                .unwrap()
+                .as_f64()
+                .unwrap();
+            let halvings = (65536.0 / last).log2();
+            assert_eq!(halvings.fract(), 0.0, "scale {last}");
+            assert_eq!(s["skipped_steps"].as_f64().unwrap(), halvings, "{s}");
+            assert!(s["skipped_steps"].as_u64().unwrap() < 20, "{s}");
+        }
+    }
+}
+
+#[test]
+fn the_cnn_trains_checkpointed_on_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = json(&mut train(
+        dir.path(),
+        &[
+            "model.arch=cnn",
+            "model.hidden=[8, 16]",
+            "compute.checkpointing=true",
+            "compute.batch_size=64",
+            "train.steps=40",
+            "train.warmup_steps=5",
+        ],
+    ));
+    assert_eq!(s["checkpoint_segments"], 2);
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.5, "{s}");
+}

@@ -1,0 +1,634 @@
+//! The training loop: streams micro-batches from a frugal-store dataset (read ahead on
+//! another thread while this one computes), accumulates them into optimizer steps in the
+//! chosen precision, follows a learning-rate schedule, evaluates on a held-out split,
+//! writes metrics, and checkpoints so that a resumed run ends bit for bit where an
+//! uninterrupted one would.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Tensor};
+use frugal_store::{Batch, Dataset, OrderSpec, ReadState, Stream, StreamOptions, Verify};
+use serde::{Deserialize, Serialize};
+
+use crate::accumulate::Accumulator;
+use crate::checkpoint::StepGrads;
+use crate::error::{Result, TrainError};
+use crate::metrics::{MetricsLog, Record, Split};
+use crate::precision::{Precision, compute_copy, grads_to_f32};
+use crate::scaler::{LossScaler, ScaledStep, grads_finite, scale_grads};
+use crate::schedule::LrSchedule;
+use crate::snapshot::{LogWindow, LoopState, Snapshot};
+
+/// What one micro-batch step needs besides the model and the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    /// The autodiff device the model lives on.
+    pub device: &'a Device,
+    /// Compute precision; the model given is already cast to it.
+    pub precision: Precision,
+    /// Checkpoint segments, `None` for no checkpointing.
+    pub segments: Option<usize>,
+    /// Seed of this micro-batch's dropout streams.
+    pub seed: u64,
+    /// Factor to multiply the loss by before backward (1 unless f16).
+    pub loss_scale: f64,
+}
+
+/// What a micro-batch step returns.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Mean loss over the micro-batch, unscaled.
+    pub loss: f64,
+    /// Gradients of the (scaled) mean loss.
+    pub grads: GradientsParams,
+    /// Samples classified right, for tasks with classes.
+    pub correct: Option<u64>,
+    /// Samples in the micro-batch.
+    pub samples: usize,
+}
+
+/// What evaluating one batch returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalOutput {
+    /// Sum of the per-sample losses.
+    pub loss_sum: f64,
+    /// Samples classified right, for tasks with classes.
+    pub correct: Option<u64>,
+    /// Samples in the batch.
+    pub samples: usize,
+}
+
+/// A model family and its loss: what the loop trains.
+pub trait Task {
+    /// The model.
+    type Model: Module;
+    /// A freshly initialized model on `device` (an autodiff device), drawing from the
+    /// device's generator (seeded by the loop).
+    fn init(&self, device: &Device) -> Self::Model;
+    /// Forward and backward over one micro-batch.
+    fn step(&self, model: &Self::Model, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput>;
+    /// Evaluates one batch, without autodiff and without dropout.
+    fn eval(&self, model: &Self::Model, batch: &Batch, device: &Device) -> Result<EvalOutput>;
+}
+
+/// AdamW's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWSpec {
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator guard.
+    pub epsilon: f64,
+}
+
+impl Default for AdamWSpec {
+    fn default() -> Self {
+        Self {
+            weight_decay: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+}
+
+impl AdamWSpec {
+    fn init(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_weight_decay(self.weight_decay as f32)
+            .with_beta_1(self.beta1 as f32)
+            .with_beta_2(self.beta2 as f32)
+            .with_epsilon(self.epsilon as f32)
+            .init()
+    }
+}
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct TrainSpec {
+    /// Seed of initialization, dropout and data order.
+    pub seed: u64,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Compute precision.
+    pub precision: Precision,
+    /// Checkpoint segments; `None` keeps every activation.
+    pub segments: Option<usize>,
+    /// Passes over the training data (ignored when `steps` is set).
+    pub epochs: u64,
+    /// Optimizer steps in all, overriding `epochs`.
+    pub steps: Option<u64>,
+    /// Optimizer.
+    pub adamw: AdamWSpec,
+    /// Learning rate (its `total` is filled in by the loop).
+    pub schedule: LrSchedule,
+    /// Steps between train records.
+    pub log_every: u64,
+    /// Steps between evaluations; 0 evaluates at the end of every epoch.
+    pub eval_every: u64,
+    /// Steps between checkpoints; 0 checkpoints only at the end (and when stopping).
+    pub checkpoint_every: u64,
+    /// Read order of the training data.
+    pub order: OrderSpec,
+    /// Stop after this many steps (checkpointing first), to be resumed later.
+    pub stop_after: Option<u64>,
+    /// Identity of the settings that shape the result (a resume must match it).
+    pub fingerprint: String,
+}
+
+/// The data of a run.
+#[derive(Debug)]
+pub struct TrainData {
+    /// Training split.
+    pub train: Dataset,
+    /// Held-out split, evaluated in order.
+    pub test: Option<Dataset>,
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Before the first step: steps in all, steps already done (resumed), device name.
+    Started {
+        /// Optimizer steps of the whole run.
+        total: u64,
+        /// Steps completed before this process started.
+        done: u64,
+    },
+    /// After every optimizer step.
+    Step {
+        /// Steps completed.
+        step: u64,
+        /// Loss of this step.
+        loss: f64,
+    },
+    /// A record was written to the metrics files.
+    Record(&'a Record),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Steps it holds.
+        step: u64,
+    },
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Optimizer steps completed.
+    pub steps: u64,
+    /// Steps of the whole run (more than `steps` when stopped early).
+    pub total_steps: u64,
+    /// Whether the run reached its last step.
+    pub finished: bool,
+    /// Step the run was resumed from, if it was.
+    pub resumed_from: Option<u64>,
+    /// Loss of the last train record.
+    pub train_loss: Option<f64>,
+    /// Accuracy of the last train record.
+    pub train_accuracy: Option<f64>,
+    /// Loss on the held-out split at the last evaluation.
+    pub test_loss: Option<f64>,
+    /// Accuracy on the held-out split at the last evaluation.
+    pub test_accuracy: Option<f64>,
+    /// Training samples processed (resumed ones included).
+    pub samples: u64,
+    /// Seconds of training (evaluation and checkpoints excluded), resumed ones included.
+    pub train_seconds: f64,
+    /// `samples / train_seconds`.
+    pub samples_per_s: f64,
+    /// f16 steps skipped for overflow.
+    pub skipped_steps: u64,
+    /// The final model's burn record.
+    pub model_file: PathBuf,
+}
+
+/// File names in a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// The final model's burn record.
+pub const MODEL_FILE: &str = "model.bpk";
+
+/// Steps per epoch: micro-batches per epoch, grouped `grad_accum` at a time (an epoch's
+/// last step may have fewer).
+pub fn steps_per_epoch(samples: u64, batch_size: usize, grad_accum: usize) -> u64 {
+    samples
+        .div_ceil(batch_size as u64)
+        .div_ceil(grad_accum as u64)
+        .max(1)
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    frugal_store::order::Rng::new(a ^ b.wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64()
+}
+
+struct Reader<'a> {
+    data: &'a Dataset,
+    spec: OrderSpec,
+    seed: u64,
+    batch_size: usize,
+    stream: Option<Stream>,
+    epoch: u64,
+    consumed: u64,
+}
+
+impl Reader<'_> {
+    fn open(&mut self) -> Result<()> {
+        let mut options = StreamOptions::new(self.spec, self.seed, self.epoch, self.batch_size);
+        options.state = ReadState {
+            seed: self.seed,
+            epoch: self.epoch,
+            consumed: self.consumed,
+        };
+        options.prefetch = 2;
+        options.verify = Verify::OnRead;
+        self.stream = Some(self.data.stream(options)?);
+        Ok(())
+    }
+
+    /// Moves to the next epoch when this one is exhausted.
+    fn roll(&mut self) -> Result<()> {
+        if self.stream.is_none() {
+            self.open()?;
+        }
+        if self.stream.as_ref().is_some_and(|s| s.remaining() == 0) {
+            self.epoch += 1;
+            self.consumed = 0;
+            self.open()?;
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<Batch>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        match stream.next() {
+            Some(batch) => {
+                let batch = batch?;
+                self.consumed += batch.samples as u64;
+                Ok(Some(batch))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn epoch_done(&self) -> bool {
+        self.stream.as_ref().is_none_or(|s| s.remaining() == 0)
+    }
+}
+
+/// Renumbers parameters 1, 2, … in visiting order (a parameter met twice, as with tied
+/// weights, keeps one number). burn draws parameter ids at random, and they are written
+/// into records; numbered ids make the same training produce byte-identical files.
+struct NumberParams(std::collections::HashMap<ParamId, ParamId>);
+
+impl ModuleMapper for NumberParams {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let next = ParamId::from(self.0.len() as u64 + 1);
+        param.id = *self.0.entry(param.id).or_insert(next);
+        param
+    }
+}
+
+fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
+    let record = model.clone().into_record();
+    let bytes = record
+        .into_bytes()
+        .map_err(|e| TrainError::Invalid(format!("cannot serialize the model: {e:?}")))?;
+    Ok(bytes.to_vec())
+}
+
+/// Writes a model's record to `path` atomically.
+pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<()> {
+    frugal_store::atomic_write(path, &model_bytes(model)?).map_err(TrainError::Store)
+}
+
+/// Loads a model record written by [`save_model`] (or held in a checkpoint) into `model`.
+pub fn load_model<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+        TrainError::Snapshot {
+            path: path.to_owned(),
+            message: format!("holds a model record that cannot be read: {e:?}"),
+        }
+    })?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Snapshot {
+            path: path.to_owned(),
+            message: format!("holds a model of another shape: {e:?}"),
+        })
+}
+
+/// Evaluates `model` on all of `data`, in order.
+pub fn evaluate<T: Task>(
+    task: &T,
+    model: &T::Model,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalOutput> {
+    let inference = model.clone().valid();
+    let mut options = StreamOptions::new(
+        OrderSpec::for_budget(frugal_store::Order::Sequential, 0, 1),
+        0,
+        0,
+        batch_size,
+    );
+    options.prefetch = 2;
+    let (mut loss_sum, mut samples, mut correct) = (0.0, 0, Some(0));
+    for batch in data.stream(options)? {
+        let out = task.eval(&inference, &batch?, device)?;
+        loss_sum += out.loss_sum;
+        samples += out.samples;
+        correct = correct.zip(out.correct).map(|(a, b)| a + b);
+    }
+    Ok(EvalOutput {
+        loss_sum,
+        correct,
+        samples,
+    })
+}
+
+/// Trains `task` on `data` into `dir`, from its checkpoint when `resume` is set (and one
+/// exists). `device` is the plain device; the loop adds autodiff.
+pub fn train<T: Task>(
+    task: &T,
+    data: &TrainData,
+    spec: &TrainSpec,
+    device: &Device,
+    dir: &Path,
+    resume: bool,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
+    if spec.batch_size == 0 || spec.grad_accum == 0 {
+        return Err(TrainError::Invalid(
+            "batch size and accumulation must be at least 1".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let ad = device.clone().autodiff();
+    let per_epoch = steps_per_epoch(data.train.len(), spec.batch_size, spec.grad_accum);
+    let total = spec.steps.unwrap_or(per_epoch * spec.epochs.max(1));
+    let schedule = LrSchedule {
+        total,
+        ..spec.schedule
+    };
+    let checkpoint_path = dir.join(CHECKPOINT_FILE);
+
+    let snapshot = if resume && checkpoint_path.exists() {
+        Some(Snapshot::load(&checkpoint_path)?)
+    } else {
+        None
+    };
+    if !resume && checkpoint_path.exists() {
+        return Err(TrainError::Invalid(format!(
+            "{} holds a run already (its checkpoint is {}); pass --resume to continue it, or choose another output directory",
+            dir.display(),
+            checkpoint_path.display()
+        )));
+    }
+
+    ad.seed(spec.seed);
+    let mut model = task
+        .init(&ad)
+        .map(&mut NumberParams(std::collections::HashMap::new()));
+    let mut optim = spec.adamw.init();
+    let mut state = LoopState {
+        fingerprint: spec.fingerprint.clone(),
+        step: 0,
+        epoch: 0,
+        consumed: 0,
+        scaler: LossScaler::default(),
+        window: LogWindow::default(),
+        samples_total: 0,
+        train_seconds: 0.0,
+        seed: spec.seed,
+    };
+    let resumed_from = match snapshot {
+        Some(s) => {
+            if s.state.fingerprint != spec.fingerprint {
+                return Err(TrainError::Snapshot {
+                    path: checkpoint_path,
+                    message: "was written with other settings (model, data, precision, batch, schedule or seed); resume with the configuration that started the run, or choose another output directory".into(),
+                });
+            }
+            model = load_model(model, s.model, &checkpoint_path)?;
+            let record =
+                OptimizerRecord::from_bytes(Bytes::from_bytes_vec(s.optimizer)).map_err(|e| {
+                    TrainError::Snapshot {
+                        path: checkpoint_path.clone(),
+                        message: format!("holds an optimizer state that cannot be read: {e:?}"),
+                    }
+                })?;
+            optim = optim.load_record(record);
+            state = s.state;
+            Some(state.step)
+        }
+        None => None,
+    };
+    let mut log = MetricsLog::open(dir, resumed_from).map_err(|e| TrainError::io(dir, e))?;
+
+    let mut reader = Reader {
+        data: &data.train,
+        spec: spec.order,
+        seed: mix(spec.seed, 0x0da7a),
+        batch_size: spec.batch_size,
+        stream: None,
+        epoch: state.epoch,
+        consumed: state.consumed,
+    };
+    observe(Event::Started {
+        total,
+        done: state.step,
+    });
+
+    let mut last_eval: Option<Record> = log
+        .records()
+        .iter()
+        .rev()
+        .find(|r| r.split == Split::Eval)
+        .cloned();
+    let mut last_train: Option<Record> = log
+        .records()
+        .iter()
+        .rev()
+        .find(|r| r.split == Split::Train)
+        .cloned();
+    let mut window_seconds = 0.0;
+    let mut window_samples = 0u64;
+    let stop = spec.stop_after.unwrap_or(u64::MAX).min(total);
+
+    while state.step < stop {
+        reader.roll()?;
+        let step = state.step;
+        let began = Instant::now();
+        let scale = if spec.precision.scales_loss() {
+            state.scaler.scale
+        } else {
+            1.0
+        };
+        let compute = compute_copy(&model, spec.precision);
+        let mut acc = Accumulator::new();
+        let mut correct = None::<u64>;
+        for micro in 0..spec.grad_accum {
+            let Some(batch) = reader.next()? else { break };
+            let input = StepInput {
+                device: &ad,
+                precision: spec.precision,
+                segments: spec.segments,
+                seed: mix(mix(spec.seed, step), micro as u64),
+                loss_scale: scale,
+            };
+            let out = task.step(&compute, &batch, input)?;
+            correct = match (correct, out.correct) {
+                (None, c) => c,
+                (Some(a), Some(b)) => Some(a + b),
+                (Some(a), None) => Some(a),
+            };
+            acc.add(
+                &compute,
+                StepGrads {
+                    loss: out.loss,
+                    grads: out.grads,
+                },
+                out.samples,
+            );
+            if reader.epoch_done() {
+                break;
+            }
+        }
+        let samples = acc.samples() as u64;
+        if samples == 0 {
+            return Err(TrainError::Invalid(format!(
+                "the training dataset {} yielded no samples",
+                data.train.dir().display()
+            )));
+        }
+        let StepGrads { loss, mut grads } = acc.finish(&compute);
+        drop(compute);
+        grads_to_f32(&model, &mut grads);
+        let apply = if spec.precision.scales_loss() {
+            scale_grads(&model, &mut grads, 1.0 / scale);
+            state.scaler.update(grads_finite(&model, &grads)) == ScaledStep::Apply
+        } else {
+            true
+        };
+        let lr = schedule.at(step);
+        if apply {
+            model = optim.step(lr, model, grads);
+        }
+        state.step += 1;
+        state.samples_total += samples;
+        state.epoch = reader.epoch;
+        state.consumed = reader.consumed;
+        state.window.loss_sum += loss * samples as f64;
+        state.window.samples += samples;
+        if let Some(c) = correct {
+            state.window.correct += c;
+            state.window.has_accuracy = true;
+        }
+        let spent = began.elapsed().as_secs_f64();
+        state.train_seconds += spent;
+        window_seconds += spent;
+        window_samples += samples;
+        observe(Event::Step {
+            step: state.step,
+            loss,
+        });
+
+        let epoch_end = reader.epoch_done();
+        let last = state.step == total;
+        if state.step.is_multiple_of(spec.log_every.max(1)) || last || epoch_end {
+            let w = std::mem::take(&mut state.window);
+            let record = Record {
+                split: Split::Train,
+                step: state.step,
+                epoch: state.epoch,
+                loss: w.loss_sum / w.samples.max(1) as f64,
+                accuracy: w
+                    .has_accuracy
+                    .then(|| w.correct as f64 / w.samples.max(1) as f64),
+                lr: Some(lr),
+                loss_scale: spec.precision.scales_loss().then_some(state.scaler.scale),
+                samples_per_s: Some(window_samples as f64 / window_seconds.max(1e-9)),
+            };
+            window_seconds = 0.0;
+            window_samples = 0;
+            log.push(record.clone())
+                .map_err(|e| TrainError::io(log.path(), e))?;
+            observe(Event::Record(&record));
+            last_train = Some(record);
+        }
+        let eval_due = if spec.eval_every > 0 {
+            state.step.is_multiple_of(spec.eval_every)
+        } else {
+            epoch_end
+        };
+        if let Some(test) = &data.test
+            && (eval_due || last)
+        {
+            let out = evaluate(task, &model, test, spec.batch_size.max(256), &ad)?;
+            let n = out.samples.max(1) as f64;
+            let record = Record {
+                split: Split::Eval,
+                step: state.step,
+                epoch: state.epoch,
+                loss: out.loss_sum / n,
+                accuracy: out.correct.map(|c| c as f64 / n),
+                lr: None,
+                loss_scale: None,
+                samples_per_s: None,
+            };
+            log.push(record.clone())
+                .map_err(|e| TrainError::io(log.path(), e))?;
+            observe(Event::Record(&record));
+            last_eval = Some(record);
+        }
+        let checkpoint_due =
+            spec.checkpoint_every > 0 && state.step.is_multiple_of(spec.checkpoint_every);
+        if checkpoint_due || state.step == stop {
+            log.sync().map_err(|e| TrainError::io(log.path(), e))?;
+            let optimizer = optim
+                .to_record()
+                .into_bytes()
+                .map_err(|e| TrainError::Invalid(format!("cannot serialize the optimizer: {e:?}")))?
+                .to_vec();
+            Snapshot {
+                state: state.clone(),
+                model: model_bytes(&model)?,
+                optimizer,
+            }
+            .save(&checkpoint_path)?;
+            observe(Event::Checkpoint { step: state.step });
+        }
+    }
+    log.sync().map_err(|e| TrainError::io(log.path(), e))?;
+    let model_file = dir.join(MODEL_FILE);
+    let finished = state.step == total;
+    if finished {
+        save_model(&model, &model_file)?;
+    }
+    Ok(Summary {
+        steps: state.step,
+        total_steps: total,
+        finished,
+        resumed_from,
+        train_loss: last_train.as_ref().map(|r| r.loss),
+        train_accuracy: last_train.and_then(|r| r.accuracy),
+        test_loss: last_eval.as_ref().map(|r| r.loss),
+        test_accuracy: last_eval.and_then(|r| r.accuracy),
+        samples: state.samples_total,
+        train_seconds: state.train_seconds,
+        samples_per_s: state.samples_total as f64 / state.train_seconds.max(1e-9),
+        skipped_steps: state.scaler.skipped,
+        model_file,
+    })
+}
