@@ -157,7 +157,7 @@ pub struct TrainData {
 /// What the loop reports as it goes.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// Before the first step: steps in all, steps already done (resumed), device name.
+    /// Before the first step: steps in all and steps already done (resumed).
     Started {
         /// Optimizer steps of the whole run.
         total: u64,
