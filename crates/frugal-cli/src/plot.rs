@@ -2,7 +2,7 @@
 //! Text is drawn with an embedded font, so no system font is needed.
 
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use anyhow::{Result, anyhow};
 use frugal_train::metrics::{Record, Split};
@@ -12,12 +12,11 @@ use plotters::style::{FontStyle, register_font};
 const SIZE: (u32, u32) = (900, 540);
 
 fn fonts() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut ok = true;
-    ONCE.call_once(|| {
-        ok = register_font("sans-serif", FontStyle::Normal, ttf_noto_sans::REGULAR).is_ok();
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    let loaded = *LOADED.get_or_init(|| {
+        register_font("sans-serif", FontStyle::Normal, ttf_noto_sans::REGULAR).is_ok()
     });
-    if ok {
+    if loaded {
         Ok(())
     } else {
         Err(anyhow!("the embedded font could not be loaded"))

@@ -13,7 +13,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use frugal_store::{Batch, DType, Schema};
 use frugal_train::checkpoint::{
-    Block, Carry, Ctx, default_segments, eval_forward, plain_backward, segmented_backward,
+    Block, Carry, Ctx, eval_forward, plain_backward, segmented_backward,
 };
 use frugal_train::{EvalOutput, Precision, Result, StepInput, StepOutput, Task, TrainError};
 use serde::{Deserialize, Serialize};
@@ -439,9 +439,4 @@ impl Task for Classifier {
             samples: batch.samples,
         })
     }
-}
-
-/// The default number of checkpoint segments for this classifier.
-pub fn default_segment_count(c: &Classifier) -> usize {
-    default_segments(c.blocks())
 }

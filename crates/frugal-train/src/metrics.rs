@@ -131,6 +131,11 @@ impl MetricsLog {
         &self.records
     }
 
+    /// The records, closing the files.
+    pub fn into_records(self) -> Vec<Record> {
+        self.records
+    }
+
     /// Where the JSONL file is.
     pub fn path(&self) -> &Path {
         &self.jsonl_path

@@ -209,6 +209,9 @@ pub struct Summary {
     pub skipped_steps: u64,
     /// The final model's burn record.
     pub model_file: PathBuf,
+    /// Every metrics record of the run, resumed ones included (also in the metrics files).
+    #[serde(skip)]
+    pub records: Vec<Record>,
 }
 
 /// File names in a run directory.
@@ -327,21 +330,22 @@ pub fn load_model<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M>
         })
 }
 
-/// Evaluates `model` on all of `data`, in order.
+/// Evaluates `model` on all of `data`, in order, reading windows of `window` samples.
 pub fn evaluate<T: Task>(
     task: &T,
     model: &T::Model,
     data: &Dataset,
     batch_size: usize,
+    window: u64,
     device: &Device,
 ) -> Result<EvalOutput> {
     let inference = model.clone().valid();
-    let mut options = StreamOptions::new(
-        OrderSpec::for_budget(frugal_store::Order::Sequential, 0, 1),
-        0,
-        0,
-        batch_size,
-    );
+    let spec = OrderSpec {
+        order: frugal_store::Order::Sequential,
+        window,
+        spread: 1,
+    };
+    let mut options = StreamOptions::new(spec, 0, 0, batch_size);
     options.prefetch = 2;
     let (mut loss_sum, mut samples, mut correct) = (0.0, 0, Some(0));
     for batch in data.stream(options)? {
@@ -450,18 +454,6 @@ pub fn train<T: Task>(
         done: state.step,
     });
 
-    let mut last_eval: Option<Record> = log
-        .records()
-        .iter()
-        .rev()
-        .find(|r| r.split == Split::Eval)
-        .cloned();
-    let mut last_train: Option<Record> = log
-        .records()
-        .iter()
-        .rev()
-        .find(|r| r.split == Split::Train)
-        .cloned();
     let mut window_seconds = 0.0;
     let mut window_samples = 0u64;
     let stop = spec.stop_after.unwrap_or(u64::MAX).min(total);
@@ -565,7 +557,6 @@ pub fn train<T: Task>(
             log.push(record.clone())
                 .map_err(|e| TrainError::io(log.path(), e))?;
             observe(Event::Record(&record));
-            last_train = Some(record);
         }
         let eval_due = if spec.eval_every > 0 {
             state.step.is_multiple_of(spec.eval_every)
@@ -575,7 +566,14 @@ pub fn train<T: Task>(
         if let Some(test) = &data.test
             && (eval_due || last)
         {
-            let out = evaluate(task, &model, test, spec.batch_size.max(256), &ad)?;
+            let out = evaluate(
+                task,
+                &model,
+                test,
+                spec.batch_size.max(256),
+                spec.order.window,
+                &ad,
+            )?;
             let n = out.samples.max(1) as f64;
             let record = Record {
                 split: Split::Eval,
@@ -590,7 +588,6 @@ pub fn train<T: Task>(
             log.push(record.clone())
                 .map_err(|e| TrainError::io(log.path(), e))?;
             observe(Event::Record(&record));
-            last_eval = Some(record);
         }
         let checkpoint_due =
             spec.checkpoint_every > 0 && state.step.is_multiple_of(spec.checkpoint_every);
@@ -616,6 +613,9 @@ pub fn train<T: Task>(
     if finished {
         save_model(&model, &model_file)?;
     }
+    let records = log.into_records();
+    let last = |split| records.iter().rev().find(|r: &&Record| r.split == split);
+    let (last_train, last_eval) = (last(Split::Train).cloned(), last(Split::Eval).cloned());
     Ok(Summary {
         steps: state.step,
         total_steps: total,
@@ -630,5 +630,6 @@ pub fn train<T: Task>(
         samples_per_s: state.samples_total as f64 / state.train_seconds.max(1e-9),
         skipped_steps: state.scaler.skipped,
         model_file,
+        records,
     })
 }

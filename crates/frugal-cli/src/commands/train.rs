@@ -5,19 +5,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use frugal_models::classifier::{Arch, Classifier};
+use frugal_models::classifier::Classifier;
 use frugal_store::synthetic::{self, SyntheticSpec};
 use frugal_store::{Dataset, OrderSpec, WriterOptions, import};
-use frugal_train::device::{DeviceChoice, pick};
+use frugal_train::device::pick;
+use frugal_train::metrics::Split;
 use frugal_train::schedule::LrSchedule;
 use frugal_train::trainer::{AdamWSpec, Event, Summary, TrainData, TrainSpec, train};
-use frugal_train::{Precision, metrics::Split};
 use serde::Serialize;
 
 use crate::args::TrainArgs;
-use crate::config::schema::{
-    ClassifierArch, ClassifierConfig, DataSection, DataSource, Device, Precision as ConfigPrecision,
-};
+use crate::config::schema::{ClassifierConfig, DataSection, DataSource};
 use crate::config::{AnyConfig, Source};
 use crate::{plot, progress};
 
@@ -61,12 +59,8 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     let data = prepare_data(&config, &dir)?;
     let sample_bytes = data.train.manifest().schema.sample_bytes() as u64;
     let (input, label) = columns(&config.data);
-    let arch = match config.model.arch {
-        ClassifierArch::Mlp => Arch::Mlp,
-        ClassifierArch::Cnn => Arch::Cnn,
-    };
     let task = Classifier::for_schema(
-        arch,
+        config.model.arch,
         config.model.hidden.iter().map(|&h| h as usize).collect(),
         config.model.dropout,
         config.model.classes as usize,
@@ -77,11 +71,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     .with_context(|| format!("dataset {}", data.train.dir().display()))?;
 
     let c = &config.compute;
-    let precision = match c.precision {
-        ConfigPrecision::F32 => Precision::F32,
-        ConfigPrecision::Bf16 => Precision::Bf16,
-        ConfigPrecision::F16 => Precision::F16,
-    };
+    let precision = c.precision;
     let segments = c.checkpointing.then(|| {
         c.checkpoint_segments.map_or_else(
             || frugal_train::checkpoint::default_segments(task.blocks()),
@@ -115,12 +105,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         stop_after: args.stop_after,
         fingerprint: fingerprint(&config),
     };
-    let choice = match c.device {
-        Device::Auto => DeviceChoice::Auto,
-        Device::Cpu => DeviceChoice::Cpu,
-        Device::Gpu => DeviceChoice::Gpu,
-    };
-    let picked = pick(choice).map_err(anyhow::Error::msg)?;
+    let picked = pick(c.device).map_err(anyhow::Error::msg)?;
 
     let bar = progress::bar(0, "training", false);
     let mut observe = |event: Event<'_>| match event {
@@ -156,10 +141,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     )?;
     bar.finish_and_clear();
 
-    let records =
-        frugal_train::metrics::read_records(&dir.join(frugal_train::metrics::MetricsLog::JSONL))
-            .context("reading the metrics back for the plots")?;
-    plot::training_curves(&records, &dir).context("drawing the training curves")?;
+    plot::training_curves(&summary.records, &dir).context("drawing the training curves")?;
 
     let peak_rss_bytes = frugal_hw::MemoryMeter::new()
         .sample()

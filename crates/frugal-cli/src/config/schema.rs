@@ -5,35 +5,12 @@
 use std::path::PathBuf;
 
 use frugal_hw::Workload;
+pub(crate) use frugal_models::classifier::Arch as ClassifierArch;
+pub(crate) use frugal_train::Precision;
+pub(crate) use frugal_train::device::DeviceChoice as Device;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Document};
-
-/// Where the work runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Device {
-    /// The GPU when one is usable, else the CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// The GPU; an error when there is none.
-    Gpu,
-}
-
-/// The number format of the compute (master weights stay f32).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Precision {
-    /// 32-bit floats throughout.
-    #[default]
-    F32,
-    /// bfloat16 compute.
-    Bf16,
-    /// float16 compute with loss scaling.
-    F16,
-}
 
 fn one() -> u32 {
     1
@@ -117,59 +94,37 @@ pub(crate) enum DataSource {
     Synthetic,
 }
 
-fn default_samples() -> u64 {
-    60_000
-}
-
-fn default_test_samples() -> u64 {
-    10_000
-}
-
-fn default_features() -> u32 {
-    64
-}
-
-fn default_teacher() -> u32 {
-    32
-}
-
-/// A classifier's data.
+/// A classifier's data. Keys left out take their values from `Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct DataSection {
     /// `mnist`, `store` or `synthetic`.
-    #[serde(default)]
     pub(crate) source: DataSource,
     /// `mnist`: the folder holding the four IDX files (default: `$FRUGAL_MNIST_DIR`, else
     /// `data/mnist`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dir: Option<PathBuf>,
     /// `store`: the training dataset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) train: Option<PathBuf>,
     /// `store`: the held-out dataset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) test: Option<PathBuf>,
     /// Input column (default `image` for MNIST, `x` otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) input: Option<String>,
     /// Label column (default `label` for MNIST, `y` otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) label: Option<String>,
     /// `synthetic`: training samples.
-    #[serde(default = "default_samples")]
     pub(crate) samples: u64,
     /// `synthetic`: held-out samples (same teacher, other samples).
-    #[serde(default = "default_test_samples")]
     pub(crate) test_samples: u64,
     /// `synthetic`: features per sample.
-    #[serde(default = "default_features")]
     pub(crate) features: u32,
     /// `synthetic`: hidden width of the teacher network.
-    #[serde(default = "default_teacher")]
     pub(crate) teacher_hidden: u32,
     /// Epoch order of the training data.
-    #[serde(default)]
     pub(crate) order: frugal_store::Order,
 }
 
@@ -182,69 +137,40 @@ impl Default for DataSection {
             test: None,
             input: None,
             label: None,
-            samples: default_samples(),
-            test_samples: default_test_samples(),
-            features: default_features(),
-            teacher_hidden: default_teacher(),
+            samples: 60_000,
+            test_samples: 10_000,
+            features: 64,
+            teacher_hidden: 32,
             order: frugal_store::Order::default(),
         }
     }
 }
 
-fn default_lr() -> f64 {
-    1e-3
-}
-
-fn default_weight_decay() -> f64 {
-    1e-4
-}
-
-fn default_log_every() -> u64 {
-    50
-}
-
-fn default_checkpoint_every() -> u64 {
-    500
-}
-
-/// How long and how fast to train.
+/// How long and how fast to train. Keys left out take their values from `Default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct TrainSection {
     /// Passes over the training data.
-    #[serde(default = "one64")]
     pub(crate) epochs: u64,
     /// Optimizer steps in all; overrides `epochs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) steps: Option<u64>,
     /// Peak learning rate (AdamW).
-    #[serde(default = "default_lr")]
     pub(crate) lr: f64,
     /// `constant`, `cosine` or `linear` decay after warm-up.
-    #[serde(default)]
     pub(crate) schedule: frugal_train::schedule::Decay,
     /// Steps of linear warm-up.
-    #[serde(default)]
     pub(crate) warmup_steps: u64,
     /// Learning rate at the last step, as a fraction of `lr` (decaying schedules).
-    #[serde(default)]
     pub(crate) final_lr_fraction: f64,
     /// AdamW's decoupled weight decay.
-    #[serde(default = "default_weight_decay")]
     pub(crate) weight_decay: f64,
     /// Steps between train records in the metrics files.
-    #[serde(default = "default_log_every")]
     pub(crate) log_every: u64,
     /// Steps between evaluations; 0 evaluates at the end of every epoch.
-    #[serde(default)]
     pub(crate) eval_every: u64,
     /// Steps between checkpoints; 0 checkpoints only at the end.
-    #[serde(default = "default_checkpoint_every")]
     pub(crate) checkpoint_every: u64,
-}
-
-fn one64() -> u64 {
-    1
 }
 
 impl Default for TrainSection {
@@ -252,26 +178,16 @@ impl Default for TrainSection {
         Self {
             epochs: 1,
             steps: None,
-            lr: default_lr(),
+            lr: 1e-3,
             schedule: frugal_train::schedule::Decay::default(),
             warmup_steps: 0,
             final_lr_fraction: 0.0,
-            weight_decay: default_weight_decay(),
-            log_every: default_log_every(),
+            weight_decay: 1e-4,
+            log_every: 50,
             eval_every: 0,
-            checkpoint_every: default_checkpoint_every(),
+            checkpoint_every: 500,
         }
     }
-}
-
-/// Classifier architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum ClassifierArch {
-    /// Fully connected layers.
-    Mlp,
-    /// A small convolutional network.
-    Cnn,
 }
 
 /// The particle-dynamics graph network and its problem size.
@@ -500,12 +416,13 @@ impl AnyConfig {
                     &["data", "train"],
                     "`data.source = \"store\"` needs `data.train` (a dataset directory)",
                 );
+                let unset = DataSection::default();
                 check(
                     c.data.source == DataSource::Synthetic
-                        || (c.data.samples == default_samples()
-                            && c.data.test_samples == default_test_samples()
-                            && c.data.features == default_features()
-                            && c.data.teacher_hidden == default_teacher()),
+                        || (c.data.samples == unset.samples
+                            && c.data.test_samples == unset.test_samples
+                            && c.data.features == unset.features
+                            && c.data.teacher_hidden == unset.teacher_hidden),
                     &["data", "source"],
                     "`samples`, `test_samples`, `features` and `teacher_hidden` only apply to `source = \"synthetic\"`",
                 );
