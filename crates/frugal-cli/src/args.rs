@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Data(DataCommand),
     /// Train a model from a configuration file.
     Train(TrainArgs),
+    /// Predict a training run's peak memory, item by item, against a budget.
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -37,9 +39,35 @@ pub(crate) struct TrainArgs {
     /// Stop after this many optimizer steps (checkpointing first); continue with --resume.
     #[arg(long, value_name = "STEPS")]
     pub(crate) stop_after: Option<u64>,
+    /// Refuse to start when the memory plan's predicted peak exceeds this (e.g. 6GiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) max_memory: Option<u64>,
+    /// Choose checkpointing, micro-batch and precision to fit the memory budget
+    /// (--max-memory, else the machine's).
+    #[arg(long)]
+    pub(crate) auto_fit: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The memory budget (e.g. 8GiB); default: the machine's (`frugal probe`).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) budget: Option<u64>,
+    /// Also run a few real steps at growing batch sizes, each in its own process, and
+    /// report the largest batch whose measured peak stays 5 % under the budget.
+    #[arg(long)]
+    pub(crate) measure: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Internal: run two training steps at this batch and print the peak memory.
+    #[arg(long, hide = true, value_name = "BATCH")]
+    pub(crate) probe_batch: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,10 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 use crate::config::ConfigError;
 
+// Counts heap bytes, so `frugal plan` can profile a training step exactly.
+#[global_allocator]
+static ALLOC: frugal_train::memory::CountingAlloc = frugal_train::memory::CountingAlloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = std::io::stdout();
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
         Command::Config(command) => commands::config::run(command, &mut out),
         Command::Data(command) => commands::data::run(command, &mut out),
         Command::Train(args) => commands::train::run(args, &mut out),
+        Command::Plan(args) => commands::plan::run(args, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {

@@ -10,8 +10,17 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
-use frugal_hw::MemoryMeter;
-use frugal_train::checkpoint::{Block, Ctx, default_segments, plain_backward, segmented_backward};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use frugal_train::checkpoint::{
+    Block, Ctx, default_segments, plain_backward, segment_ranges, segmented_backward,
+    with_block_probe,
+};
+use frugal_train::memory::{CountingAlloc, heap_live, heap_peak, reset_heap_peak};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Module, Debug)]
 struct Residual {
@@ -32,9 +41,9 @@ impl burn::module::ModuleVisitor for Touch {
     }
 }
 
-/// One mode in this process: parameters initialized first, then the memory rise of the
-/// first step (nothing freed earlier for the allocator to reuse), then the median time of
-/// three more steps.
+/// One mode in this process: the heap held when the stack's forward pass ends (what is
+/// kept for backward), the heap's peak over the whole step, and the median time of three
+/// more steps. Heap bytes come from the counting allocator, exact to the byte.
 fn measure(mode: &str, blocks: usize, width: usize, batch: usize) -> serde_json::Value {
     let device = Device::flex().autodiff();
     device.seed(0);
@@ -60,11 +69,28 @@ fn measure(mode: &str, blocks: usize, width: usize, batch: usize) -> serde_json:
             segmented_backward(&stack, &head, x.clone(), segments, seed, loss)
         }
     };
-    let meter = MemoryMeter::new();
-    let window = meter.window().expect("memory meter");
     drop(step(1));
-    let rise = window.finish().rise_bytes();
-    let mut times: Vec<f64> = (2..5)
+    let start = reset_heap_peak();
+    let marks = Rc::new(RefCell::new(Vec::new()));
+    let sink = marks.clone();
+    let grads = with_block_probe(
+        move |block, carry| sink.borrow_mut().push((block, heap_live() - start, carry)),
+        || step(2),
+    );
+    let peak = heap_peak() - start;
+    let grad_bytes = heap_live() - start;
+    drop(grads);
+    let marks = marks.borrow();
+    // The stack's forward ends at the first probe after its last block.
+    let end_of_forward = marks.iter().find(|m| m.0 == blocks).map_or(0, |m| m.1);
+    // Without checkpointing, what each block keeps; its input's size.
+    let per_block: Vec<u64> = marks
+        .windows(2)
+        .take(blocks)
+        .map(|w| w[1].1 - w[0].1)
+        .collect();
+    let carry = marks.first().map_or(0, |m| m.2);
+    let mut times: Vec<f64> = (3..10)
         .map(|seed| {
             let start = Instant::now();
             drop(step(seed));
@@ -72,7 +98,15 @@ fn measure(mode: &str, blocks: usize, width: usize, batch: usize) -> serde_json:
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    serde_json::json!({ "segments": segments, "first_step_rise_bytes": rise, "step_seconds": times[1] })
+    serde_json::json!({
+        "segments": segments,
+        "kept_at_end_of_forward_bytes": end_of_forward,
+        "kept_per_block_bytes": if segments == 1 { per_block } else { Vec::new() },
+        "carry_bytes": carry,
+        "step_peak_heap_bytes": peak,
+        "parameter_gradient_bytes": grad_bytes,
+        "step_seconds": times[times.len() / 2],
+    })
 }
 
 fn main() {
@@ -100,10 +134,35 @@ fn main() {
         let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         report.insert(mode.into(), value);
     }
-    let grads_bytes = (blocks * (width * width + width) + width * 10 + 10) * 4;
-    report.insert("blocks".into(), blocks.into());
-    report.insert("width".into(), width.into());
-    report.insert("batch".into(), batch.into());
-    report.insert("parameter_gradient_bytes".into(), grads_bytes.into());
+    // Activation memory with checkpointing, at its largest: the stack's input and every
+    // segment boundary kept, plus the widest segment's activations while it is recomputed
+    // (from the per-block figures measured without checkpointing).
+    let none = &report["none"];
+    let per_block: Vec<u64> =
+        serde_json::from_value(none["kept_per_block_bytes"].clone()).expect("list");
+    let carry = none["carry_bytes"].as_u64().expect("carry");
+    let ranges = segment_ranges(blocks, default_segments(blocks));
+    let widest = ranges
+        .iter()
+        .map(|r| per_block[r.clone()].iter().sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    let checkpointed = carry * ranges.len() as u64 + widest;
+    let plain = none["kept_at_end_of_forward_bytes"]
+        .as_u64()
+        .expect("bytes");
+    let time = |m: &str| report[m]["step_seconds"].as_f64().expect("seconds");
+    let summary = serde_json::json!({
+        "blocks": blocks,
+        "width": width,
+        "batch": batch,
+        "activations_none_bytes": plain,
+        "activations_sqrt_bytes": checkpointed,
+        "activation_ratio": checkpointed as f64 / plain as f64,
+        "activation_ratio_limit": 2.5 / (blocks as f64).sqrt(),
+        "step_time_ratio": time("sqrt") / time("none"),
+        "step_time_limit": 1.33,
+    });
+    report.insert("summary".into(), summary);
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use burn::tensor::{Gradients, Tensor, TensorData};
 use frugal_store::order::Rng;
@@ -116,9 +116,14 @@ pub trait Carry: Clone {
     fn inject(self, upstream: Self) -> Tensor<1>;
     /// Zeros of the same shapes, without autodiff.
     fn zeros(&self) -> Self;
+    /// Bytes of its values (what keeping it at a segment boundary costs).
+    fn bytes(&self) -> u64;
 }
 
 impl<const D: usize> Carry for Tensor<D> {
+    fn bytes(&self) -> u64 {
+        (self.dims().iter().product::<usize>() * self.dtype().size()) as u64
+    }
     fn detached(self) -> Self {
         self.without_autodiff()
     }
@@ -140,6 +145,9 @@ impl<const D: usize> Carry for Tensor<D> {
 }
 
 impl<A: Carry, B: Carry> Carry for (A, B) {
+    fn bytes(&self) -> u64 {
+        self.0.bytes() + self.1.bytes()
+    }
     fn detached(self) -> Self {
         (self.0.detached(), self.1.detached())
     }
@@ -194,11 +202,43 @@ fn block_ctx(step_seed: u64, block: usize) -> Ctx {
     Ctx::train(Rng::new(step_seed ^ (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64())
 }
 
+type Probe = Box<dyn FnMut(usize, u64)>;
+
+thread_local! {
+    static PROBE: RefCell<Option<Probe>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `probe` called before every block a training pass runs on this thread,
+/// and once after the last: with the index of the block about to run (the block count
+/// after the last) and the bytes of the carry entering it. The memory planner measures
+/// what each block keeps for backward this way.
+pub fn with_block_probe<R>(probe: impl FnMut(usize, u64) + 'static, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PROBE.with(|p| p.borrow_mut().take());
+        }
+    }
+    PROBE.with(|p| *p.borrow_mut() = Some(Box::new(probe)));
+    let _reset = Reset;
+    f()
+}
+
+fn probe<A: Carry>(block: usize, x: &A) {
+    PROBE.with(|p| {
+        if let Some(p) = p.borrow_mut().as_mut() {
+            p(block, x.bytes());
+        }
+    });
+}
+
 /// Runs `blocks`, the first of which is block `first` of the stack, in training mode.
 fn run<A: Carry, B: Block<A>>(blocks: &[B], first: usize, mut x: A, step_seed: u64) -> A {
     for (i, b) in blocks.iter().enumerate() {
+        probe(first + i, &x);
         x = b.forward(x, &block_ctx(step_seed, first + i));
     }
+    probe(first + blocks.len(), &x);
     x
 }
 

@@ -30,7 +30,7 @@ pub struct LogWindow {
 }
 
 /// Everything of the loop's state that is not a tensor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
     /// Identity of the settings that shape the result; a resume with other settings is
     /// refused.
@@ -68,6 +68,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// Writes the checkpoint to `path` through a temporary file, synced, then renamed.
     pub fn save(&self, path: &Path) -> Result<()> {
+        frugal_store::atomic_write(path, &self.encode()).map_err(TrainError::Store)
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(&self.state).expect("the state serializes");
         let mut bytes =
             Vec::with_capacity(40 + json.len() + self.model.len() + self.optimizer.len());
@@ -78,7 +83,7 @@ impl Snapshot {
         }
         let sum = xxh3_64(&bytes);
         bytes.extend_from_slice(&sum.to_le_bytes());
-        frugal_store::atomic_write(path, &bytes).map_err(TrainError::Store)
+        bytes
     }
 
     /// Reads and checks a checkpoint.

@@ -100,7 +100,7 @@ impl Default for AdamWSpec {
 }
 
 impl AdamWSpec {
-    fn init(&self) -> ModuleOptimizer {
+    pub(crate) fn init(&self) -> ModuleOptimizer {
         AdamWConfig::new()
             .with_weight_decay(self.weight_decay as f32)
             .with_beta_1(self.beta1 as f32)
@@ -219,6 +219,34 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 /// The final model's burn record.
 pub const MODEL_FILE: &str = "model.bpk";
 
+/// Windows of data a reader holds at most: the one being consumed and those read ahead.
+pub const READ_AHEAD_WINDOWS: usize = 3;
+
+/// The evaluation batch for a training batch of `batch_size`.
+pub fn eval_batch(batch_size: usize) -> usize {
+    batch_size.max(256)
+}
+
+/// Bytes the loop's readers hold at most: the training reader's windows and the
+/// evaluation reader's, and the batches handed out (one in use, one being filled, one
+/// in the pool).
+pub fn data_bytes(data: &TrainData, order: OrderSpec, batch_size: usize) -> u64 {
+    let windows = |d: &Dataset, spread: u64| {
+        let n = d.len();
+        let per_window = (order.window + spread.saturating_sub(1)).min(n);
+        let count = n
+            .div_ceil(order.window.max(1))
+            .min(READ_AHEAD_WINDOWS as u64);
+        count * per_window * d.manifest().schema.sample_bytes() as u64
+    };
+    let sample = data.train.manifest().schema.sample_bytes() as u64;
+    let test = data.test.as_ref().map_or(0, |t| {
+        windows(t, 1)
+            + 2 * eval_batch(batch_size) as u64 * t.manifest().schema.sample_bytes() as u64
+    });
+    windows(&data.train, order.spread) + 3 * batch_size as u64 * sample + test
+}
+
 /// Steps per epoch: micro-batches per epoch, grouped `grad_accum` at a time (an epoch's
 /// last step may have fewer).
 pub fn steps_per_epoch(samples: u64, batch_size: usize, grad_accum: usize) -> u64 {
@@ -250,7 +278,7 @@ impl Reader<'_> {
             epoch: self.epoch,
             consumed: self.consumed,
         };
-        options.prefetch = 2;
+        options.prefetch = READ_AHEAD_WINDOWS - 1;
         options.verify = Verify::OnRead;
         self.stream = Some(self.data.stream(options)?);
         Ok(())
@@ -264,6 +292,8 @@ impl Reader<'_> {
         if self.stream.as_ref().is_some_and(|s| s.remaining() == 0) {
             self.epoch += 1;
             self.consumed = 0;
+            // Dropped first, so two epochs' windows are never held at once.
+            self.stream = None;
             self.open()?;
         }
         Ok(())
@@ -309,6 +339,24 @@ fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
+/// A checkpoint of the loop's state, model and optimizer.
+pub(crate) fn make_snapshot<M: Module>(
+    state: &LoopState,
+    model: &M,
+    optim: &ModuleOptimizer,
+) -> Result<Snapshot> {
+    let optimizer = optim
+        .to_record()
+        .into_bytes()
+        .map_err(|e| TrainError::Invalid(format!("cannot serialize the optimizer: {e:?}")))?
+        .to_vec();
+    Ok(Snapshot {
+        state: state.clone(),
+        model: model_bytes(model)?,
+        optimizer,
+    })
+}
+
 /// Writes a model's record to `path` atomically.
 pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<()> {
     frugal_store::atomic_write(path, &model_bytes(model)?).map_err(TrainError::Store)
@@ -346,7 +394,7 @@ pub fn evaluate<T: Task>(
         spread: 1,
     };
     let mut options = StreamOptions::new(spec, 0, 0, batch_size);
-    options.prefetch = 2;
+    options.prefetch = READ_AHEAD_WINDOWS - 1;
     let (mut loss_sum, mut samples, mut correct) = (0.0, 0, Some(0));
     for batch in data.stream(options)? {
         let out = task.eval(&inference, &batch?, device)?;
@@ -570,7 +618,7 @@ pub fn train<T: Task>(
                 task,
                 &model,
                 test,
-                spec.batch_size.max(256),
+                eval_batch(spec.batch_size),
                 spec.order.window,
                 &ad,
             )?;
@@ -593,17 +641,7 @@ pub fn train<T: Task>(
             spec.checkpoint_every > 0 && state.step.is_multiple_of(spec.checkpoint_every);
         if checkpoint_due || state.step == stop {
             log.sync().map_err(|e| TrainError::io(log.path(), e))?;
-            let optimizer = optim
-                .to_record()
-                .into_bytes()
-                .map_err(|e| TrainError::Invalid(format!("cannot serialize the optimizer: {e:?}")))?
-                .to_vec();
-            Snapshot {
-                state: state.clone(),
-                model: model_bytes(&model)?,
-                optimizer,
-            }
-            .save(&checkpoint_path)?;
+            make_snapshot(&state, &model, &optim)?.save(&checkpoint_path)?;
             observe(Event::Checkpoint { step: state.step });
         }
     }

@@ -8,13 +8,14 @@ use anyhow::{Context, Result, bail};
 use frugal_models::classifier::Classifier;
 use frugal_store::synthetic::{self, SyntheticSpec};
 use frugal_store::{Dataset, OrderSpec, WriterOptions, import};
+use frugal_train::Precision;
 use frugal_train::device::pick;
 use frugal_train::metrics::Split;
 use frugal_train::schedule::LrSchedule;
 use frugal_train::trainer::{AdamWSpec, Event, Summary, TrainData, TrainSpec, train};
 use serde::Serialize;
 
-use crate::args::TrainArgs;
+use crate::args::{ConfigArgs, TrainArgs};
 use crate::config::schema::{ClassifierConfig, DataSection, DataSource};
 use crate::config::{AnyConfig, Source};
 use crate::{plot, progress};
@@ -36,42 +37,86 @@ struct Report<'a> {
     grad_accum: usize,
     checkpoint_segments: Option<usize>,
     peak_rss_bytes: u64,
+    /// The most heap bytes held at once (the counting allocator's mark).
+    peak_heap_bytes: u64,
     output_dir: PathBuf,
 }
 
-pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
-    let source = Source::read(&args.config.file, &args.config.set)?;
-    let config = AnyConfig::from_document(&source.document()?)?;
-    let AnyConfig::Classifier(config) = config else {
-        bail!(
-            "{}: `frugal train` trains `classifier` configurations so far; this one is `{}`",
-            args.config.file.display(),
-            config.workload().name()
-        );
-    };
-    let threads = config.compute.threads as usize;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("starting the compute threads")?;
-    let dir = config.output_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let data = prepare_data(&config, &dir)?;
-    let sample_bytes = data.train.manifest().schema.sample_bytes() as u64;
-    let (input, label) = columns(&config.data);
-    let task = Classifier::for_schema(
-        config.model.arch,
-        config.model.hidden.iter().map(|&h| h as usize).collect(),
-        config.model.dropout,
-        config.model.classes as usize,
-        &data.train.manifest().schema,
-        &input,
-        &label,
-    )
-    .with_context(|| format!("dataset {}", data.train.dir().display()))?;
+/// A configuration made ready to train: its data prepared, its task and loop settings.
+pub(crate) struct Setup {
+    pub(crate) config: ClassifierConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) data: TrainData,
+    pub(crate) task: Classifier,
+    pub(crate) spec: TrainSpec,
+}
 
+impl Setup {
+    /// Reads the configuration, starts the compute threads and prepares the data.
+    pub(crate) fn load(args: &ConfigArgs) -> Result<Self> {
+        let source = Source::read(&args.file, &args.set)?;
+        let config = AnyConfig::from_document(&source.document()?)?;
+        let AnyConfig::Classifier(config) = config else {
+            bail!(
+                "{}: training and planning handle `classifier` configurations so far; this one is `{}`",
+                args.file.display(),
+                config.workload().name()
+            );
+        };
+        let threads = config.compute.threads as usize;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("starting the compute threads")?;
+        let dir = config.output_dir.clone();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data = prepare_data(&config, &dir)?;
+        let (input, label) = columns(&config.data);
+        let task = Classifier::for_schema(
+            config.model.arch,
+            config.model.hidden.iter().map(|&h| h as usize).collect(),
+            config.model.dropout,
+            config.model.classes as usize,
+            &data.train.manifest().schema,
+            &input,
+            &label,
+        )
+        .with_context(|| format!("dataset {}", data.train.dir().display()))?;
+        let spec = spec(&config, &task, &data);
+        Ok(Self {
+            config,
+            dir,
+            data,
+            task,
+            spec,
+        })
+    }
+
+    /// Applies a choice of the planner (or `--auto-fit`) to the configuration, keeping
+    /// the loop settings and fingerprint in step with it.
+    pub(crate) fn choose(
+        &mut self,
+        precision: Precision,
+        segments: Option<usize>,
+        batch: usize,
+        grad_accum: usize,
+    ) {
+        let c = &mut self.config.compute;
+        c.precision = precision;
+        c.checkpointing = segments.is_some();
+        c.checkpoint_segments = segments.map(|s| s as u32);
+        c.batch_size = batch as u32;
+        c.grad_accum = grad_accum as u32;
+        let stop_after = self.spec.stop_after;
+        self.spec = spec(&self.config, &self.task, &self.data);
+        self.spec.stop_after = stop_after;
+    }
+}
+
+/// The loop settings a configuration describes.
+fn spec(config: &ClassifierConfig, task: &Classifier, data: &TrainData) -> TrainSpec {
+    let sample_bytes = data.train.manifest().schema.sample_bytes() as u64;
     let c = &config.compute;
-    let precision = c.precision;
     let segments = c.checkpointing.then(|| {
         c.checkpoint_segments.map_or_else(
             || frugal_train::checkpoint::default_segments(task.blocks()),
@@ -79,11 +124,11 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         )
     });
     let t = &config.train;
-    let spec = TrainSpec {
+    TrainSpec {
         seed: config.seed,
         batch_size: c.batch_size as usize,
         grad_accum: c.grad_accum as usize,
-        precision,
+        precision: c.precision,
         segments,
         epochs: t.epochs,
         steps: t.steps,
@@ -102,9 +147,28 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         eval_every: t.eval_every,
         checkpoint_every: t.checkpoint_every,
         order: OrderSpec::for_budget(config.data.order, READ_BUDGET, sample_bytes),
-        stop_after: args.stop_after,
-        fingerprint: fingerprint(&config),
-    };
+        stop_after: None,
+        fingerprint: fingerprint(config),
+    }
+}
+
+pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
+    let mut setup = Setup::load(&args.config)?;
+    setup.spec.stop_after = args.stop_after;
+    if args.max_memory.is_some() || args.auto_fit {
+        super::plan::guard(&mut setup, args.max_memory, args.auto_fit)?;
+    }
+    let Setup {
+        config,
+        dir,
+        data,
+        task,
+        spec,
+        ..
+    } = setup;
+    let c = &config.compute;
+    let precision = spec.precision;
+    let segments = spec.segments;
     let picked = pick(c.device).map_err(anyhow::Error::msg)?;
 
     let bar = progress::bar(0, "training", false);
@@ -155,6 +219,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         grad_accum: spec.grad_accum,
         checkpoint_segments: segments,
         peak_rss_bytes,
+        peak_heap_bytes: frugal_train::memory::heap_peak(),
         output_dir: dir.clone(),
     };
     frugal_store::atomic_write(

@@ -1,0 +1,494 @@
+//! `frugal plan`: the predicted peak memory of a training run, item by item, against a
+//! budget; with `--measure`, real steps at growing batch sizes. Also the guard rails of
+//! `frugal train` (`--max-memory`, `--auto-fit`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use frugal_hw::units::Bytes;
+use frugal_train::checkpoint::default_segments;
+use frugal_train::plan::{MemoryPlan, PlanInput, Profiles, max_batch, params};
+use frugal_train::trainer::{Event, data_bytes, train};
+use frugal_train::{Precision, StepInput, Task, TrainError};
+use serde::{Deserialize, Serialize};
+
+use super::train::Setup;
+use crate::args::PlanArgs;
+
+/// Margin `--measure` keeps under the budget.
+const MEASURE_MARGIN: f64 = 0.05;
+/// Optimizer steps each `--measure` probe runs.
+const MEASURE_STEPS: u64 = 2;
+/// Most probe processes `--measure` starts.
+const MEASURE_PROBES: usize = 12;
+
+/// Profiles of a configuration's task, cached per (precision, segments).
+struct Planner<'a> {
+    setup: &'a Setup,
+    device: Device,
+    params: u64,
+    runtime_bytes: u64,
+    profiles: Vec<Profiles>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(setup: &'a Setup) -> Result<Self> {
+        let device = frugal_train::device::pick(setup.config.compute.device)
+            .map_err(anyhow::Error::msg)?
+            .device;
+        let params = params(&setup.task.init(&device));
+        let mut planner = Self {
+            setup,
+            device,
+            params,
+            runtime_bytes: 0,
+            profiles: Vec::new(),
+        };
+        // One tiny step first touches the code and starts the threads a step needs; what
+        // is resident then, less the heap, is the runtime. Measured before the larger
+        // profiling steps, whose freed memory the allocator may keep.
+        let one = frugal_train::plan::first_batch(&setup.data.train, 1)?;
+        let spec = &setup.spec;
+        let ad = planner.device.clone().autodiff();
+        let model = frugal_train::precision::compute_copy(&setup.task.init(&ad), spec.precision);
+        setup.task.step(
+            &model,
+            &one,
+            StepInput {
+                device: &ad,
+                precision: spec.precision,
+                segments: spec.segments,
+                seed: 0,
+                loss_scale: 1.0,
+            },
+        )?;
+        drop((one, model));
+        planner.measure_runtime();
+        planner.profiles(spec.precision, spec.segments)?;
+        planner.profiles(spec.precision, None)?;
+        Ok(planner)
+    }
+
+    /// The process's resident memory that is not heap: code, libraries, thread stacks and
+    /// the allocator's own bookkeeping.
+    fn measure_runtime(&mut self) {
+        let rss = frugal_hw::MemoryMeter::new()
+            .sample()
+            .map_or(0, |s| s.rss_bytes);
+        self.runtime_bytes = rss.saturating_sub(frugal_train::memory::heap_live());
+    }
+
+    fn profiles(&mut self, precision: Precision, segments: Option<usize>) -> Result<&Profiles> {
+        let i = match self
+            .profiles
+            .iter()
+            .position(|p| p.precision == precision && p.segments == segments)
+        {
+            Some(i) => i,
+            None => {
+                let p = Profiles::measure(
+                    &self.setup.task,
+                    &self.setup.data.train,
+                    &self.device,
+                    precision,
+                    segments,
+                    self.params,
+                )?;
+                self.profiles.push(p);
+                self.profiles.len() - 1
+            }
+        };
+        Ok(&self.profiles[i])
+    }
+
+    fn plan(
+        &mut self,
+        precision: Precision,
+        segments: Option<usize>,
+        batch: usize,
+        grad_accum: usize,
+    ) -> Result<MemoryPlan> {
+        self.profiles(precision, segments)?;
+        self.profiles(precision, None)?;
+        Ok(self.plan_cached(precision, segments, batch, grad_accum))
+    }
+
+    fn plan_cached(
+        &self,
+        precision: Precision,
+        segments: Option<usize>,
+        batch: usize,
+        grad_accum: usize,
+    ) -> MemoryPlan {
+        let find = |s: Option<usize>| {
+            self.profiles
+                .iter()
+                .find(|p| p.precision == precision && p.segments == s)
+                .expect("profiled before planning")
+        };
+        let input = PlanInput {
+            params: self.params,
+            batch,
+            grad_accum,
+            data_bytes: data_bytes(&self.setup.data, self.setup.spec.order, batch),
+            runtime_bytes: self.runtime_bytes,
+        };
+        MemoryPlan::new(&input, find(segments), find(None))
+    }
+
+    /// The largest micro-batch that fits `budget` with these settings.
+    fn max_batch(
+        &self,
+        precision: Precision,
+        segments: Option<usize>,
+        grad_accum: usize,
+        budget: u64,
+    ) -> Option<usize> {
+        let limit = self.setup.data.train.len() as usize;
+        max_batch(limit, budget, |b| {
+            self.plan_cached(precision, segments, b, grad_accum)
+                .predicted_peak_bytes
+        })
+    }
+}
+
+/// The machine's memory budget, as `frugal probe` reports it.
+fn machine_budget() -> Result<u64> {
+    let info = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
+        .context("reading the machine's memory budget")?;
+    Ok(info.budget_bytes)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Measured {
+    batch: usize,
+    peak_rss_bytes: u64,
+    fits: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    config: PathBuf,
+    #[serde(flatten)]
+    plan: &'a MemoryPlan,
+    budget_bytes: u64,
+    budget_source: &'static str,
+    fits: bool,
+    /// The largest micro-batch that fits: measured with `--measure`, else predicted.
+    max_batch: Option<usize>,
+    predicted_max_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured: Option<Vec<Measured>>,
+}
+
+pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
+    let mut setup = Setup::load(&args.config)?;
+    if let Some(batch) = args.probe_batch {
+        return probe_batch(&mut setup, batch, out);
+    }
+    let (budget, budget_source) = match args.budget {
+        Some(b) => (b, "--budget"),
+        None => (machine_budget()?, "machine"),
+    };
+    let spec = &setup.spec;
+    let (precision, segments, batch, accum) = (
+        spec.precision,
+        spec.segments,
+        spec.batch_size,
+        spec.grad_accum,
+    );
+    let mut planner = Planner::new(&setup)?;
+    let plan = planner.plan(precision, segments, batch, accum)?;
+    let predicted_max_batch = planner.max_batch(precision, segments, accum, budget);
+    let measured = if args.measure {
+        let limit = setup.data.train.len() as usize;
+        Some(measure(&args, budget, batch, limit)?)
+    } else {
+        None
+    };
+    let measured_max = measured
+        .as_ref()
+        .map(|m| m.iter().filter(|m| m.fits).map(|m| m.batch).max());
+    let report = Report {
+        config: args.config.file.clone(),
+        plan: &plan,
+        budget_bytes: budget,
+        budget_source,
+        fits: plan.predicted_peak_bytes <= budget,
+        max_batch: measured_max.unwrap_or(predicted_max_batch),
+        predicted_max_batch,
+        measured,
+    };
+    if args.json {
+        return super::print_json(out, &report);
+    }
+    write_table(out, &plan)?;
+    let verdict = if report.fits { "fits" } else { "does NOT fit" };
+    writeln!(
+        out,
+        "{verdict} the budget of {} ({})",
+        Bytes(budget),
+        if budget_source == "machine" {
+            "this machine's"
+        } else {
+            "--budget"
+        }
+    )?;
+    match predicted_max_batch {
+        Some(b) => writeln!(out, "largest micro-batch that fits (predicted): {b}")?,
+        None => writeln!(out, "not even one sample per micro-batch fits")?,
+    }
+    if let Some(m) = &report.measured {
+        for r in m {
+            writeln!(
+                out,
+                "  measured batch {:>7}: peak {}{}",
+                r.batch,
+                Bytes(r.peak_rss_bytes),
+                if r.fits {
+                    ""
+                } else {
+                    "  (over budget − 5 %)"
+                }
+            )?;
+        }
+        match measured_max.flatten() {
+            Some(b) => writeln!(
+                out,
+                "largest micro-batch that fits (measured, 5 % margin): {b}"
+            )?,
+            None => writeln!(out, "no measured batch fits with a 5 % margin")?,
+        }
+    }
+    Ok(())
+}
+
+/// The breakdown as a table.
+fn write_table(out: &mut dyn Write, plan: &MemoryPlan) -> Result<()> {
+    writeln!(
+        out,
+        "memory plan: micro-batch {} × {} accumulation, {}, {}",
+        plan.batch,
+        plan.grad_accum,
+        plan.precision.name(),
+        plan.segments.map_or("no checkpointing".into(), |s| format!(
+            "{s} checkpoint segments"
+        ))
+    )?;
+    for item in &plan.items {
+        writeln!(
+            out,
+            "  {:<24} {:>11}   {}",
+            item.name,
+            Bytes(item.bytes).to_string(),
+            item.note
+        )?;
+    }
+    writeln!(
+        out,
+        "  {:<24} {:>11}",
+        "predicted peak",
+        Bytes(plan.predicted_peak_bytes).to_string()
+    )?;
+    if plan.blocks.len() > 1 {
+        let row = plan
+            .blocks
+            .iter()
+            .map(|b| format!("{}: {}", b.block, Bytes(b.kept_bytes)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "  activations per block (kept without checkpointing): {row}"
+        )?;
+    }
+    Ok(())
+}
+
+/// The child side of `--measure`: a couple of real optimizer steps (with an evaluation
+/// and a checkpoint, as a run has) at `batch`, in a scratch directory; prints the peak.
+fn probe_batch(setup: &mut Setup, batch: usize, out: &mut dyn Write) -> Result<()> {
+    let spec = &setup.spec;
+    setup.choose(spec.precision, spec.segments, batch, spec.grad_accum);
+    setup.spec.steps = Some(MEASURE_STEPS);
+    setup.spec.log_every = MEASURE_STEPS;
+    setup.spec.eval_every = 0;
+    setup.spec.checkpoint_every = 0;
+    let scratch = setup
+        .dir
+        .join(format!(".plan-measure-{}", std::process::id()));
+    let picked =
+        frugal_train::device::pick(setup.config.compute.device).map_err(anyhow::Error::msg)?;
+    let result = train(
+        &setup.task,
+        &setup.data,
+        &setup.spec,
+        &picked.device,
+        &scratch,
+        false,
+        &mut |_: Event<'_>| {},
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    let peak = frugal_hw::MemoryMeter::new().sample()?.peak_rss_bytes;
+    super::print_json(
+        out,
+        &Measured {
+            batch,
+            peak_rss_bytes: peak,
+            fits: false,
+        },
+    )
+}
+
+/// Runs probes at growing batch sizes (doubling from `start`, then bisecting between the
+/// last that fit and the first that did not), up to `limit` samples.
+fn measure(args: &PlanArgs, budget: u64, start: usize, limit: usize) -> Result<Vec<Measured>> {
+    let exe = std::env::current_exe().context("finding the frugal executable")?;
+    let probe = |batch: usize| -> Result<Measured> {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("plan").arg(&args.config.file);
+        for s in &args.config.set {
+            cmd.arg("--set").arg(s);
+        }
+        let output = cmd
+            .arg("--probe-batch")
+            .arg(batch.to_string())
+            .output()
+            .context("starting a measuring process")?;
+        if !output.status.success() {
+            bail!(
+                "measuring batch {batch} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let mut m: Measured = serde_json::from_slice(&output.stdout)
+            .context("reading a measuring process's report")?;
+        m.fits = m.peak_rss_bytes as f64 * (1.0 + MEASURE_MARGIN) <= budget as f64;
+        Ok(m)
+    };
+    let limit = limit.max(1);
+    let mut results = Vec::new();
+    let (mut good, mut bad) = (0usize, None::<usize>);
+    let mut b = start.clamp(1, limit);
+    while results.len() < MEASURE_PROBES {
+        let m = probe(b)?;
+        let fits = m.fits;
+        results.push(m);
+        if !fits {
+            bad = Some(b);
+            break;
+        }
+        good = b;
+        if b >= limit {
+            break;
+        }
+        b = (b * 2).min(limit);
+    }
+    if let Some(mut hi) = bad {
+        let mut lo = good;
+        while results.len() < MEASURE_PROBES && hi - lo > 1.max(hi / 16) {
+            let mid = lo + (hi - lo) / 2;
+            let m = probe(mid)?;
+            if m.fits {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+            results.push(m);
+        }
+    }
+    Ok(results)
+}
+
+/// `frugal train --max-memory / --auto-fit`: refuses a configuration whose plan exceeds
+/// the budget, or changes checkpointing, micro-batch and precision until it fits.
+pub(crate) fn guard(setup: &mut Setup, max_memory: Option<u64>, auto_fit: bool) -> Result<()> {
+    let budget = match max_memory {
+        Some(b) => b,
+        None => machine_budget()?,
+    };
+    let spec = &setup.spec;
+    let (precision, segments, batch, accum) = (
+        spec.precision,
+        spec.segments,
+        spec.batch_size,
+        spec.grad_accum,
+    );
+    let blocks = setup.task.blocks();
+    let snapshot: &Setup = setup;
+    let mut planner = Planner::new(snapshot)?;
+    let plan = planner.plan(precision, segments, batch, accum)?;
+    if plan.predicted_peak_bytes <= budget {
+        writeln!(
+            std::io::stderr().lock(),
+            "memory plan: predicted peak {} within the budget of {}",
+            Bytes(plan.predicted_peak_bytes),
+            Bytes(budget)
+        )?;
+        return Ok(());
+    }
+    let mut table = Vec::new();
+    write_table(&mut table, &plan)?;
+    if !auto_fit {
+        return Err(TrainError::Invalid(format!(
+            "the predicted peak {} exceeds the memory budget of {}; nothing was trained.\n{}lower compute.batch_size, set compute.checkpointing = true or compute.precision = \"bf16\", or pass --auto-fit",
+            Bytes(plan.predicted_peak_bytes),
+            Bytes(budget),
+            String::from_utf8_lossy(&table)
+        ))
+        .into());
+    }
+    // Cheapest changes first: checkpointing leaves results unchanged, micro-batches with
+    // accumulation change them only by rounding, bf16 changes the arithmetic.
+    let ckpt = segments.or((blocks > 1).then(|| default_segments(blocks)));
+    let effective = batch * accum;
+    let mut options = vec![(precision, ckpt)];
+    if precision == Precision::F32 {
+        options.push((Precision::Bf16, ckpt));
+    }
+    let mut chosen = None;
+    for &(p, s) in &options {
+        let plan = planner.plan(p, s, batch, accum)?;
+        if plan.predicted_peak_bytes <= budget {
+            chosen = Some((p, s, batch, accum, plan));
+            break;
+        }
+        // The largest micro-batch dividing the effective batch that fits.
+        if let Some(most) = planner.max_batch(p, s, 2, budget) {
+            let micro = (1..=most.min(effective))
+                .rev()
+                .find(|m| effective.is_multiple_of(*m))
+                .unwrap_or(1);
+            let plan = planner.plan(p, s, micro, effective / micro)?;
+            if plan.predicted_peak_bytes <= budget {
+                chosen = Some((p, s, micro, effective / micro, plan));
+                break;
+            }
+        }
+    }
+    let Some((p, s, micro, acc, plan)) = chosen else {
+        return Err(TrainError::Invalid(format!(
+            "--auto-fit found no checkpointing, micro-batch and precision within the memory budget of {}; the configuration as given:\n{}",
+            Bytes(budget),
+            String::from_utf8_lossy(&table)
+        ))
+        .into());
+    };
+    drop(planner);
+    let note = format!(
+        "auto-fit: {}, micro-batch {micro} × {acc} accumulation (effective {effective}), {}: predicted peak {} within {}",
+        s.map_or("no checkpointing".into(), |s| format!(
+            "{s} checkpoint segments"
+        )),
+        p.name(),
+        Bytes(plan.predicted_peak_bytes),
+        Bytes(budget)
+    );
+    writeln!(std::io::stderr().lock(), "{note}")?;
+    setup.choose(p, s, micro, acc);
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! `frugal plan` and the memory guard rails of `frugal train`, through the real binary:
+//! the prediction against the peak a run measures, refusals and `--auto-fit`.
+
+use std::path::Path;
+
+use predicates::prelude::*;
+use serde_json::Value;
+
+mod common;
+use common::{config, frugal, mnist_dir};
+
+/// `frugal COMMAND mnist-mlp.toml` into `out` with `extra` overrides.
+fn mnist(command: &str, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = frugal();
+    cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
+        .arg(command)
+        .arg(config("mnist-mlp.toml"))
+        .arg("--set")
+        .arg(format!("output_dir={}", out.display()));
+    for e in extra {
+        cmd.args(["--set", e]);
+    }
+    cmd
+}
+
+fn json(cmd: &mut assert_cmd::Command) -> Value {
+    let out = cmd.arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Imports MNIST into `out/data` once, so the measured runs do not include the import.
+fn prepared(out: &Path) {
+    mnist("train", out, &["train.steps=1"]).assert().success();
+    for entry in std::fs::read_dir(out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "data" {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+}
+
+/// The plan's predicted peak against the peak RSS of a real run of the same settings.
+fn prediction_holds(settings: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    prepared(dir.path());
+    let plan = json(&mut mnist("plan", dir.path(), settings));
+    for key in ["predicted_peak_bytes", "budget_bytes", "fits", "max_batch"] {
+        assert!(plan.get(key).is_some(), "no `{key}` in {plan}");
+    }
+    let predicted = plan["predicted_peak_bytes"].as_f64().unwrap();
+    let items: f64 = plan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["bytes"].as_f64().unwrap())
+        .sum();
+    assert_eq!(items, predicted, "the items add up to the peak");
+
+    let mut run = settings.to_vec();
+    run.extend(["train.steps=20", "train.eval_every=10"]);
+    let summary = json(&mut mnist("train", dir.path(), &run));
+    let measured = summary["peak_rss_bytes"].as_f64().unwrap();
+    let ratio = predicted / measured;
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "{settings:?}: predicted {predicted} B, measured {measured} B (ratio {ratio:.3})\n{plan:#}"
+    );
+}
+
+#[test]
+fn the_mlp_plan_is_within_15_percent_of_the_measured_peak() {
+    prediction_holds(&["compute.batch_size=128"]);
+    prediction_holds(&["compute.batch_size=2048"]);
+}
+
+#[test]
+fn the_cnn_plan_is_within_15_percent_of_the_measured_peak() {
+    prediction_holds(&[
+        "model.arch=\"cnn\"",
+        "model.hidden=[16, 32]",
+        "compute.batch_size=256",
+    ]);
+    prediction_holds(&[
+        "model.arch=\"cnn\"",
+        "model.hidden=[8, 16, 32]",
+        "compute.batch_size=256",
+        "compute.checkpointing=true",
+    ]);
+}
+
+#[test]
+fn checkpointing_and_bf16_shrink_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let cnn = ["model.arch=\"cnn\"", "model.hidden=[8, 16, 32]"];
+    let peak = |extra: &[&str]| {
+        let mut s = cnn.to_vec();
+        s.extend(extra);
+        json(&mut mnist("plan", dir.path(), &s))["predicted_peak_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let plain = peak(&[]);
+    assert!(peak(&["compute.checkpointing=true"]) < plain);
+    assert!(peak(&["compute.precision=\"bf16\""]) < plain);
+    let small = peak(&["compute.batch_size=32"]);
+    assert!(small < plain);
+}
+
+#[test]
+fn a_budget_too_small_is_refused_before_the_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    mnist("plan", dir.path(), &[])
+        .args(["--budget", "20MiB"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("does NOT fit"))
+        .stdout(predicate::str::contains("activations"));
+    mnist("train", dir.path(), &["train.steps=5"])
+        .args(["--max-memory", "20MiB"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "exceeds the memory budget of 20.0 MiB",
+        ))
+        .stderr(predicate::str::contains("optimizer state"))
+        .stderr(predicate::str::contains("nothing was trained"));
+    assert!(!dir.path().join("checkpoint.bin").exists());
+    assert!(!dir.path().join("metrics.jsonl").exists());
+}
+
+#[test]
+fn auto_fit_picks_settings_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        "model.arch=\"cnn\"",
+        "model.hidden=[16, 32]",
+        "compute.batch_size=512",
+    ];
+    let plan = json(&mut mnist("plan", dir.path(), &settings));
+    let predicted = plan["predicted_peak_bytes"].as_u64().unwrap();
+    let budget = (predicted as f64 * 0.8) as u64;
+    let mut run = settings.to_vec();
+    run.push("train.steps=3");
+    let out = mnist("train", dir.path(), &run)
+        .args(["--max-memory", &budget.to_string(), "--auto-fit", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("auto-fit:"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = summary["batch_size"].as_u64().unwrap();
+    let accum = summary["grad_accum"].as_u64().unwrap();
+    assert_eq!(batch * accum, 512, "the effective batch is kept");
+    assert!(
+        batch < 512 || !summary["checkpoint_segments"].is_null(),
+        "something changed: {summary}"
+    );
+    assert_eq!(summary["steps"], 3);
+}
+
+#[test]
+fn measure_runs_growing_batches_in_their_own_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = frugal()
+        .arg("plan")
+        .arg(config("classifier-synthetic.toml"))
+        .args(["--set", &format!("output_dir={}", dir.path().display())])
+        .args([
+            "--set",
+            "data.samples=2000",
+            "--set",
+            "data.test_samples=200",
+        ])
+        .args([
+            "--set",
+            "model.hidden=[32]",
+            "--set",
+            "compute.batch_size=250",
+        ])
+        .args(["--measure", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let measured = plan["measured"].as_array().unwrap();
+    let batches: Vec<u64> = measured
+        .iter()
+        .map(|m| m["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, [250, 500, 1000, 2000]);
+    assert!(measured.iter().all(|m| m["fits"] == true));
+    assert!(
+        measured
+            .iter()
+            .all(|m| m["peak_rss_bytes"].as_u64().unwrap() > 1 << 20)
+    );
+    assert_eq!(plan["max_batch"], 2000);
+    // The probes clean up after themselves.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".plan-measure"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
