@@ -7,7 +7,7 @@ use predicates::prelude::*;
 use serde_json::Value;
 
 mod common;
-use common::{config, frugal, mnist_dir};
+use common::{config, frugal, json, mnist_dir};
 
 /// `frugal COMMAND mnist-mlp.toml` into `out` with `extra` overrides.
 fn mnist(command: &str, out: &Path, extra: &[&str]) -> assert_cmd::Command {
@@ -21,16 +21,6 @@ fn mnist(command: &str, out: &Path, extra: &[&str]) -> assert_cmd::Command {
         cmd.args(["--set", e]);
     }
     cmd
-}
-
-fn json(cmd: &mut assert_cmd::Command) -> Value {
-    let out = cmd.arg("--json").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Imports MNIST into `out/data` once, so the measured runs do not include the import.

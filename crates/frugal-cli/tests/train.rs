@@ -7,7 +7,7 @@ use predicates::prelude::*;
 use serde_json::Value;
 
 mod common;
-use common::{config, frugal, mnist_dir};
+use common::{config, frugal, json, mnist_dir};
 
 /// A short MNIST run into `out` with `extra` overrides.
 fn train(out: &Path, extra: &[&str]) -> assert_cmd::Command {
@@ -28,16 +28,6 @@ fn train(out: &Path, extra: &[&str]) -> assert_cmd::Command {
         cmd.args(["--set", e]);
     }
     cmd
-}
-
-fn json(cmd: &mut assert_cmd::Command) -> Value {
-    let out = cmd.arg("--json").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Metrics lines without the timing column, which differs between runs by nature.

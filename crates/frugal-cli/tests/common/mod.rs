@@ -61,3 +61,15 @@ pub(crate) fn config(name: &str) -> PathBuf {
         .join("../../configs")
         .join(name)
 }
+
+/// Runs `cmd --json`, requires success, and parses what it printed.
+#[allow(dead_code)] // not every test binary reads JSON
+pub(crate) fn json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
