@@ -156,36 +156,36 @@ fn auto_fit_picks_settings_that_fit() {
         "something changed: {summary}"
     );
     assert_eq!(summary["steps"], 3);
+    // The run stays within the budget, give or take the planner's tolerance.
+    let peak = summary["peak_rss_bytes"].as_f64().unwrap();
+    assert!(
+        peak <= budget as f64 * 1.15,
+        "peak {peak} B, budget {budget} B"
+    );
 }
 
 #[test]
 fn measure_runs_growing_batches_in_their_own_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let out = frugal()
-        .arg("plan")
-        .arg(config("classifier-synthetic.toml"))
-        .args(["--set", &format!("output_dir={}", dir.path().display())])
-        .args([
-            "--set",
-            "data.samples=2000",
-            "--set",
-            "data.test_samples=200",
-        ])
-        .args([
-            "--set",
-            "model.hidden=[32]",
-            "--set",
-            "compute.batch_size=250",
-        ])
-        .args(["--measure", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let plan = json(
+        frugal()
+            .arg("plan")
+            .arg(config("classifier-synthetic.toml"))
+            .args(["--set", &format!("output_dir={}", dir.path().display())])
+            .args([
+                "--set",
+                "data.samples=2000",
+                "--set",
+                "data.test_samples=200",
+            ])
+            .args([
+                "--set",
+                "model.hidden=[32]",
+                "--set",
+                "compute.batch_size=250",
+            ])
+            .arg("--measure"),
     );
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     let measured = plan["measured"].as_array().unwrap();
     let batches: Vec<u64> = measured
         .iter()

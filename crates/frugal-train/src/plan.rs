@@ -12,7 +12,6 @@
 //! runtime (code, thread stacks, allocator bookkeeping) is measured in the planning
 //! process itself.
 
-use burn::module::Module;
 use burn::tensor::Device;
 use frugal_store::{Batch, Dataset, OrderSpec, StreamOptions};
 use serde::Serialize;
@@ -29,8 +28,9 @@ const MOMENT_BYTES: u64 = 4;
 
 /// Resident memory beyond the heap's peak, as a fraction of the busiest phase's heap:
 /// after many steps the system allocator holds freed tensors in per-thread arenas and
-/// partly used pages. Measured with glibc on MLPs and CNNs (11–13 % of the step's heap,
-/// docs/benchmarks.md); the profiling steps are too few to show it.
+/// partly used pages, which the few profiling steps do not show. Calibrated with glibc on
+/// the MNIST MLP and CNN runs of docs/benchmarks.md (RSS less heap peak less runtime was
+/// 14–17 % of the heap peak there; 12 % puts those predictions within ±10 %).
 pub const ALLOCATOR_SLACK: f64 = 0.12;
 
 /// What one profiled step allocated, in bytes over what was held when it began.
@@ -38,11 +38,13 @@ pub const ALLOCATOR_SLACK: f64 = 0.12;
 pub struct StepProfile {
     /// Micro-batch size.
     pub batch: usize,
-    /// Kept by the input before the first block.
+    /// Kept by the input before the first block (profiles without checkpointing only).
     pub input: u64,
-    /// Kept for backward by each block (the rise in held bytes across its forward).
+    /// Kept for backward by each block, the rise in held bytes across its forward
+    /// (profiles without checkpointing only).
     pub blocks: Vec<u64>,
-    /// The carry entering each block (a segment boundary's cost).
+    /// The carry entering each block, a segment boundary's cost (profiles without
+    /// checkpointing only).
     pub carries: Vec<u64>,
     /// Peak of forward and backward.
     pub step_peak: u64,
@@ -78,22 +80,29 @@ pub fn profile_step<T: Task>(
         let start = reset_heap_peak();
         let marks = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = marks.clone();
-        let out = with_block_probe(
-            move |_, carry| sink.borrow_mut().push((heap_live(), carry)),
-            || {
-                task.step(
-                    &compute,
-                    batch,
-                    StepInput {
-                        device: &ad,
-                        precision,
-                        segments,
-                        seed: round,
-                        loss_scale: 1.0,
-                    },
-                )
-            },
-        )?;
+        let step = || {
+            task.step(
+                &compute,
+                batch,
+                StepInput {
+                    device: &ad,
+                    precision,
+                    segments,
+                    seed: round,
+                    loss_scale: 1.0,
+                },
+            )
+        };
+        // Per-block figures only mean "kept for backward" without checkpointing (a
+        // checkpointed pass runs its blocks several times, without and with a graph).
+        let out = if segments.is_none() {
+            with_block_probe(
+                move |_, carry| sink.borrow_mut().push((heap_live(), carry)),
+                step,
+            )?
+        } else {
+            step()?
+        };
         let step_peak = heap_peak().saturating_sub(start);
         let grads_held = heap_live().saturating_sub(start);
         drop(compute);
@@ -196,7 +205,8 @@ pub struct Profiles {
 
 impl Profiles {
     /// Profiles `task` at 8 and 16 samples, then at `b/2` and `b`, where `b` makes the
-    /// activations about four times the model state (64 ≤ `b` ≤ 4096).
+    /// activations about four times the model state (64 ≤ `b` ≤ 4096), but no more than
+    /// the run's own `batch` (or 64): planning never needs more memory than the run.
     pub fn measure<T: Task>(
         task: &T,
         data: &Dataset,
@@ -204,6 +214,7 @@ impl Profiles {
         precision: Precision,
         segments: Option<usize>,
         params: u64,
+        batch: usize,
     ) -> Result<Self> {
         let limit = data.len().max(1) as usize;
         let pair = |b2: usize| -> Result<[StepProfile; 2]> {
@@ -215,7 +226,12 @@ impl Profiles {
             ])
         };
         let small = pair(16)?;
-        let kept = |p: &StepProfile| p.input + p.blocks.iter().sum::<u64>();
+        // What grows with the batch: the activations kept where the blocks were probed,
+        // else the step's peak (which understates it at small batches).
+        let kept = |p: &StepProfile| match segments {
+            None => p.input + p.blocks.iter().sum::<u64>(),
+            Some(_) => p.step_peak,
+        };
         let per_sample = Linear::through(
             small[0].batch,
             kept(&small[0]),
@@ -225,7 +241,9 @@ impl Profiles {
         .per_sample
         .max(1.0);
         let model_state = (16 * params) as f64;
-        let b = ((4.0 * model_state / per_sample).ceil() as usize).clamp(64, 4096);
+        let b = ((4.0 * model_state / per_sample).ceil() as usize)
+            .clamp(64, 4096)
+            .min(batch.max(64));
         let large = pair(b)?;
         Ok(Self {
             segments,
@@ -442,11 +460,6 @@ pub fn max_batch(limit: usize, budget: u64, peak: impl Fn(usize) -> u64) -> Opti
         }
     }
     Some(lo)
-}
-
-/// Parameters of a module.
-pub fn params<M: Module>(model: &M) -> u64 {
-    model.num_params() as u64
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Device;
 use frugal_hw::units::Bytes;
 use frugal_train::checkpoint::default_segments;
-use frugal_train::plan::{MemoryPlan, PlanInput, Profiles, max_batch, params};
+use frugal_train::plan::{MemoryPlan, PlanInput, Profiles, max_batch};
 use frugal_train::trainer::{Event, data_bytes, train};
 use frugal_train::{Precision, StepInput, Task, TrainError};
 use serde::{Deserialize, Serialize};
@@ -39,20 +40,12 @@ impl<'a> Planner<'a> {
         let device = frugal_train::device::pick(setup.config.compute.device)
             .map_err(anyhow::Error::msg)?
             .device;
-        let params = params(&setup.task.init(&device));
-        let mut planner = Self {
-            setup,
-            device,
-            params,
-            runtime_bytes: 0,
-            profiles: Vec::new(),
-        };
         // One tiny step first touches the code and starts the threads a step needs; what
         // is resident then, less the heap, is the runtime. Measured before the larger
         // profiling steps, whose freed memory the allocator may keep.
         let one = frugal_train::plan::first_batch(&setup.data.train, 1)?;
         let spec = &setup.spec;
-        let ad = planner.device.clone().autodiff();
+        let ad = device.clone().autodiff();
         let model = frugal_train::precision::compute_copy(&setup.task.init(&ad), spec.precision);
         setup.task.step(
             &model,
@@ -65,10 +58,16 @@ impl<'a> Planner<'a> {
                 loss_scale: 1.0,
             },
         )?;
+        let params = model.num_params() as u64;
         drop((one, model));
+        let mut planner = Self {
+            setup,
+            device,
+            params,
+            runtime_bytes: 0,
+            profiles: Vec::new(),
+        };
         planner.measure_runtime();
-        planner.profiles(spec.precision, spec.segments)?;
-        planner.profiles(spec.precision, None)?;
         Ok(planner)
     }
 
@@ -81,27 +80,36 @@ impl<'a> Planner<'a> {
         self.runtime_bytes = rss.saturating_sub(frugal_train::memory::heap_live());
     }
 
-    fn profiles(&mut self, precision: Precision, segments: Option<usize>) -> Result<&Profiles> {
-        let i = match self
+    fn ensure_profiled(&mut self, precision: Precision, segments: Option<usize>) -> Result<()> {
+        if !self
             .profiles
             .iter()
-            .position(|p| p.precision == precision && p.segments == segments)
+            .any(|p| p.precision == precision && p.segments == segments)
         {
-            Some(i) => i,
-            None => {
-                let p = Profiles::measure(
-                    &self.setup.task,
-                    &self.setup.data.train,
-                    &self.device,
-                    precision,
-                    segments,
-                    self.params,
-                )?;
-                self.profiles.push(p);
-                self.profiles.len() - 1
-            }
-        };
-        Ok(&self.profiles[i])
+            let p = Profiles::measure(
+                &self.setup.task,
+                &self.setup.data.train,
+                &self.device,
+                precision,
+                segments,
+                self.params,
+                self.setup.spec.batch_size,
+            )?;
+            self.profiles.push(p);
+        }
+        Ok(())
+    }
+
+    /// The plan of the configuration as it stands.
+    fn configured(&mut self) -> Result<MemoryPlan> {
+        let spec = &self.setup.spec;
+        let (precision, segments, batch, accum) = (
+            spec.precision,
+            spec.segments,
+            spec.batch_size,
+            spec.grad_accum,
+        );
+        self.plan(precision, segments, batch, accum)
     }
 
     fn plan(
@@ -111,8 +119,8 @@ impl<'a> Planner<'a> {
         batch: usize,
         grad_accum: usize,
     ) -> Result<MemoryPlan> {
-        self.profiles(precision, segments)?;
-        self.profiles(precision, None)?;
+        self.ensure_profiled(precision, segments)?;
+        self.ensure_profiled(precision, None)?;
         Ok(self.plan_cached(precision, segments, batch, grad_accum))
     }
 
@@ -193,19 +201,13 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
         Some(b) => (b, "--budget"),
         None => (machine_budget()?, "machine"),
     };
-    let spec = &setup.spec;
-    let (precision, segments, batch, accum) = (
-        spec.precision,
-        spec.segments,
-        spec.batch_size,
-        spec.grad_accum,
-    );
     let mut planner = Planner::new(&setup)?;
-    let plan = planner.plan(precision, segments, batch, accum)?;
-    let predicted_max_batch = planner.max_batch(precision, segments, accum, budget);
+    let plan = planner.configured()?;
+    let predicted_max_batch =
+        planner.max_batch(plan.precision, plan.segments, plan.grad_accum, budget);
     let measured = if args.measure {
         let limit = setup.data.train.len() as usize;
-        Some(measure(&args, budget, batch, limit)?)
+        Some(measure(&args, budget, plan.batch, limit)?)
     } else {
         None
     };
@@ -411,18 +413,15 @@ pub(crate) fn guard(setup: &mut Setup, max_memory: Option<u64>, auto_fit: bool) 
         Some(b) => b,
         None => machine_budget()?,
     };
-    let spec = &setup.spec;
-    let (precision, segments, batch, accum) = (
-        spec.precision,
-        spec.segments,
-        spec.batch_size,
-        spec.grad_accum,
-    );
     let blocks = setup.task.blocks();
-    let snapshot: &Setup = setup;
-    let mut planner = Planner::new(snapshot)?;
-    let plan = planner.plan(precision, segments, batch, accum)?;
+    let mut planner = Planner::new(setup)?;
+    let plan = planner.configured()?;
+    let (precision, segments, batch, accum) =
+        (plan.precision, plan.segments, plan.batch, plan.grad_accum);
+    // The run's reported peak is the training's own, not the profiling steps'.
+    let forget_planning = || drop(frugal_hw::MemoryMeter::new().window());
     if plan.predicted_peak_bytes <= budget {
+        forget_planning();
         writeln!(
             std::io::stderr().lock(),
             "memory plan: predicted peak {} within the budget of {}",
@@ -479,6 +478,7 @@ pub(crate) fn guard(setup: &mut Setup, max_memory: Option<u64>, auto_fit: bool) 
         .into());
     };
     drop(planner);
+    forget_planning();
     let note = format!(
         "auto-fit: {}, micro-batch {micro} × {acc} accumulation (effective {effective}), {}: predicted peak {} within {}",
         s.map_or("no checkpointing".into(), |s| format!(
