@@ -9,24 +9,33 @@ use serde_json::Value;
 mod common;
 use common::{config, frugal, json, mnist_dir};
 
+/// The arguments of a short MNIST run into `out` with `extra` overrides.
+fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        config("mnist-mlp.toml").display().to_string(),
+    ];
+    let mut set = |s: String| args.extend(["--set".into(), s]);
+    set(format!("output_dir={}", out.display()));
+    for s in [
+        "model.hidden=[64, 32]",
+        "train.steps=60",
+        "train.log_every=10",
+        "train.eval_every=40",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        set(s.into());
+    }
+    args
+}
+
 /// A short MNIST run into `out` with `extra` overrides.
 fn train(out: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = frugal();
     cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
-        .arg("train")
-        .arg(config("mnist-mlp.toml"))
-        .arg("--set")
-        .arg(format!("output_dir={}", out.display()))
-        .args(["--set", "model.hidden=[64, 32]", "--set", "train.steps=60"])
-        .args([
-            "--set",
-            "train.log_every=10",
-            "--set",
-            "train.eval_every=40",
-        ]);
-    for e in extra {
-        cmd.args(["--set", e]);
-    }
+        .args(train_args(out, extra));
     cmd
 }
 
@@ -126,6 +135,83 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(
         metrics_without_timing(whole.path()),
         metrics_without_timing(parts.path())
+    );
+    assert_eq!(summary_results(&whole), summary_results(&parts));
+}
+
+/// Kills (SIGKILL) the run at random moments, in the middle of steps, checkpoint writes,
+/// metric appends or the final save, then resumes it each time: the result must be the
+/// uninterrupted run's, whatever the moment.
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
+    let whole = tempfile::tempdir().unwrap();
+    let parts = tempfile::tempdir().unwrap();
+    let extra = [
+        "compute.checkpointing=true",
+        "train.checkpoint_every=4",
+        "train.eval_every=15",
+    ];
+    let began = std::time::Instant::now();
+    json(&mut train(whole.path(), &extra));
+    let whole_run = began.elapsed();
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut state = seed | 1;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 40, "the run never finished (seed {seed})");
+        let log = whole.path().join(format!("attempt-{attempt}.log"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+            .env("FRUGAL_MNIST_DIR", mnist_dir())
+            .env("FRUGAL_PRESETS_DIR", "/nonexistent/frugal-presets")
+            .args(train_args(parts.path(), &extra))
+            .args(["--resume", "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Up to six kills within the first half of a run's time (a resumed run that has
+        // little left may finish first), then one run to the end.
+        let deadline = (attempt < 6).then(|| whole_run.mul_f64(0.5 * uniform()));
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if deadline.is_some_and(|d| started.elapsed() >= d) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        if let Some(status) = status {
+            let err = std::fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "attempt {attempt} (seed {seed}): {err}");
+            break;
+        }
+    }
+    assert!(kills > 0, "no kill landed (seed {seed})");
+    let a = std::fs::read(whole.path().join("model.bpk")).unwrap();
+    let b = std::fs::read(parts.path().join("model.bpk")).unwrap();
+    assert!(
+        a == b,
+        "final weights differ after {kills} kills (seed {seed})"
+    );
+    assert_eq!(
+        metrics_without_timing(whole.path()),
+        metrics_without_timing(parts.path()),
+        "seed {seed}"
     );
     assert_eq!(summary_results(&whole), summary_results(&parts));
 }

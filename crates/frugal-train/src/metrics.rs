@@ -3,7 +3,7 @@
 //! files of a resumed run equal those of an uninterrupted one.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -142,23 +142,23 @@ impl MetricsLog {
     }
 }
 
-/// Reads a metrics JSONL file; a torn last line (a run killed mid-write) is dropped.
+/// Reads a metrics JSONL file; a torn last line (a run killed mid-write, so it has no
+/// newline) is dropped, while a damaged line before it is an error.
 pub fn read_records(path: &Path) -> io::Result<Vec<Record>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        match serde_json::from_str(&line) {
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        match serde_json::from_str(line) {
             Ok(r) => out.push(r),
-            Err(_) if line.trim().is_empty() => {}
+            Err(_) if line.trim().is_empty() || !line.ends_with('\n') => {}
             Err(e) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
+                    format!("{} line {}: {e}", path.display(), number + 1),
                 ));
             }
         }
@@ -210,5 +210,23 @@ mod tests {
             "train,10,0,1.25,0.5,0.001,,100"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_damaged_earlier_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MetricsLog::JSONL);
+        let line = |s| serde_json::to_string(&rec(s)).unwrap() + "\n";
+        let whole = line(10) + &line(20);
+        std::fs::write(&path, format!("{whole}{}", &line(30)[..25])).unwrap();
+        let steps: Vec<u64> = read_records(&path)
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, [10, 20]);
+        std::fs::write(&path, format!("{}\n{whole}", &line(5)[..25])).unwrap();
+        let err = read_records(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
     }
 }
