@@ -27,6 +27,7 @@ use std::cell::{Cell, RefCell};
 
 use burn::tensor::{Gradients, Tensor, TensorData};
 use frugal_store::order::Rng;
+use rayon::prelude::*;
 
 /// Per-forward context handed to blocks: whether this is training, and the random stream
 /// dropout draws from.
@@ -77,16 +78,12 @@ impl Ctx {
         let threshold = (keep * (1u64 << 32) as f64) as u64;
         let scale = (1.0 / keep) as f32;
         let shape = x.shape();
-        let mut rng = Rng::new(self.seed ^ Rng::new(call).next_u64());
-        let mask: Vec<f32> = (0..shape.num_elements())
-            .map(|_| {
-                if (rng.next_u64() >> 32) < threshold {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask = dropout_mask(
+            self.seed ^ Rng::new(call).next_u64(),
+            shape.num_elements(),
+            threshold,
+            scale,
+        );
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
         // Masks are drawn as f32 and follow the activations into bf16/f16 compute.
         let mask = if x.dtype() == mask.dtype() {
@@ -96,6 +93,29 @@ impl Ctx {
         };
         x * mask
     }
+}
+
+/// Element `i` keeps (`scale`) when the high half of draw `i` of the SplitMix stream
+/// `seed` is below `threshold`, else drops (0). SplitMix's draw `i` is a function of
+/// `seed + i·γ` alone, so chunks are filled in parallel, each from its own offset, with
+/// the very values one serial pass would draw.
+fn dropout_mask(seed: u64, len: usize, threshold: u64, scale: f32) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut mask = vec![0f32; len];
+    mask.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut rng = Rng::new(seed.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GAMMA)));
+            for m in chunk {
+                *m = if (rng.next_u64() >> 32) < threshold {
+                    scale
+                } else {
+                    0.0
+                };
+            }
+        });
+    mask
 }
 
 /// What flows from one block to the next: one tensor of any rank, or several (a graph
@@ -318,7 +338,10 @@ pub fn segmented_backward<A: Carry, B: Block<A>, H: Module>(
         h = run(&plain, r.start, h, step_seed);
     }
 
-    let leaf = h.leaf();
+    // The stack's input takes no gradient: its segment starts from a plain lifted tensor,
+    // which spares the first block's input-gradient product.
+    let start = |h: A, s: usize| if s == 0 { h.lifted() } else { h.leaf() };
+    let leaf = start(h, last);
     let tail = &blocks[ranges[last].clone()];
     let out = run(tail, ranges[last].start, leaf.clone(), step_seed);
     let (loss_value, grads, mut all) = loss_backward(loss(head, out), head, tail);
@@ -326,7 +349,7 @@ pub fn segmented_backward<A: Carry, B: Block<A>, H: Module>(
 
     for s in (0..last).rev() {
         let Some(g) = upstream.take() else { break };
-        let leaf = inputs.pop().expect("one input per segment").leaf();
+        let leaf = start(inputs.pop().expect("one input per segment"), s);
         let out = run(
             &blocks[ranges[s].clone()],
             ranges[s].start,
@@ -380,5 +403,23 @@ mod tests {
         assert_eq!(segment_ranges(5, 0), vec![0..5]);
         assert_eq!(default_segments(32), 6);
         assert_eq!(default_segments(16), 4);
+    }
+
+    #[test]
+    fn parallel_masks_are_the_serial_stream() {
+        let (seed, len, threshold) = (0xfeed, 40_000 + 17, 3u64 << 30);
+        let mut rng = Rng::new(seed);
+        let serial: Vec<f32> = (0..len)
+            .map(|_| {
+                if (rng.next_u64() >> 32) < threshold {
+                    4.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(dropout_mask(seed, len, threshold, 4.0), serial);
+        let kept = serial.iter().filter(|&&m| m > 0.0).count() as f64 / len as f64;
+        assert!((kept - 0.75).abs() < 0.01, "{kept}");
     }
 }

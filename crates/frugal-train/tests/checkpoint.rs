@@ -28,37 +28,44 @@ struct Model {
     head: Linear,
 }
 
-#[test]
-fn gradients_match_a_plain_backward_with_dropout() {
-    let device = Device::flex().autodiff();
-    for (case, (blocks, segments, width)) in
-        [(1, 1, 8), (4, 2, 16), (7, 3, 12), (9, 9, 8), (12, 4, 32)]
-            .into_iter()
-            .enumerate()
-    {
-        device.seed(1000 + case as u64);
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Random stacks, segmentations, batches, inputs and dropout seeds: the checkpointed
+    /// pass's loss and every parameter gradient equal the plain pass's.
+    #[test]
+    fn gradients_match_a_plain_backward_with_dropout(
+        blocks in 1usize..12,
+        segment_pick in 0usize..64,
+        width in 2usize..24,
+        batch in 1usize..9,
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let segments = 1 + segment_pick % blocks;
+        let device = Device::flex().autodiff();
+        device.seed(seed);
         let stack: Vec<Residual> = (0..blocks)
             .map(|_| Residual {
                 linear: LinearConfig::new(width, width).init(&device),
             })
             .collect();
         let head = LinearConfig::new(width, 3).init(&device);
-        let x = Tensor::<2>::random([5, width], Distribution::Normal(0.0, 1.0), &device);
-        let target = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([batch, width], Distribution::Normal(0.0, 1.0), &device);
+        let target = Tensor::<2>::random([batch, 3], Distribution::Normal(0.0, 1.0), &device);
         let loss =
             |head: &Linear, h: Tensor<2>| (head.forward(h) - target.clone()).powi_scalar(2).mean();
-        let seed = 77 + case as u64;
-        let a = segmented_backward(&stack, &head, x.clone(), segments, seed, loss);
-        let b = plain_backward(&stack, &head, x.clone(), seed, loss);
-        assert!(
+        let step_seed = seed.rotate_left(17);
+        let a = segmented_backward(&stack, &head, x.clone(), segments, step_seed, loss);
+        let b = plain_backward(&stack, &head, x, step_seed, loss);
+        proptest::prop_assert!(
             (a.loss - b.loss).abs() <= 1e-6 * b.loss.abs().max(1.0),
-            "{case}: {} vs {}",
+            "{} vs {}",
             a.loss,
             b.loss
         );
         let model = Model { stack, head };
         let err = common::max_relative_error(&model, &a.grads, &b.grads);
-        assert!(err <= 1e-5, "case {case}: relative error {err}");
+        proptest::prop_assert!(err <= 1e-5, "relative error {}", err);
     }
 }
 
