@@ -1,0 +1,22 @@
+//! Gravitational N-body physics for frugal: the simulator behind the particle datasets.
+//!
+//! Units are N-body units: G = 1, and the initial conditions have total mass 1. Gravity is
+//! Plummer-softened ([`Gravity`]); forces come from direct summation over all pairs or from
+//! a Barnes–Hut octree ([`Method`]); [`Simulation`] advances with the kick-drift-kick
+//! leapfrog, which is symplectic and time-reversible, so the energy error stays bounded and
+//! scales as dt². Positions, velocities and accelerations are stored as structures of
+//! arrays ([`Particles`]) so the pair loops vectorize; the force loops run on all cores.
+
+mod gravity;
+mod init;
+mod integrate;
+mod particles;
+mod rng;
+mod tree;
+
+pub use gravity::{Gravity, Method, accelerations, potential_energy};
+pub use init::{Initial, InitialError};
+pub use integrate::{Energies, Simulation};
+pub use particles::{Particles, Vec3s};
+pub use rng::Rng;
+pub use tree::Octree;
