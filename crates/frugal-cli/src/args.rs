@@ -27,6 +27,22 @@ pub(crate) enum Command {
     Train(TrainArgs),
     /// Predict a training run's peak memory, item by item, against a budget.
     Plan(PlanArgs),
+    /// The N-body pipeline: simulate on every core into a dataset.
+    #[command(subcommand)]
+    Nbody(NbodyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NbodyCommand {
+    /// Run the configuration's simulations (`[sim]`) on every core into a dataset; run
+    /// again after a kill to produce only the missing simulations.
+    Generate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

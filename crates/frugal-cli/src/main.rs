@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Data(command) => commands::data::run(command, &mut out),
         Command::Train(args) => commands::train::run(args, &mut out),
         Command::Plan(args) => commands::plan::run(args, &mut out),
+        Command::Nbody(command) => commands::nbody::run(command, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {

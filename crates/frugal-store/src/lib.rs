@@ -33,6 +33,6 @@ pub use reader::{
 pub use shard::ShardBuffer;
 pub use verify::{ShardFault, VerifyReport, verify};
 pub use writer::{
-    DEFAULT_SHARD_BYTES, DatasetWriter, PartWriter, WriterOptions, merge_parts, recorded_shards,
-    samples_per_shard,
+    DEFAULT_SHARD_BYTES, DatasetWriter, PartWriter, WriterOptions, generate_shards, merge_parts,
+    recorded_shards, samples_per_shard,
 };

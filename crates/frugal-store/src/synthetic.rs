@@ -5,8 +5,6 @@
 //! same bytes, and a killed run continues with only the missing shards.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +13,7 @@ use crate::error::{Result, StoreError};
 use crate::manifest::{Column, Manifest, Schema};
 use crate::order::Rng;
 use crate::shard::ShardBuffer;
-use crate::writer::{PART_SPEC_FILE, PartWriter, merge_parts, recorded_shards, samples_per_shard};
+use crate::writer::{generate_shards, samples_per_shard};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,93 +209,27 @@ pub fn generate(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Manifest> {
     spec.check()?;
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    if dir.join(crate::MANIFEST_FILE).exists() {
-        let m = Manifest::load(dir)?;
-        if m.complete {
-            return Err(StoreError::Invalid(format!(
-                "{} already holds a complete dataset; remove it or write elsewhere",
-                dir.display()
-            )));
-        }
-    }
-    crate::writer::refuse_foreign_files(dir, true)?;
-    let parts = dir.join(crate::writer::PARTS_DIR);
-    std::fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
-    let spec_path = parts.join(PART_SPEC_FILE);
-    let spec_json = serde_json::to_value(spec).expect("json");
-    match std::fs::read(&spec_path) {
-        Ok(bytes) => {
-            let before: SyntheticSpec = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::manifest(&spec_path, e.to_string()))?;
-            if &before != spec {
-                return Err(StoreError::Invalid(format!(
-                    "{} holds an unfinished dataset generated with other settings ({}); use the same settings to continue it, or another directory",
-                    dir.display(),
-                    serde_json::to_string(&before).expect("json")
-                )));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::fsutil::atomic_write(&spec_path, spec_json.to_string().as_bytes())?;
-        }
-        Err(e) => return Err(StoreError::io(&spec_path, e)),
-    }
-
     let schema = spec.schema();
     let per_shard = samples_per_shard(&schema, spec.shard_bytes);
     let shards = spec.samples.div_ceil(per_shard);
-    let done = recorded_shards(dir)?;
-    progress(done.values().map(|s| s.samples).sum());
-    let todo: Vec<u64> = (0..shards).filter(|i| !done.contains_key(i)).collect();
     let teacher = Teacher::new(spec);
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<StoreError>> = Mutex::new(None);
-    let run = std::process::id();
-    std::thread::scope(|s| {
-        for t in 0..threads.max(1) {
-            let (schema, teacher, todo, next, failure) =
-                (&schema, &teacher, &todo, &next, &failure);
-            s.spawn(move || {
-                let result = (|| -> Result<()> {
-                    let mut part: Option<PartWriter> = None;
-                    let mut buffer = ShardBuffer::new(schema.clone());
-                    while failure.lock().expect("lock").is_none() {
-                        let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        if part.is_none() {
-                            part = Some(PartWriter::create(
-                                dir,
-                                schema.clone(),
-                                &format!("{run}-{t}"),
-                            )?);
-                        }
-                        fill_shard(spec, teacher, per_shard, index, &mut buffer)?;
-                        let entry = part
-                            .as_mut()
-                            .expect("part")
-                            .write_shard(index, &mut buffer)?;
-                        progress(entry.samples);
-                    }
-                    part.map_or(Ok(()), PartWriter::finish)
-                })();
-                if let Err(e) = result {
-                    failure.lock().expect("lock").get_or_insert(e);
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().expect("lock") {
-        return Err(e);
-    }
+    let spec_json = serde_json::to_value(spec).expect("json");
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert(
         "generator".into(),
         serde_json::Value::from("frugal data gen synthetic"),
     );
-    metadata.insert("synthetic".into(), spec_json);
-    merge_parts(dir, metadata)
+    metadata.insert("synthetic".into(), spec_json.clone());
+    generate_shards(
+        dir,
+        &schema,
+        &spec_json,
+        shards,
+        threads,
+        &|index, buffer| fill_shard(spec, &teacher, per_shard, index, buffer),
+        progress,
+        metadata,
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, StoreError};
@@ -462,4 +464,99 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
     fs::remove_dir_all(&parts_dir).map_err(|e| StoreError::io(&parts_dir, e))?;
     fsutil::sync_dir(dir)?;
     Ok(manifest)
+}
+
+/// Writes shards `0..shards` of the dataset in `dir`, shard `i` filled by
+/// `fill(i, buffer)` (a pure function of `i` and the settings, so any number of threads
+/// writes the same bytes), on `threads` threads taking shards in turn, then merges the
+/// parts into a complete manifest holding `metadata`. A killed run is finished by calling
+/// again with the same `settings` (the JSON the shards depend on): only the missing shards
+/// are produced. Refuses a directory holding a complete dataset, other files, or an
+/// unfinished dataset of other settings. `progress` is called with the samples of each
+/// shard written, after the samples already on disk.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_shards(
+    dir: &Path,
+    schema: &Schema,
+    settings: &serde_json::Value,
+    shards: u64,
+    threads: usize,
+    fill: &(dyn Fn(u64, &mut ShardBuffer) -> Result<()> + Sync),
+    progress: &(dyn Fn(u64) + Sync),
+    metadata: BTreeMap<String, serde_json::Value>,
+) -> Result<Manifest> {
+    fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    if dir.join(crate::MANIFEST_FILE).exists() {
+        let m = Manifest::load(dir)?;
+        if m.complete {
+            return Err(StoreError::Invalid(format!(
+                "{} already holds a complete dataset; remove it or write elsewhere",
+                dir.display()
+            )));
+        }
+    }
+    refuse_foreign_files(dir, true)?;
+    let parts = dir.join(PARTS_DIR);
+    fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
+    let spec_path = parts.join(PART_SPEC_FILE);
+    match fs::read(&spec_path) {
+        Ok(bytes) => {
+            let before: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::manifest(&spec_path, e.to_string()))?;
+            if &before != settings {
+                return Err(StoreError::Invalid(format!(
+                    "{} holds an unfinished dataset generated with other settings ({before}); use the same settings to continue it, or another directory",
+                    dir.display(),
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fsutil::atomic_write(&spec_path, settings.to_string().as_bytes())?;
+        }
+        Err(e) => return Err(StoreError::io(&spec_path, e)),
+    }
+
+    let done = recorded_shards(dir)?;
+    progress(done.values().map(|s| s.samples).sum());
+    let todo: Vec<u64> = (0..shards).filter(|i| !done.contains_key(i)).collect();
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<StoreError>> = Mutex::new(None);
+    let run = std::process::id();
+    std::thread::scope(|s| {
+        for t in 0..threads.max(1) {
+            let (todo, next, failure) = (&todo, &next, &failure);
+            s.spawn(move || {
+                let result = (|| -> Result<()> {
+                    let mut part: Option<PartWriter> = None;
+                    let mut buffer = ShardBuffer::new(schema.clone());
+                    while failure.lock().expect("lock").is_none() {
+                        let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        if part.is_none() {
+                            part = Some(PartWriter::create(
+                                dir,
+                                schema.clone(),
+                                &format!("{run}-{t}"),
+                            )?);
+                        }
+                        fill(index, &mut buffer)?;
+                        let entry = part
+                            .as_mut()
+                            .expect("part")
+                            .write_shard(index, &mut buffer)?;
+                        progress(entry.samples);
+                    }
+                    part.map_or(Ok(()), PartWriter::finish)
+                })();
+                if let Err(e) = result {
+                    failure.lock().expect("lock").get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().expect("lock") {
+        return Err(e);
+    }
+    merge_parts(dir, metadata)
 }

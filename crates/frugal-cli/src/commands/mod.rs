@@ -1,5 +1,6 @@
 pub(crate) mod config;
 pub(crate) mod data;
+pub(crate) mod nbody;
 pub(crate) mod plan;
 pub(crate) mod probe;
 pub(crate) mod train;

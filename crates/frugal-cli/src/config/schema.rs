@@ -204,6 +204,64 @@ pub(crate) struct ParticlesModel {
     pub(crate) neighbours: u32,
 }
 
+/// How forces are computed while generating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SimMethod {
+    /// Direct summation up to 5,000 particles, Barnes–Hut above.
+    #[default]
+    Auto,
+    /// Every pair.
+    Direct,
+    /// A Barnes–Hut octree with opening angle `sim.theta`.
+    BarnesHut,
+}
+
+/// The simulations a particle dataset is generated from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SimSection {
+    /// Independent simulations (one seeded job each).
+    pub(crate) simulations: u32,
+    /// States recorded per simulation, the initial one included.
+    pub(crate) steps: u32,
+    /// Integrator steps between recorded states.
+    pub(crate) record_every: u32,
+    /// Integrator time step, N-body units.
+    pub(crate) dt: f64,
+    /// Plummer softening length.
+    pub(crate) softening: f64,
+    /// Initial conditions, taken in turn by successive simulations.
+    pub(crate) initial: Vec<frugal_sim::Initial>,
+    /// `auto`, `direct` or `barnes_hut`.
+    pub(crate) method: SimMethod,
+    /// Barnes–Hut opening angle.
+    pub(crate) theta: f64,
+    /// Where the dataset goes; default `OUTPUT_DIR/sims`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) data: Option<PathBuf>,
+}
+
+impl Default for SimSection {
+    fn default() -> Self {
+        Self {
+            simulations: 24,
+            steps: 100,
+            record_every: 4,
+            dt: 0.005,
+            softening: 0.05,
+            initial: vec![
+                frugal_sim::Initial::Plummer,
+                frugal_sim::Initial::UniformCube,
+                frugal_sim::Initial::ColdCollapse,
+            ],
+            method: SimMethod::Auto,
+            theta: 0.5,
+            data: None,
+        }
+    }
+}
+
 /// The convolutional neural operator and its rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,7 +374,7 @@ macro_rules! workload_configs {
 
 workload_configs! {
     Classifier: ClassifierConfig { model: ClassifierModel; data: DataSection, train: TrainSection },
-    Particles: ParticlesConfig { model: ParticlesModel },
+    Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection },
     Operator: OperatorConfig { model: OperatorModel },
     Eqprop: EqpropConfig { model: EqpropModel },
     Evolve: EvolveConfig { search: EvolveSearch },
@@ -448,6 +506,47 @@ impl AnyConfig {
                     m.hidden >= 1 && m.layers >= 1,
                     &["model", "layers"],
                     "hidden width and layers must be positive",
+                );
+                let sim = &c.sim;
+                check(
+                    sim.simulations >= 1,
+                    &["sim", "simulations"],
+                    "must be at least 1",
+                );
+                check(
+                    sim.steps >= 2,
+                    &["sim", "steps"],
+                    "must be at least 2 (a state and the next)",
+                );
+                check(
+                    sim.record_every >= 1,
+                    &["sim", "record_every"],
+                    "must be at least 1",
+                );
+                check(
+                    sim.dt > 0.0 && sim.dt.is_finite(),
+                    &["sim", "dt"],
+                    "must be a positive number",
+                );
+                check(
+                    sim.softening >= 0.0 && sim.softening.is_finite(),
+                    &["sim", "softening"],
+                    "must be zero or positive",
+                );
+                check(
+                    sim.theta > 0.0 && sim.theta <= 1.0,
+                    &["sim", "theta"],
+                    "must be in (0, 1]",
+                );
+                check(
+                    !sim.initial.is_empty(),
+                    &["sim", "initial"],
+                    "needs at least one kind (plummer, uniform_cube, cold_collapse, two_body)",
+                );
+                check(
+                    m.particles == 2 || !sim.initial.contains(&frugal_sim::Initial::TwoBody),
+                    &["sim", "initial"],
+                    "`two_body` needs `model.particles = 2`",
                 );
             }
             AnyConfig::Operator(c) => {

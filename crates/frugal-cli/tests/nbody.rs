@@ -1,0 +1,130 @@
+//! `frugal nbody` through the real binary.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+mod common;
+use common::{frugal, json};
+
+/// A small particles configuration writing into `out`.
+fn config(dir: &Path, out: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("nbody.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workload = \"particles\"\noutput_dir = \"{}\"\nseed = 5\n\n[model]\nparticles = 400\nhidden = 32\nlayers = 2\nneighbours = 8\n\n[sim]\nsimulations = 16\nsteps = 30\n{extra}",
+            out.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn manifest(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("sims/manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn generation_writes_one_shard_per_simulation_and_finishes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = config(dir.path(), &out, "");
+    let s = json(frugal().args(["nbody", "generate"]).arg(&cfg));
+    assert_eq!(s["simulations"], 16);
+    assert_eq!(s["reused"], 0);
+    assert_eq!(s["samples"], 16 * 30);
+    let m = manifest(&out);
+    assert_eq!(m["complete"], true);
+    assert_eq!(m["shards"].as_array().unwrap().len(), 16);
+    let columns: Vec<&str> = m["schema"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["pos", "vel", "acc", "sim", "step"]);
+    assert_eq!(m["metadata"]["nbody"]["method"]["method"], "direct");
+    // Again: nothing to do. With other settings: refused, the data left alone.
+    let again = json(frugal().args(["nbody", "generate"]).arg(&cfg));
+    assert_eq!(again["reused"], 16);
+    frugal()
+        .args(["nbody", "generate"])
+        .arg(&cfg)
+        .args(["--set", "sim.dt=0.001"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("other settings"));
+    assert_eq!(manifest(&out), m);
+}
+
+/// Kills generation once two simulations are on disk and runs it again: the dataset must
+/// equal an uninterrupted run's, shard for shard and byte for byte (checksums).
+#[test]
+fn a_killed_generation_continues_without_duplicating_or_losing_simulations() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let parts = dir.path().join("parts");
+    json(
+        frugal()
+            .args(["nbody", "generate"])
+            .arg(config(dir.path(), &whole, "")),
+    );
+
+    let cfg = config(dir.path(), &parts, "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["nbody", "generate"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shards = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|e| {
+                e.filter(|f| {
+                    f.as_ref()
+                        .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".safetensors"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    while shards(&parts.join("sims")) < 2 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let s = json(frugal().args(["nbody", "generate"]).arg(&cfg));
+    assert!(
+        s["reused"].as_u64().unwrap() < 16,
+        "the kill came too late: {s}"
+    );
+    let (a, b) = (manifest(&whole), manifest(&parts));
+    assert_eq!(a["shards"], b["shards"]);
+    assert_eq!(b["samples"], 16 * 30);
+}
+
+#[test]
+fn bad_simulation_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &dir.path().join("run"), "dt = -1.0\n");
+    frugal()
+        .args(["nbody", "generate"])
+        .arg(&cfg)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("sim.dt"));
+    let cfg = config(
+        dir.path(),
+        &dir.path().join("run"),
+        "initial = [\"two_body\"]\n",
+    );
+    frugal()
+        .args(["nbody", "generate"])
+        .arg(&cfg)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("two_body"));
+}
