@@ -6,10 +6,12 @@
 //! leapfrog, which is symplectic and time-reversible, so the energy error stays bounded and
 //! scales as dt². Positions, velocities and accelerations are stored as structures of
 //! arrays ([`Particles`]) so the pair loops vectorize; the force loops run on all cores.
+//! [`knn_graph`] gives the k-nearest-neighbour graph a particle network learns on.
 
 mod gravity;
 mod init;
 mod integrate;
+mod knn;
 mod particles;
 mod rng;
 mod tree;
@@ -17,6 +19,7 @@ mod tree;
 pub use gravity::{Gravity, Method, accelerations, potential_energy};
 pub use init::{Initial, InitialError};
 pub use integrate::{Energies, Simulation};
+pub use knn::{KnnGraph, knn_graph};
 pub use particles::{Particles, Vec3s};
 pub use rng::Rng;
 pub use tree::Octree;

@@ -168,3 +168,53 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Exactly k neighbours per particle, never itself, and the k nearest: their distances
+    /// are the k smallest of a brute-force search (distances, not indices, so ties between
+    /// equally distant particles may fall either way).
+    #[test]
+    fn the_knn_graph_matches_brute_force(
+        pos in prop::collection::vec(prop::array::uniform3(-5.0f32..5.0), 2..300),
+        k_pick in 1usize..40,
+    ) {
+        let n = pos.len();
+        let k = 1 + k_pick % (n - 1);
+        let g = frugal_sim::knn_graph(&pos, k, true).unwrap();
+        prop_assert_eq!(&g, &frugal_sim::knn_graph(&pos, k, false).unwrap());
+        prop_assert_eq!(g.senders.len(), n * k);
+        let d2 = |a: [f32; 3], b: [f32; 3]| (0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f32>();
+        for i in 0..n {
+            let edges = i * k..(i + 1) * k;
+            prop_assert!(g.receivers[edges.clone()].iter().all(|&r| r as usize == i));
+            let mut got: Vec<f32> = g.senders[edges]
+                .iter()
+                .map(|&j| {
+                    assert_ne!(j as usize, i, "a self loop at {}", i);
+                    d2(pos[i], pos[j as usize])
+                })
+                .collect();
+            let mut all: Vec<f32> = (0..n).filter(|&j| j != i).map(|j| d2(pos[i], pos[j])).collect();
+            all.sort_by(f32::total_cmp);
+            got.sort_by(f32::total_cmp);
+            prop_assert_eq!(&got[..], &all[..k]);
+        }
+    }
+}
+
+#[test]
+fn a_knn_graph_needs_more_particles_than_neighbours() {
+    let pos = [[0.0f32; 3], [1.0, 0.0, 0.0]];
+    assert!(
+        frugal_sim::knn_graph(&pos, 2, false)
+            .unwrap_err()
+            .contains("more than 2")
+    );
+    assert!(frugal_sim::knn_graph(&pos, 0, false).is_err());
+    assert_eq!(
+        frugal_sim::knn_graph(&pos, 1, false).unwrap().senders,
+        [1, 0]
+    );
+}
