@@ -3,3 +3,4 @@
 //! precision) and evaluate it, plus what its memory planner needs to know.
 
 pub mod classifier;
+pub mod particles;

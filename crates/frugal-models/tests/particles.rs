@@ -1,0 +1,179 @@
+//! The particle graph network: checkpointing across message-passing layers gives the plain
+//! gradients, and a few hundred steps learn gravity's accelerations well past the mean.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use frugal_models::particles::{Gnn, ParticleGnn};
+use frugal_sim::{Gravity, Initial, Method, Simulation, Vec3s};
+use frugal_store::{
+    Batch, Column, DType, Dataset, DatasetWriter, Order, OrderSpec, Schema, StreamOptions,
+    WriterOptions,
+};
+use frugal_train::{Precision, StepInput, Task};
+
+const PARTICLES: usize = 64;
+
+/// `sims` Plummer spheres of 64 particles, `states` recorded states each, as
+/// `frugal nbody generate` lays them out.
+fn dataset(dir: &Path, sims: u64, states: u32) -> Dataset {
+    let schema = Schema {
+        columns: vec![
+            Column::new("pos", DType::F32, [PARTICLES, 3]),
+            Column::new("vel", DType::F32, [PARTICLES, 3]),
+            Column::new("acc", DType::F32, [PARTICLES, 3]),
+            Column::new("sim", DType::U32, []),
+            Column::new("step", DType::U32, []),
+        ],
+    };
+    let mut w = DatasetWriter::create(dir, schema, WriterOptions::default()).unwrap();
+    let bytes = |v: &Vec3s| -> Vec<u8> {
+        (0..PARTICLES)
+            .flat_map(|i| v.iter().flat_map(move |a| (a[i] as f32).to_le_bytes()))
+            .collect()
+    };
+    let gravity = Gravity::softened(0.05);
+    for s in 0..sims {
+        let start = Initial::Plummer.generate(PARTICLES, s, gravity).unwrap();
+        let mut sim = Simulation::new(start, gravity, Method::Direct, false);
+        for t in 0..states {
+            sim.step(0.01);
+            let (p, v, a) = (
+                bytes(&sim.particles.pos),
+                bytes(&sim.particles.vel),
+                bytes(&sim.acc),
+            );
+            w.push_sample(&[&p, &v, &a, &(s as u32).to_le_bytes(), &t.to_le_bytes()])
+                .unwrap();
+        }
+    }
+    w.finish().unwrap();
+    Dataset::open(dir).unwrap()
+}
+
+fn batches(ds: &Dataset, batch: usize, seed: u64) -> impl Iterator<Item = Batch> {
+    let spec = OrderSpec {
+        order: Order::Window,
+        window: 256,
+        spread: 4,
+    };
+    ds.stream(StreamOptions::new(spec, seed, 0, batch))
+        .unwrap()
+        .map(Result::unwrap)
+}
+
+fn task(ds: &Dataset) -> ParticleGnn {
+    let first = batches(ds, 16, 0).next().unwrap();
+    ParticleGnn {
+        particles: PARTICLES,
+        hidden: 32,
+        layers: 3,
+        neighbours: 8,
+        noise: 0.0,
+        norm: ParticleGnn::measure_normalization(&first, PARTICLES, 8).unwrap(),
+    }
+}
+
+fn max_relative_error(model: &Gnn, a: &GradientsParams, b: &GradientsParams) -> f32 {
+    struct Compare<'a>(&'a GradientsParams, &'a GradientsParams, f32);
+    impl ModuleVisitor for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let values = |g: &GradientsParams| -> Vec<f32> {
+                g.get::<D>(param.id)
+                    .expect("a gradient")
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            };
+            let (a, b) = (values(self.0), values(self.1));
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            self.2 = self.2.max(err / scale);
+        }
+    }
+    let mut c = Compare(a, b, 0.0);
+    model.visit(&mut c);
+    c.2
+}
+
+#[test]
+fn checkpointing_across_message_passing_gives_the_plain_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 2, 4);
+    let task = task(&ds);
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let model = task.init(&device);
+    let batch = batches(&ds, 3, 1).next().unwrap();
+    let input = |segments| StepInput {
+        device: &device,
+        precision: Precision::F32,
+        segments,
+        seed: 9,
+        loss_scale: 1.0,
+    };
+    let plain = task.step(&model, &batch, input(None)).unwrap();
+    for segments in [2, 4] {
+        let checkpointed = task.step(&model, &batch, input(Some(segments))).unwrap();
+        assert!((plain.loss - checkpointed.loss).abs() <= 1e-6 * plain.loss.abs().max(1.0));
+        let err = max_relative_error(&model, &checkpointed.grads, &plain.grads);
+        assert!(err <= 1e-5, "{segments} segments: relative error {err}");
+    }
+}
+
+#[test]
+fn the_network_learns_accelerations() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 6, 20);
+    let task = task(&ds);
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let mut model = task.init(&device);
+    let mut optim = AdamWConfig::new().init();
+    let eval = |model: &Gnn| -> f64 {
+        let valid = model.clone().valid();
+        let (mut sum, mut n) = (0.0, 0);
+        for b in batches(&ds, 40, 99) {
+            let out = task.eval(&valid, &b, &device).unwrap();
+            sum += out.loss_sum;
+            n += out.samples;
+        }
+        sum / n as f64
+    };
+    let before = eval(&model);
+    let mut step = 0;
+    'train: for epoch in 0..40 {
+        for batch in batches(&ds, 4, epoch) {
+            let out = task
+                .step(
+                    &model,
+                    &batch,
+                    StepInput {
+                        device: &device,
+                        precision: Precision::F32,
+                        segments: Some(2),
+                        seed: step,
+                        loss_scale: 1.0,
+                    },
+                )
+                .unwrap();
+            model = optim.step(1e-3, model, out.grads);
+            step += 1;
+            if step == 300 {
+                break 'train;
+            }
+        }
+    }
+    let after = eval(&model);
+    // The loss is the MSE of standardized accelerations: 1 for predicting the mean.
+    assert!(before > 0.5, "{before}");
+    assert!(
+        after < 0.25 * before,
+        "mean squared error {before} → {after}"
+    );
+}
