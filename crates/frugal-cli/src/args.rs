@@ -43,6 +43,24 @@ pub(crate) enum NbodyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Train the graph network on the simulations (generating those still missing),
+    /// holding the last `sim.held_out` simulations out for evaluation.
+    Train(NbodyTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NbodyTrainArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Continue the run in the configuration's output directory from its last checkpoint.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Stop after this many optimizer steps (checkpointing first); continue with --resume.
+    #[arg(long, value_name = "STEPS")]
+    pub(crate) stop_after: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

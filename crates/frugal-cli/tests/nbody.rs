@@ -128,3 +128,57 @@ fn bad_simulation_settings_name_the_key() {
         .code(2)
         .stderr(predicates::str::contains("two_body"));
 }
+
+/// A tiny pipeline: 8 simulations of 64 particles, 2 held out, 120 checkpointed steps.
+fn tiny(dir: &Path, out: &Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "workload = \"particles\"\noutput_dir = \"{}\"\nseed = 1\n\n[compute]\nbatch_size = 4\ncheckpointing = true\n\n[model]\nparticles = 64\nhidden = 32\nlayers = 2\nneighbours = 8\nnoise = 0.01\n\n[sim]\nsimulations = 8\nsteps = 30\nheld_out = 2\n\n[train]\nsteps = 120\neval_every = 60\nlog_every = 20\ncheckpoint_every = 50\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn training_learns_accelerations_on_held_out_simulations_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    let s = json(
+        frugal()
+            .args(["nbody", "train"])
+            .arg(tiny(dir.path(), &whole)),
+    );
+    assert_eq!(s["steps"], 120);
+    assert_eq!(s["checkpoint_segments"], 2);
+    // The loss is the mean squared error of standardized accelerations: predicting their
+    // mean scores about 1.
+    let test = s["test_loss"].as_f64().unwrap();
+    assert!(test < 0.6, "held-out loss {test}");
+    for f in [
+        "model.bpk",
+        "normalization.json",
+        "metrics.jsonl",
+        "loss.png",
+        "summary.json",
+    ] {
+        assert!(whole.join(f).is_file(), "{f} missing");
+    }
+
+    let cfg = tiny(dir.path(), &parts);
+    let first = json(
+        frugal()
+            .args(["nbody", "train"])
+            .arg(&cfg)
+            .args(["--stop-after", "70"]),
+    );
+    assert_eq!(first["steps"], 70);
+    let second = json(frugal().args(["nbody", "train"]).arg(&cfg).arg("--resume"));
+    assert_eq!(second["resumed_from"], 70);
+    let a = std::fs::read(whole.join("model.bpk")).unwrap();
+    let b = std::fs::read(parts.join("model.bpk")).unwrap();
+    assert!(a == b, "final weights differ after resume");
+}

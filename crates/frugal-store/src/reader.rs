@@ -64,6 +64,28 @@ impl Dataset {
         })
     }
 
+    /// The dataset restricted to the shards in `range` (by position in the manifest): a
+    /// split by shard, such as held-out simulations when each shard is one. Orders,
+    /// streams and checksums work on the view as on a dataset of those shards alone.
+    pub fn select_shards(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let all = self.manifest.shards.len();
+        if range.start >= range.end || range.end > all {
+            return Err(StoreError::Invalid(format!(
+                "{} has {all} shards; shards {}..{} is not a non-empty part of them",
+                self.dir.display(),
+                range.start,
+                range.end
+            )));
+        }
+        let mut manifest = (*self.manifest).clone();
+        manifest.shards = manifest.shards[range].to_vec();
+        manifest.samples = manifest.shards.iter().map(|s| s.samples).sum();
+        Ok(Self {
+            dir: self.dir.clone(),
+            manifest: Arc::new(manifest),
+        })
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

@@ -396,3 +396,28 @@ fn a_users_own_dot_tmp_files_are_neither_accepted_nor_deleted() {
     assert!(err.to_string().contains(".notes.tmp"), "{err}");
     assert!(tmp.path().join(".notes.tmp").exists());
 }
+
+#[test]
+fn a_shard_selection_streams_exactly_its_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1000, 4096);
+    let ds = Dataset::open(dir.path()).unwrap();
+    let shards = ds.manifest().shards.len();
+    assert!(shards >= 4, "{shards}");
+    let sizes = ds.manifest().shard_sizes();
+    let cut = shards / 2;
+    let first: u64 = sizes[..cut].iter().sum();
+    let spec = OrderSpec {
+        order: Order::Sequential,
+        window: 64,
+        spread: 1,
+    };
+    let head = ds.select_shards(0..cut).unwrap();
+    let tail = ds.select_shards(cut..shards).unwrap();
+    assert_eq!(head.len() + tail.len(), ds.len());
+    let ids = |d: &Dataset| read_ids(d, StreamOptions::new(spec, 0, 0, 50));
+    assert_eq!(ids(&head), (0..first).collect::<Vec<_>>());
+    assert_eq!(ids(&tail), (first..1000).collect::<Vec<_>>());
+    assert!(ds.select_shards(cut..cut).is_err());
+    assert!(ds.select_shards(0..shards + 1).is_err());
+}

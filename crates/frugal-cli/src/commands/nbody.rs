@@ -1,7 +1,8 @@
 //! `frugal nbody`: the N-body pipeline. `generate` runs a `particles` configuration's
 //! simulations on every core, one seeded job per simulation, into a dataset whose shard
 //! `i` is simulation `i` (layout in docs/format.md), so a killed run continues with only
-//! the missing simulations.
+//! the missing simulations. `train` trains the particle graph network on them, holding
+//! the last simulations out for evaluation.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,16 +10,22 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use frugal_hw::units::Bytes;
+use frugal_models::particles::ParticleGnn;
 use frugal_sim::{Gravity, Initial, Method, Simulation};
 use frugal_store::{
-    Column, DType, Schema, ShardBuffer, StoreError, generate_shards, recorded_shards,
+    Column, DType, Dataset, Order, OrderSpec, Schema, ShardBuffer, StoreError, StreamOptions,
+    generate_shards, recorded_shards,
 };
+use frugal_train::trainer::TrainData;
 use serde::Serialize;
 
-use crate::args::{ConfigArgs, NbodyCommand};
+use crate::args::{ConfigArgs, NbodyCommand, NbodyTrainArgs};
 use crate::config::schema::{ParticlesConfig, SimMethod};
 use crate::config::{AnyConfig, Source};
 use crate::progress;
+
+/// States whose statistics set the network's normalisation.
+const NORMALIZATION_STATES: usize = 16;
 
 /// Direct summation up to this many particles when `sim.method = "auto"`.
 const DIRECT_UP_TO: u32 = 5000;
@@ -26,6 +33,7 @@ const DIRECT_UP_TO: u32 = 5000;
 pub(crate) fn run(command: NbodyCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         NbodyCommand::Generate { config, json } => generate(&config, json, out),
+        NbodyCommand::Train(args) => train(&args, out),
     }
 }
 
@@ -151,12 +159,23 @@ struct GenerateSummary {
 
 fn generate(args: &ConfigArgs, json: bool, out: &mut dyn Write) -> Result<()> {
     let config = load(args)?;
-    let settings = GenSettings::new(&config);
-    let dir = config
+    let summary = simulate_all(&config)?;
+    report(&summary, u64::from(config.sim.steps), json, out)
+}
+
+/// Where the configuration's dataset lives.
+fn data_dir(config: &ParticlesConfig) -> PathBuf {
+    config
         .sim
         .data
         .clone()
-        .unwrap_or_else(|| config.output_dir.join("sims"));
+        .unwrap_or_else(|| config.output_dir.join("sims"))
+}
+
+/// Runs the simulations the dataset still lacks (none when it is complete).
+fn simulate_all(config: &ParticlesConfig) -> Result<GenerateSummary> {
+    let settings = GenSettings::new(config);
+    let dir = data_dir(config);
     let threads = match config.compute.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         t => t as usize,
@@ -182,7 +201,7 @@ fn generate(args: &ConfigArgs, json: bool, out: &mut dyn Write) -> Result<()> {
                 particle_steps_per_s: 0.0,
                 dir,
             };
-            return report(&summary, settings.steps, json, out);
+            return Ok(summary);
         }
     }
     let reused = if dir.join("parts").is_dir() {
@@ -222,7 +241,7 @@ fn generate(args: &ConfigArgs, json: bool, out: &mut dyn Write) -> Result<()> {
         particle_steps_per_s: (run_now * integrator_steps * settings.particles as u64) as f64
             / seconds.max(1e-9),
     };
-    report(&summary, settings.steps, json, out)
+    Ok(summary)
 }
 
 fn report(summary: &GenerateSummary, states: u64, json: bool, out: &mut dyn Write) -> Result<()> {
@@ -253,4 +272,74 @@ fn report(summary: &GenerateSummary, states: u64, json: bool, out: &mut dyn Writ
         summary.particle_steps_per_s
     )?;
     Ok(())
+}
+
+fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
+    let config = load(&args.config)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(config.compute.threads as usize)
+        .build_global()
+        .context("starting the compute threads")?;
+    simulate_all(&config)?;
+    let dir = data_dir(&config);
+    let all = Dataset::open(&dir)?;
+    let sims = all.manifest().shards.len();
+    let held = config.sim.held_out as usize;
+    let data = TrainData {
+        train: all.select_shards(0..sims - held)?,
+        test: Some(all.select_shards(sims - held..sims)?),
+    };
+    let (particles, neighbours) = (
+        config.model.particles as usize,
+        config.model.neighbours as usize,
+    );
+    let first = data
+        .train
+        .stream(StreamOptions::new(
+            OrderSpec {
+                order: Order::Sequential,
+                window: NORMALIZATION_STATES as u64,
+                spread: 1,
+            },
+            0,
+            0,
+            NORMALIZATION_STATES,
+        ))?
+        .next()
+        .context("the training simulations hold no states")??;
+    let task = ParticleGnn {
+        particles,
+        hidden: config.model.hidden as usize,
+        layers: config.model.layers as usize,
+        neighbours,
+        noise: config.model.noise as f32,
+        norm: ParticleGnn::measure_normalization(&first, particles, neighbours)?,
+    };
+    task.check_schema(&all.manifest().schema)
+        .with_context(|| format!("dataset {}", dir.display()))?;
+    let sample_bytes = all.manifest().schema.sample_bytes() as u64;
+    let mut spec = super::train::train_spec(
+        config.seed,
+        &config.compute,
+        &config.train,
+        task.blocks(),
+        OrderSpec::for_budget(Order::default(), super::train::READ_BUDGET, sample_bytes),
+        super::train::fingerprint(&config),
+    );
+    spec.stop_after = args.stop_after;
+    frugal_store::atomic_write(
+        &config.output_dir.join("normalization.json"),
+        serde_json::to_string_pretty(&task.norm)?.as_bytes(),
+    )?;
+    super::train::run_loop(
+        &task,
+        &data,
+        &spec,
+        config.compute.device,
+        &config.output_dir,
+        args.resume,
+        args.json,
+        &args.config.file,
+        out,
+    )
 }

@@ -16,7 +16,9 @@ use frugal_train::trainer::{AdamWSpec, Event, Summary, TrainData, TrainSpec, tra
 use serde::Serialize;
 
 use crate::args::{ConfigArgs, TrainArgs};
-use crate::config::schema::{ClassifierConfig, DataSection, DataSource};
+use crate::config::schema::{
+    ClassifierConfig, ComputeConfig, DataSection, DataSource, TrainSection,
+};
 use crate::config::{AnyConfig, Source};
 use crate::{plot, progress};
 
@@ -24,7 +26,7 @@ use crate::{plot, progress};
 pub(crate) const MNIST_ENV: &str = "FRUGAL_MNIST_DIR";
 
 /// RAM the training reader's window may hold.
-const READ_BUDGET: u64 = 64 << 20;
+pub(crate) const READ_BUDGET: u64 = 64 << 20;
 
 /// The summary printed at the end and saved as `summary.json`.
 #[derive(Debug, Serialize)]
@@ -116,16 +118,34 @@ impl Setup {
 /// The loop settings a configuration describes.
 fn spec(config: &ClassifierConfig, task: &Classifier, data: &TrainData) -> TrainSpec {
     let sample_bytes = data.train.manifest().schema.sample_bytes() as u64;
-    let c = &config.compute;
+    train_spec(
+        config.seed,
+        &config.compute,
+        &config.train,
+        task.blocks(),
+        OrderSpec::for_budget(config.data.order, READ_BUDGET, sample_bytes),
+        fingerprint(config),
+    )
+}
+
+/// The loop's settings from a configuration's `[compute]` and `[train]` sections, for a
+/// stack of `blocks` checkpointable blocks.
+pub(crate) fn train_spec(
+    seed: u64,
+    c: &ComputeConfig,
+    t: &TrainSection,
+    blocks: usize,
+    order: OrderSpec,
+    fingerprint: String,
+) -> TrainSpec {
     let segments = c.checkpointing.then(|| {
         c.checkpoint_segments.map_or_else(
-            || frugal_train::checkpoint::default_segments(task.blocks()),
+            || frugal_train::checkpoint::default_segments(blocks),
             |s| s as usize,
         )
     });
-    let t = &config.train;
     TrainSpec {
-        seed: config.seed,
+        seed,
         batch_size: c.batch_size as usize,
         grad_accum: c.grad_accum as usize,
         precision: c.precision,
@@ -146,9 +166,9 @@ fn spec(config: &ClassifierConfig, task: &Classifier, data: &TrainData) -> Train
         log_every: t.log_every,
         eval_every: t.eval_every,
         checkpoint_every: t.checkpoint_every,
-        order: OrderSpec::for_budget(config.data.order, READ_BUDGET, sample_bytes),
+        order,
         stop_after: None,
-        fingerprint: fingerprint(config),
+        fingerprint,
     }
 }
 
@@ -166,10 +186,36 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         spec,
         ..
     } = setup;
-    let c = &config.compute;
+    run_loop(
+        &task,
+        &data,
+        &spec,
+        config.compute.device,
+        &dir,
+        args.resume,
+        args.json,
+        &args.config.file,
+        out,
+    )
+}
+
+/// Trains `task` on `data` into `dir` with the progress bar, then draws the curves, saves
+/// `summary.json` and reports: what every `train` command shares.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_loop<T: frugal_train::Task>(
+    task: &T,
+    data: &TrainData,
+    spec: &TrainSpec,
+    device: crate::config::schema::Device,
+    dir: &Path,
+    resume: bool,
+    json: bool,
+    config_file: &Path,
+    out: &mut dyn Write,
+) -> Result<()> {
     let precision = spec.precision;
     let segments = spec.segments;
-    let picked = pick(c.device).map_err(anyhow::Error::msg)?;
+    let picked = pick(device).map_err(anyhow::Error::msg)?;
 
     let bar = progress::bar(0, "training", false);
     let mut observe = |event: Event<'_>| match event {
@@ -194,18 +240,10 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         }
         Event::Record(_) | Event::Checkpoint { .. } => {}
     };
-    let summary = train(
-        &task,
-        &data,
-        &spec,
-        &picked.device,
-        &dir,
-        args.resume,
-        &mut observe,
-    )?;
+    let summary = train(task, data, spec, &picked.device, dir, resume, &mut observe)?;
     bar.finish_and_clear();
 
-    plot::training_curves(&summary.records, &dir).context("drawing the training curves")?;
+    plot::training_curves(&summary.records, dir).context("drawing the training curves")?;
 
     let peak_rss_bytes = frugal_hw::MemoryMeter::new()
         .sample()
@@ -220,13 +258,13 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         checkpoint_segments: segments,
         peak_rss_bytes,
         peak_heap_bytes: frugal_train::memory::heap_peak(),
-        output_dir: dir.clone(),
+        output_dir: dir.to_owned(),
     };
     frugal_store::atomic_write(
         &dir.join("summary.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    if args.json {
+    if json {
         return super::print_json(out, &report);
     }
     let pct = |v: Option<f64>| v.map_or("–".into(), |a| format!("{:.2} %", a * 100.0));
@@ -247,8 +285,11 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  test accuracy {}   test loss {}   train loss {}",
-        pct(summary.test_accuracy),
+        "  {}test loss {}   train loss {}",
+        summary.test_accuracy.map_or(String::new(), |a| format!(
+            "test accuracy {}   ",
+            pct(Some(a))
+        )),
         summary.test_loss.map_or("–".into(), |l| format!("{l:.4}")),
         summary.train_loss.map_or("–".into(), |l| format!("{l:.4}")),
     )?;
@@ -268,7 +309,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "  continue with: frugal train {} --resume",
-            args.config.file.display()
+            config_file.display()
         )?;
     }
     Ok(())
@@ -276,13 +317,16 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The settings that shape the trained weights: everything but where the output goes,
 /// the device and thread count, and how often it is logged or checkpointed.
-fn fingerprint(config: &ClassifierConfig) -> String {
+pub(crate) fn fingerprint(config: &impl Serialize) -> String {
     let mut v = serde_json::to_value(config).expect("the configuration serializes");
     if let Some(o) = v.as_object_mut() {
         o.remove("output_dir");
         if let Some(c) = o.get_mut("compute").and_then(|c| c.as_object_mut()) {
             c.remove("device");
             c.remove("threads");
+        }
+        if let Some(sim) = o.get_mut("sim").and_then(|s| s.as_object_mut()) {
+            sim.remove("data");
         }
         if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
             for k in ["log_every", "eval_every", "checkpoint_every"] {

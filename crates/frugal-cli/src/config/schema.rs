@@ -202,6 +202,10 @@ pub(crate) struct ParticlesModel {
     pub(crate) layers: u32,
     /// Neighbours per particle in the kNN graph.
     pub(crate) neighbours: u32,
+    /// Gaussian noise added to input velocities in training, in units of their standard
+    /// deviation (keeps learned rollouts stable); 0 for none.
+    #[serde(default)]
+    pub(crate) noise: f64,
 }
 
 /// How forces are computed while generating.
@@ -237,6 +241,8 @@ pub(crate) struct SimSection {
     pub(crate) method: SimMethod,
     /// Barnes–Hut opening angle.
     pub(crate) theta: f64,
+    /// The last this many simulations are held out for evaluation, never trained on.
+    pub(crate) held_out: u32,
     /// Where the dataset goes; default `OUTPUT_DIR/sims`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) data: Option<PathBuf>,
@@ -257,6 +263,7 @@ impl Default for SimSection {
             ],
             method: SimMethod::Auto,
             theta: 0.5,
+            held_out: 3,
             data: None,
         }
     }
@@ -374,7 +381,7 @@ macro_rules! workload_configs {
 
 workload_configs! {
     Classifier: ClassifierConfig { model: ClassifierModel; data: DataSection, train: TrainSection },
-    Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection },
+    Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection, train: TrainSection },
     Operator: OperatorConfig { model: OperatorModel },
     Eqprop: EqpropConfig { model: EqpropModel },
     Evolve: EvolveConfig { search: EvolveSearch },
@@ -537,6 +544,16 @@ impl AnyConfig {
                     sim.theta > 0.0 && sim.theta <= 1.0,
                     &["sim", "theta"],
                     "must be in (0, 1]",
+                );
+                check(
+                    sim.held_out >= 1 && sim.held_out < sim.simulations,
+                    &["sim", "held_out"],
+                    "must be at least 1 and fewer than `sim.simulations`",
+                );
+                check(
+                    (0.0..1.0).contains(&m.noise),
+                    &["model", "noise"],
+                    "must be in [0, 1)",
                 );
                 check(
                     !sim.initial.is_empty(),
