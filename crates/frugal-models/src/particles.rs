@@ -126,7 +126,8 @@ impl Mlp {
         }
     }
 
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    /// Applies the MLP.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;
         let mut x = x;
         for (i, l) in self.layers.iter().enumerate() {
@@ -472,6 +473,11 @@ impl Task for ParticleGnn {
             correct: None,
             samples: batch.samples,
         })
+    }
+
+    /// A state is a whole graph: evaluate as many as a training batch holds.
+    fn eval_batch(&self, batch_size: usize) -> usize {
+        batch_size
     }
 
     fn eval(&self, model: &Gnn, batch: &Batch, device: &Device) -> Result<EvalOutput> {

@@ -73,6 +73,12 @@ pub trait Task {
     fn step(&self, model: &Self::Model, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput>;
     /// Evaluates one batch, without autodiff and without dropout.
     fn eval(&self, model: &Self::Model, batch: &Batch, device: &Device) -> Result<EvalOutput>;
+    /// Samples per evaluation batch for a training batch of `batch_size`: by default a
+    /// larger batch (evaluation keeps no activations), which a task whose samples are
+    /// large (a graph of thousands of particles) overrides.
+    fn eval_batch(&self, batch_size: usize) -> usize {
+        eval_batch(batch_size)
+    }
 }
 
 /// AdamW's settings.
@@ -618,7 +624,7 @@ pub fn train<T: Task>(
                 task,
                 &model,
                 test,
-                eval_batch(spec.batch_size),
+                task.eval_batch(spec.batch_size),
                 spec.order.window,
                 &ad,
             )?;

@@ -327,6 +327,8 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         super::train::fingerprint(&config),
     );
     spec.stop_after = args.stop_after;
+    std::fs::create_dir_all(&config.output_dir)
+        .with_context(|| format!("creating {}", config.output_dir.display()))?;
     frugal_store::atomic_write(
         &config.output_dir.join("normalization.json"),
         serde_json::to_string_pretty(&task.norm)?.as_bytes(),
