@@ -46,6 +46,26 @@ pub(crate) enum NbodyCommand {
     /// Train the graph network on the simulations (generating those still missing),
     /// holding the last `sim.held_out` simulations out for evaluation.
     Train(NbodyTrainArgs),
+    /// Roll the trained network out on the held-out simulations against the simulator and a
+    /// constant-velocity baseline: one-step and rollout position errors, energy drift, and
+    /// `rollout.png`.
+    Rollout(NbodyRolloutArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NbodyRolloutArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The model: a `model.bpk` or a `checkpoint.bin` (default: the output directory's
+    /// `model.bpk`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// Recorded steps to roll out.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) steps: u32,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! PNG training curves: loss (train and test) and accuracy against the optimizer step.
+//! PNG plots: training curves (loss, train and test, and accuracy against the optimizer
+//! step) and rollout errors against the rollout step.
 //! Text is drawn with an embedded font, so no system font is needed.
 
 use std::path::Path;
@@ -23,9 +24,24 @@ fn fonts() -> Result<()> {
     }
 }
 
+/// A tick label: plain for ordinary magnitudes, scientific for tiny or huge ones.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-2..1e4).contains(&a) {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-fn chart(path: &Path, title: &str, y_label: &str, series: &[Series<'_>]) -> Result<()> {
+fn chart(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    series: &[Series<'_>],
+) -> Result<()> {
     let points = || series.iter().flat_map(|s| s.2.iter());
     if points().next().is_none() {
         return Ok(());
@@ -40,7 +56,11 @@ fn chart(path: &Path, title: &str, y_label: &str, series: &[Series<'_>]) -> Resu
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let pad = if y1 > y0 {
+        (y1 - y0) * 0.05
+    } else {
+        y1.abs().max(1e-12) * 0.05
+    };
     let (w, h) = SIZE;
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
@@ -55,8 +75,9 @@ fn chart(path: &Path, title: &str, y_label: &str, series: &[Series<'_>]) -> Resu
             .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
             .map_err(e)?;
         c.configure_mesh()
-            .x_desc("optimizer step")
+            .x_desc(x_label)
             .y_desc(y_label)
+            .y_label_formatter(&|v| tick(*v))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()
@@ -108,7 +129,7 @@ pub(crate) fn training_curves(records: &[Record], dir: &Path) -> Result<()> {
     chart(
         &dir.join("loss.png"),
         "Loss",
-        "cross-entropy",
+        ("optimizer step", "loss"),
         &[
             ("train", blue, pick(Split::Train, |r| Some(r.loss))),
             ("test", orange, pick(Split::Eval, |r| Some(r.loss))),
@@ -117,10 +138,31 @@ pub(crate) fn training_curves(records: &[Record], dir: &Path) -> Result<()> {
     chart(
         &dir.join("accuracy.png"),
         "Accuracy",
-        "fraction correct",
+        ("optimizer step", "fraction correct"),
         &[
             ("train", blue, pick(Split::Train, |r| r.accuracy)),
             ("test", orange, pick(Split::Eval, |r| r.accuracy)),
+        ],
+    )
+}
+
+/// Position error against rollout step, the learned rollout's and the constant-velocity
+/// baseline's, into `path`.
+pub(crate) fn rollout_errors(learned: &[f64], baseline: &[f64], path: &Path) -> Result<()> {
+    fonts()?;
+    let points = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, &e)| ((i + 1) as f64, e))
+            .collect()
+    };
+    chart(
+        path,
+        "Rollout position error on held-out simulations",
+        ("rollout step", "position MSE"),
+        &[
+            ("graph network", RGBColor(31, 119, 180), points(learned)),
+            ("constant velocity", RGBColor(230, 115, 0), points(baseline)),
         ],
     )
 }

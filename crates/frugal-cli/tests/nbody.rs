@@ -144,7 +144,7 @@ fn tiny(dir: &Path, out: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn training_learns_accelerations_on_held_out_simulations_and_resumes_exactly() {
+fn training_beats_constant_velocity_on_held_out_simulations_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
     let s = json(
@@ -168,7 +168,42 @@ fn training_learns_accelerations_on_held_out_simulations_and_resumes_exactly() {
         assert!(whole.join(f).is_file(), "{f} missing");
     }
 
+    // On the held-out simulations the network beats the constant-velocity baseline at one
+    // step and over a 20-step rollout.
+    let cfg = tiny(dir.path(), &whole);
+    let r = json(frugal().args(["nbody", "rollout"]).arg(&cfg));
+    for key in [
+        "one_step_mse",
+        "baseline_one_step_mse",
+        "rollout_mse_20",
+        "baseline_rollout_mse_20",
+        "energy_drift",
+    ] {
+        assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key}: {r}");
+    }
+    assert_eq!(r["rollout_steps"], 20);
+    let f = |k: &str| r[k].as_f64().unwrap();
+    assert!(f("one_step_mse") < f("baseline_one_step_mse"), "{r}");
+    assert!(f("rollout_mse_20") < f("baseline_rollout_mse_20"), "{r}");
+    assert!(whole.join("rollout.png").is_file());
+    let from_checkpoint = json(
+        frugal()
+            .args(["nbody", "rollout"])
+            .arg(&cfg)
+            .arg("--checkpoint")
+            .arg(whole.join("checkpoint.bin"))
+            .args(["--steps", "3"]),
+    );
+    assert_eq!(from_checkpoint["rollout_steps"], 3);
+    assert_eq!(from_checkpoint["one_step_mse"], r["one_step_mse"]);
+
     let cfg = tiny(dir.path(), &parts);
+    frugal()
+        .args(["nbody", "rollout"])
+        .arg(&cfg)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("frugal nbody train"));
     let first = json(
         frugal()
             .args(["nbody", "train"])

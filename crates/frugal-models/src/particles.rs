@@ -335,15 +335,29 @@ impl ParticleGnn {
 
     /// Graphs, features and targets of a batch; `noise_seed` adds the training noise.
     fn prepare(&self, batch: &Batch, noise_seed: Option<u64>) -> Result<Prepared> {
-        let (n, k) = (self.particles, self.neighbours);
-        let per = n * 3;
+        let per = self.particles * 3;
         let (pos, vel, acc) = (
             f32_column(batch, "pos", per)?,
             f32_column(batch, "vel", per)?,
             f32_column(batch, "acc", per)?,
         );
+        self.prepare_states(pos, vel, Some(acc), noise_seed)
+    }
+
+    /// Graphs, features and (with `acc`) targets of states laid out as the dataset's
+    /// columns: `pos` and `vel` hold [states × particles × 3].
+    fn prepare_states(
+        &self,
+        pos: &[f32],
+        vel: &[f32],
+        acc: Option<&[f32]>,
+        noise_seed: Option<u64>,
+    ) -> Result<Prepared> {
+        let (n, k) = (self.particles, self.neighbours);
+        let per = n * 3;
+        let samples = pos.len() / per;
         let norm = self.norm;
-        let graphs: Vec<(Vec<f32>, Vec<i64>, Vec<i64>)> = (0..batch.samples)
+        let graphs: Vec<(Vec<f32>, Vec<i64>, Vec<i64>)> = (0..samples)
             .into_par_iter()
             .map(|b| {
                 let p: Vec<[f32; 3]> = pos[b * per..(b + 1) * per]
@@ -374,10 +388,11 @@ impl ParticleGnn {
                 *v += self.noise * z as f32;
             }
         }
-        let targets = acc
-            .chunks_exact(3)
-            .flat_map(|a| (0..3).map(move |c| (a[c] - norm.acc_mean[c]) / norm.acc_std[c]))
-            .collect();
+        let targets = acc.map_or_else(Vec::new, |acc| {
+            acc.chunks_exact(3)
+                .flat_map(|a| (0..3).map(move |c| (a[c] - norm.acc_mean[c]) / norm.acc_std[c]))
+                .collect()
+        });
         let (mut edges, mut senders, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
         for (e, s, r) in graphs {
             edges.extend(e);
@@ -390,7 +405,7 @@ impl ParticleGnn {
             senders,
             receivers,
             targets,
-            particles: n * batch.samples,
+            particles: n * samples,
         })
     }
 
@@ -409,7 +424,8 @@ impl ParticleGnn {
             senders: int(p.senders),
             receivers: int(p.receivers),
         };
-        let targets = Tensor::<2>::from_data(TensorData::new(p.targets, [p.particles, 3]), device);
+        let rows = p.targets.len() / 3;
+        let targets = Tensor::<2>::from_data(TensorData::new(p.targets, [rows, 3]), device);
         (graph, targets)
     }
 
@@ -425,6 +441,38 @@ impl ParticleGnn {
         let (graph, _) = self.tensors(self.prepare(batch, None)?, Precision::F32, &device);
         let h = eval_forward(&model.blocks, graph);
         Ok(model.decoder.forward(h.nodes))
+    }
+}
+
+impl ParticleGnn {
+    /// Accelerations the network predicts for states given as positions and velocities
+    /// ([states × particles × 3], f32), in simulation units: what a learned rollout
+    /// integrates.
+    pub fn accelerations(
+        &self,
+        model: &Gnn,
+        pos: &[f32],
+        vel: &[f32],
+        device: &Device,
+    ) -> Result<Vec<f32>> {
+        let device = device.clone().without_autodiff();
+        let (graph, _) = self.tensors(
+            self.prepare_states(pos, vel, None, None)?,
+            Precision::F32,
+            &device,
+        );
+        let h = eval_forward(&model.blocks, graph);
+        let normalised: Vec<f32> = model
+            .decoder
+            .forward(h.nodes)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("reading predictions: {e:?}")))?;
+        let norm = self.norm;
+        Ok(normalised
+            .chunks_exact(3)
+            .flat_map(|a| (0..3).map(move |c| a[c] * norm.acc_std[c] + norm.acc_mean[c]))
+            .collect())
     }
 }
 

@@ -10,16 +10,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use frugal_hw::units::Bytes;
-use frugal_models::particles::ParticleGnn;
+use frugal_models::particles::{Gnn, Normalization, ParticleGnn};
 use frugal_sim::{Gravity, Initial, Method, Simulation};
 use frugal_store::{
     Column, DType, Dataset, Order, OrderSpec, Schema, ShardBuffer, StoreError, StreamOptions,
     generate_shards, recorded_shards,
 };
+use frugal_train::Task;
 use frugal_train::trainer::TrainData;
 use serde::Serialize;
 
-use crate::args::{ConfigArgs, NbodyCommand, NbodyTrainArgs};
+use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, NbodyTrainArgs};
 use crate::config::schema::{ParticlesConfig, SimMethod};
 use crate::config::{AnyConfig, Source};
 use crate::progress;
@@ -34,6 +35,7 @@ pub(crate) fn run(command: NbodyCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         NbodyCommand::Generate { config, json } => generate(&config, json, out),
         NbodyCommand::Train(args) => train(&args, out),
+        NbodyCommand::Rollout(args) => rollout(&args, out),
     }
 }
 
@@ -344,4 +346,296 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         &args.config.file,
         out,
     )
+}
+
+/// Positions and velocities of every recorded state of shard (simulation) `sim`, in time
+/// order: [states × particles × 3] each.
+fn states(all: &Dataset, sim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let one = all.select_shards(sim..sim + 1)?;
+    let n = one.len() as usize;
+    let spec = OrderSpec {
+        order: Order::Sequential,
+        window: n as u64,
+        spread: 1,
+    };
+    let (mut pos, mut vel) = (Vec::new(), Vec::new());
+    for batch in one.stream(StreamOptions::new(spec, 0, 0, n))? {
+        let batch = batch?;
+        for (name, into) in [("pos", &mut pos), ("vel", &mut vel)] {
+            let col = batch
+                .column(name)
+                .and_then(|c| c.as_slice::<f32>())
+                .with_context(|| format!("simulation {sim} lacks an f32 column `{name}`"))?;
+            into.extend_from_slice(col);
+        }
+    }
+    Ok((pos, vel))
+}
+
+/// Mean squared difference.
+fn mse(a: &[f64], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64
+}
+
+/// Total energy of one state given particle-major positions and velocities, masses 1/N.
+fn energy(x: &[f64], v: &[f64], gravity: Gravity) -> f64 {
+    let n = x.len() / 3;
+    let mut p = frugal_sim::Particles::with_capacity(n);
+    for i in 0..n {
+        p.push(
+            [x[3 * i], x[3 * i + 1], x[3 * i + 2]],
+            [v[3 * i], v[3 * i + 1], v[3 * i + 2]],
+            1.0 / n as f64,
+        );
+    }
+    p.kinetic_energy() + frugal_sim::potential_energy(&p, gravity, true)
+}
+
+/// Advances states (positions and velocities, particle-major, several states one after
+/// another) by `substeps` leapfrog steps of `dt` with the network's accelerations.
+struct Learned<'a> {
+    task: &'a ParticleGnn,
+    model: &'a Gnn,
+    device: &'a burn::tensor::Device,
+}
+
+impl Learned<'_> {
+    fn accelerations(&self, x: &[f64], v: &[f64]) -> Result<Vec<f64>> {
+        let f = |s: &[f64]| s.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+        let a = self
+            .task
+            .accelerations(self.model, &f(x), &f(v), self.device)?;
+        Ok(a.into_iter().map(f64::from).collect())
+    }
+
+    fn advance(&self, x: &mut [f64], v: &mut [f64], substeps: u64, dt: f64) -> Result<()> {
+        let mut a = self.accelerations(x, v)?;
+        for _ in 0..substeps {
+            for (vi, ai) in v.iter_mut().zip(&a) {
+                *vi += 0.5 * dt * ai;
+            }
+            for (xi, vi) in x.iter_mut().zip(v.iter()) {
+                *xi += dt * vi;
+            }
+            a = self.accelerations(x, v)?;
+            for (vi, ai) in v.iter_mut().zip(&a) {
+                *vi += 0.5 * dt * ai;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct RolloutSummary {
+    held_out_simulations: usize,
+    rollout_steps: usize,
+    /// Position MSE after one recorded step from simulator states, learned and baseline.
+    one_step_mse: f64,
+    baseline_one_step_mse: f64,
+    /// Position MSE at the last rollout step (the 20th by default).
+    rollout_mse_20: f64,
+    baseline_rollout_mse_20: f64,
+    /// |ΔE/E| over the rollout: the learned one's, the constant-velocity one's and the
+    /// simulator's own.
+    energy_drift: f64,
+    baseline_energy_drift: f64,
+    simulator_energy_drift: f64,
+    /// Position MSE at every rollout step.
+    rollout_mse: Vec<f64>,
+    baseline_rollout_mse: Vec<f64>,
+    plot: PathBuf,
+}
+
+fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
+    let config = load(&args.config)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(config.compute.threads as usize)
+        .build_global()
+        .context("starting the compute threads")?;
+    let dir = data_dir(&config);
+    let all = Dataset::open(&dir).with_context(|| {
+        format!(
+            "opening the simulations in {} (run `frugal nbody train` first)",
+            dir.display()
+        )
+    })?;
+    let norm_path = config.output_dir.join("normalization.json");
+    let norm: Normalization =
+        serde_json::from_slice(&std::fs::read(&norm_path).with_context(|| {
+            format!(
+                "reading {} (run `frugal nbody train` first)",
+                norm_path.display()
+            )
+        })?)
+        .with_context(|| format!("{} is damaged", norm_path.display()))?;
+    let task = ParticleGnn {
+        particles: config.model.particles as usize,
+        hidden: config.model.hidden as usize,
+        layers: config.model.layers as usize,
+        neighbours: config.model.neighbours as usize,
+        noise: 0.0,
+        norm,
+    };
+    let picked = frugal_train::device::pick(config.compute.device).map_err(anyhow::Error::msg)?;
+    let path = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| config.output_dir.join(frugal_train::trainer::MODEL_FILE));
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let record = match frugal_train::snapshot::Snapshot::load(&path) {
+        Ok(snapshot) => snapshot.model,
+        Err(_) => bytes,
+    };
+    let model = frugal_train::trainer::load_model(task.init(&picked.device), record, &path)?;
+    let learned = Learned {
+        task: &task,
+        model: &model,
+        device: &picked.device,
+    };
+
+    let sims = all.manifest().shards.len();
+    let held = (config.sim.held_out as usize).min(sims);
+    let per = task.particles * 3;
+    let (dt, substeps) = (config.sim.dt, u64::from(config.sim.record_every));
+    let interval = dt * substeps as f64;
+    let gravity = Gravity::softened(config.sim.softening);
+    let wide = |s: &[f32]| s.iter().map(|&e| f64::from(e)).collect::<Vec<f64>>();
+
+    let held_states: Vec<(Vec<f32>, Vec<f32>)> = (sims - held..sims)
+        .map(|s| states(&all, s))
+        .collect::<Result<_>>()?;
+    let recorded = held_states
+        .iter()
+        .map(|(p, _)| p.len() / per)
+        .min()
+        .unwrap_or(0);
+    if recorded < 2 {
+        bail!("the held-out simulations hold fewer than 2 states each");
+    }
+    let steps = (args.steps as usize).clamp(1, recorded - 1);
+
+    // Rollouts from each held-out simulation's first state, all simulations at once.
+    let mut x: Vec<f64> = held_states
+        .iter()
+        .flat_map(|(p, _)| wide(&p[..per]))
+        .collect();
+    let mut v: Vec<f64> = held_states
+        .iter()
+        .flat_map(|(_, v)| wide(&v[..per]))
+        .collect();
+    let (x0, v0) = (x.clone(), v.clone());
+    let bar = progress::bar(steps as u64, "rolling out", false);
+    let (mut learned_mse, mut baseline_mse) = (Vec::new(), Vec::new());
+    for r in 1..=steps {
+        learned.advance(&mut x, &mut v, substeps, dt)?;
+        let truth: Vec<f32> = held_states
+            .iter()
+            .flat_map(|(p, _)| p[r * per..(r + 1) * per].iter().copied())
+            .collect();
+        let t = r as f64 * interval;
+        let straight: Vec<f64> = x0.iter().zip(&v0).map(|(x, v)| x + v * t).collect();
+        learned_mse.push(mse(&x, &truth));
+        baseline_mse.push(mse(&straight, &truth));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let (mut drift, mut baseline_drift, mut simulator_drift) = (0.0, 0.0, 0.0);
+    let t = steps as f64 * interval;
+    for (h, (p, vel)) in held_states.iter().enumerate() {
+        let part = h * per..(h + 1) * per;
+        let e0 = energy(&wide(&p[..per]), &wide(&vel[..per]), gravity);
+        let rel = |e: f64| ((e - e0) / e0).abs() / held as f64;
+        drift += rel(energy(&x[part.clone()], &v[part.clone()], gravity));
+        let straight: Vec<f64> = x0[part.clone()]
+            .iter()
+            .zip(&v0[part.clone()])
+            .map(|(x, v)| x + v * t)
+            .collect();
+        baseline_drift += rel(energy(&straight, &v0[part], gravity));
+        let end = steps * per..(steps + 1) * per;
+        simulator_drift += rel(energy(&wide(&p[end.clone()]), &wide(&vel[end]), gravity));
+    }
+
+    // One recorded step from up to 10 states of every held-out simulation.
+    let stride = ((recorded - 1) / 10).max(1);
+    let starts: Vec<usize> = (0..recorded - 1).step_by(stride).collect();
+    // The states `ahead` recorded steps after each start, positions or velocities.
+    let gather = |velocities: bool, ahead: usize| -> Vec<f32> {
+        held_states
+            .iter()
+            .flat_map(|(p, v)| {
+                let s = if velocities { v } else { p };
+                starts
+                    .iter()
+                    .flat_map(move |&t| s[(t + ahead) * per..(t + ahead + 1) * per].iter().copied())
+            })
+            .collect()
+    };
+    let mut x = wide(&gather(false, 0));
+    let mut v = wide(&gather(true, 0));
+    let next = gather(false, 1);
+    let straight: Vec<f64> = x.iter().zip(&v).map(|(x, v)| x + v * interval).collect();
+    learned.advance(&mut x, &mut v, substeps, dt)?;
+    let one_step = mse(&x, &next);
+    let baseline_one_step = mse(&straight, &next);
+
+    let plot = config.output_dir.join("rollout.png");
+    crate::plot::rollout_errors(&learned_mse, &baseline_mse, &plot)
+        .context("drawing the rollout errors")?;
+    let summary = RolloutSummary {
+        held_out_simulations: held,
+        rollout_steps: steps,
+        one_step_mse: one_step,
+        baseline_one_step_mse: baseline_one_step,
+        rollout_mse_20: *learned_mse.last().expect("at least one step"),
+        baseline_rollout_mse_20: *baseline_mse.last().expect("at least one step"),
+        energy_drift: drift,
+        baseline_energy_drift: baseline_drift,
+        simulator_energy_drift: simulator_drift,
+        rollout_mse: learned_mse,
+        baseline_rollout_mse: baseline_mse,
+        plot,
+    };
+    frugal_store::atomic_write(
+        &config.output_dir.join("rollout.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    if args.json {
+        return super::print_json(out, &summary);
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    writeln!(
+        out,
+        "rolled out {} held-out simulations for {} steps of {} ({} leapfrog steps each)",
+        held, steps, interval, substeps
+    )?;
+    writeln!(
+        out,
+        "  one step:   position MSE {:.3e}, constant velocity {:.3e} ({:.2}×)",
+        summary.one_step_mse,
+        summary.baseline_one_step_mse,
+        ratio(summary.one_step_mse, summary.baseline_one_step_mse)
+    )?;
+    writeln!(
+        out,
+        "  step {steps}:    position MSE {:.3e}, constant velocity {:.3e} ({:.2}×)",
+        summary.rollout_mse_20,
+        summary.baseline_rollout_mse_20,
+        ratio(summary.rollout_mse_20, summary.baseline_rollout_mse_20)
+    )?;
+    writeln!(
+        out,
+        "  energy drift |ΔE/E| {:.3e} (constant velocity {:.3e}, simulator {:.3e}); plot {}",
+        summary.energy_drift,
+        summary.baseline_energy_drift,
+        summary.simulator_energy_drift,
+        summary.plot.display()
+    )?;
+    Ok(())
 }
