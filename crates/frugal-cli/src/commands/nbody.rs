@@ -25,8 +25,10 @@ use crate::config::schema::{ParticlesConfig, SimMethod};
 use crate::config::{AnyConfig, Source};
 use crate::progress;
 
-/// States whose statistics set the network's normalisation.
-const NORMALIZATION_STATES: usize = 16;
+/// States, drawn at random from all training simulations, whose statistics set the
+/// network's normalisation (one simulation's states would misjudge the others': a cold
+/// collapse's accelerations dwarf a Plummer sphere's).
+const NORMALIZATION_STATES: usize = 64;
 
 /// Direct summation up to this many particles when `sim.method = "auto"`.
 const DIRECT_UP_TO: u32 = 5000;
@@ -299,11 +301,11 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         .train
         .stream(StreamOptions::new(
             OrderSpec {
-                order: Order::Sequential,
+                order: Order::Full,
                 window: NORMALIZATION_STATES as u64,
                 spread: 1,
             },
-            0,
+            config.seed,
             0,
             NORMALIZATION_STATES,
         ))?
