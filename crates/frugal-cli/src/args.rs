@@ -72,6 +72,13 @@ pub(crate) struct NbodyRolloutArgs {
 pub(crate) struct NbodyTrainArgs {
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// What every training command takes besides its configuration.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
     /// Continue the run in the configuration's output directory from its last checkpoint.
     #[arg(long)]
     pub(crate) resume: bool,
@@ -87,12 +94,8 @@ pub(crate) struct NbodyTrainArgs {
 pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub(crate) config: ConfigArgs,
-    /// Continue the run in the configuration's output directory from its last checkpoint.
-    #[arg(long)]
-    pub(crate) resume: bool,
-    /// Stop after this many optimizer steps (checkpointing first); continue with --resume.
-    #[arg(long, value_name = "STEPS")]
-    pub(crate) stop_after: Option<u64>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
     /// Refuse to start when the memory plan's predicted peak exceeds this (e.g. 6GiB).
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub(crate) max_memory: Option<u64>,
@@ -100,9 +103,6 @@ pub(crate) struct TrainArgs {
     /// (--max-memory, else the machine's).
     #[arg(long)]
     pub(crate) auto_fit: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

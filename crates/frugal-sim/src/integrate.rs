@@ -73,11 +73,6 @@ impl Simulation {
         }
     }
 
-    /// The gravity it runs with.
-    pub fn gravity(&self) -> Gravity {
-        self.gravity
-    }
-
     /// The energies now (the potential by direct summation, O(N²)).
     pub fn energies(&self) -> Energies {
         let kinetic = self.particles.kinetic_energy();

@@ -164,11 +164,6 @@ impl Octree {
         };
     }
 
-    /// The number of cells.
-    pub fn cells(&self) -> usize {
-        self.cells.len()
-    }
-
     /// Σ over the tree of the pull on a target at `r` (G left out).
     fn pull_at(&self, r: [f64; 3], eps2: f64) -> [f64; 3] {
         let mut stack = [0u32; 8 * MAX_DEPTH + 8];

@@ -330,7 +330,7 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         OrderSpec::for_budget(Order::default(), super::train::READ_BUDGET, sample_bytes),
         super::train::fingerprint(&config),
     );
-    spec.stop_after = args.stop_after;
+    spec.stop_after = args.run.stop_after;
     std::fs::create_dir_all(&config.output_dir)
         .with_context(|| format!("creating {}", config.output_dir.display()))?;
     frugal_store::atomic_write(
@@ -343,8 +343,8 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         &spec,
         config.compute.device,
         &config.output_dir,
-        args.resume,
-        args.json,
+        args.run.resume,
+        args.run.json,
         &args.config.file,
         out,
     )
@@ -488,10 +488,10 @@ fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
         .checkpoint
         .clone()
         .unwrap_or_else(|| config.output_dir.join(frugal_train::trainer::MODEL_FILE));
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    // A checkpoint holds the model beside the optimizer; anything else is a model record.
     let record = match frugal_train::snapshot::Snapshot::load(&path) {
         Ok(snapshot) => snapshot.model,
-        Err(_) => bytes,
+        Err(_) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     };
     let model = frugal_train::trainer::load_model(task.init(&picked.device), record, &path)?;
     let learned = Learned {

@@ -174,7 +174,7 @@ pub(crate) fn train_spec(
 
 pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     let mut setup = Setup::load(&args.config)?;
-    setup.spec.stop_after = args.stop_after;
+    setup.spec.stop_after = args.run.stop_after;
     if args.max_memory.is_some() || args.auto_fit {
         super::plan::guard(&mut setup, args.max_memory, args.auto_fit)?;
     }
@@ -192,8 +192,8 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         &spec,
         config.compute.device,
         &dir,
-        args.resume,
-        args.json,
+        args.run.resume,
+        args.run.json,
         &args.config.file,
         out,
     )
