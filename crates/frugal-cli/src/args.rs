@@ -50,6 +50,51 @@ pub(crate) enum NbodyCommand {
     /// constant-velocity baseline: one-step and rollout position errors, energy drift, and
     /// `rollout.png`.
     Rollout(NbodyRolloutArgs),
+    /// The whole pipeline: generate what is missing, train (continuing a stopped run),
+    /// roll out on the held-out simulations, and report each phase's peak memory.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Measure peak memory and step time of the graph network's training step at growing
+    /// particle counts with the memory techniques off and on (bf16, checkpointing, one state
+    /// per micro-batch), and the largest count that fits a budget each way.
+    Scale(NbodyScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NbodyScaleArgs {
+    /// The memory budget (e.g. 12GiB; default: this machine's, as `frugal probe` reports).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) budget: Option<u64>,
+    /// Particle counts to measure, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,5000,10000,25000,50000"
+    )]
+    pub(crate) particles: Vec<usize>,
+    /// States per optimizer step (with the techniques on: micro-batches of one).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) batch: usize,
+    /// Width of every latent.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) hidden: usize,
+    /// Message-passing layers.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) layers: usize,
+    /// Neighbours per particle.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) neighbours: usize,
+    /// Compute threads (0: every core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// Where the table (`scale.csv`) and plot (`scale.png`) go.
+    #[arg(long, default_value = "runs/nbody-scale")]
+    pub(crate) out: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

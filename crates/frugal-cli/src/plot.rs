@@ -166,3 +166,31 @@ pub(crate) fn rollout_errors(learned: &[f64], baseline: &[f64], path: &Path) -> 
         ],
     )
 }
+
+/// Writes the scaling study's plot: peak memory against particles with the techniques off
+/// and on, and the budget.
+pub(crate) fn scaling(
+    off: &[(f64, f64)],
+    on: &[(f64, f64)],
+    budget_gib: f64,
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    let xs = off.iter().chain(on).map(|p| p.0);
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let budget = if x1 >= x0 {
+        vec![(x0, budget_gib), (x1, budget_gib)]
+    } else {
+        Vec::new()
+    };
+    chart(
+        path,
+        "Training step peak memory",
+        ("particles", "peak memory (GiB)"),
+        &[
+            ("techniques off", RED, off.to_vec()),
+            ("techniques on", BLUE, on.to_vec()),
+            ("budget", BLACK, budget),
+        ],
+    )
+}

@@ -1,6 +1,6 @@
 //! The particle-dynamics graph network: encode–process–decode in the manner of GNS
 //! (Sanchez-Gonzalez et al. 2020). Every recorded state is a graph whose edges join each
-//! particle to its k nearest neighbours; the encoder lifts velocities (nodes) and relative
+//! particle to its k nearest neighbours; the encoder lifts node features and relative
 //! displacements and distances (edges) to latents, each processor layer updates edges from
 //! their endpoints then nodes from the sum of their incoming edges (scatter-add), both
 //! residual, and the decoder reads a normalised acceleration off every node. Every MLP has
@@ -9,6 +9,13 @@
 //! The encoder and the processor layers are the blocks of the checkpointed stack, carrying
 //! a [`Graph`] (latents plus the edge indices), so segment checkpointing runs across
 //! message-passing layers; the decoder is the head.
+//!
+//! Gravity is long-range: k neighbours see a particle's surroundings, not the cluster that
+//! dominates its acceleration. So each node also carries its position relative to the
+//! centre of mass, its distance from it, and the *monopole field* there — the pull of the
+//! mass inside its radius, −f(r) r / (r² + ε²)^{3/2}, softened like the simulation, with f the fraction of particles nearer
+//! the centre (O(N log N), equal masses) — and the network learns the rest: asphericity
+//! and the local, granular part that the edges see.
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -22,88 +29,144 @@ use frugal_train::{EvalOutput, Precision, Result, StepInput, StepOutput, Task, T
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Node and edge latents of a batch of graphs, and the edges' endpoints (shared by all
-/// layers, never differentiated).
+/// Node latents, edge latents in chunks, and the edges' endpoints (shared by all layers,
+/// never differentiated). A checkpointed pass updates one chunk of edges per block, so
+/// recomputing a block holds one chunk's activations rather than every edge's.
 #[derive(Debug, Clone)]
 pub struct Graph {
     /// One row per particle.
     pub nodes: Tensor<2>,
-    /// One row per edge.
-    pub edges: Tensor<2>,
-    /// The sending particle of each edge.
-    pub senders: Tensor<1, Int>,
-    /// The receiving particle of each edge.
-    pub receivers: Tensor<1, Int>,
+    /// One row per edge, in chunks.
+    pub edges: Vec<Tensor<2>>,
+    /// The sending particle of each edge, chunked like `edges`.
+    pub senders: Vec<Tensor<1, Int>>,
+    /// The receiving particle of each edge, chunked like `edges`.
+    pub receivers: Vec<Tensor<1, Int>>,
+    /// The messages of this layer's chunks so far, summed by receiving particle.
+    pub incoming: Option<Tensor<2>>,
+    /// Chunks a block of the current segment replaced; the others pass through it.
+    touched: Vec<bool>,
 }
 
 impl Graph {
-    fn with(&self, nodes: Tensor<2>, edges: Tensor<2>) -> Self {
+    fn map(
+        &self,
+        float: impl Fn(Tensor<2>) -> Tensor<2>,
+        int: impl Fn(Tensor<1, Int>) -> Tensor<1, Int>,
+        touched: Option<bool>,
+    ) -> Self {
         Self {
-            nodes,
-            edges,
-            senders: self.senders.clone(),
-            receivers: self.receivers.clone(),
+            nodes: float(self.nodes.clone()),
+            edges: self.edges.iter().cloned().map(&float).collect(),
+            senders: self.senders.iter().cloned().map(&int).collect(),
+            receivers: self.receivers.iter().cloned().map(&int).collect(),
+            incoming: self.incoming.clone().map(&float),
+            touched: match touched {
+                Some(t) => vec![t; self.edges.len()],
+                None => self.touched.clone(),
+            },
         }
     }
 
-    fn indices(
+    /// Gradients of this carry's parts: `part(i, tensor)` for every float part, `i` the
+    /// edge chunk or `None` for nodes and incoming; `None` when no part got one.
+    fn grads(
         &self,
-        f: impl Fn(Tensor<1, Int>) -> Tensor<1, Int>,
-    ) -> (Tensor<1, Int>, Tensor<1, Int>) {
-        (f(self.senders.clone()), f(self.receivers.clone()))
+        grads: &Gradients,
+        chunk: impl Fn(usize, &Tensor<2>) -> Option<Tensor<2>>,
+    ) -> Option<Self> {
+        let or_zeros = |t: &Tensor<2>, g: Option<Tensor<2>>| {
+            g.unwrap_or_else(|| t.zeros_like().without_autodiff())
+        };
+        let nodes = self.nodes.grad(grads);
+        let edges: Vec<Option<Tensor<2>>> = self
+            .edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| chunk(i, e))
+            .collect();
+        let incoming = self.incoming.as_ref().map(|t| (t, t.grad(grads)));
+        let any = nodes.is_some()
+            || edges.iter().any(Option::is_some)
+            || incoming.as_ref().is_some_and(|(_, g)| g.is_some());
+        if !any {
+            return None;
+        }
+        let plain = |t: Tensor<1, Int>| t.without_autodiff();
+        Some(Self {
+            nodes: or_zeros(&self.nodes, nodes),
+            edges: self
+                .edges
+                .iter()
+                .zip(edges)
+                .map(|(e, g)| or_zeros(e, g))
+                .collect(),
+            senders: self.senders.iter().cloned().map(plain).collect(),
+            receivers: self.receivers.iter().cloned().map(plain).collect(),
+            incoming: incoming.map(|(t, g)| or_zeros(t, g)),
+            touched: vec![false; self.edges.len()],
+        })
     }
 }
 
 impl Carry for Graph {
     fn detached(self) -> Self {
-        let (senders, receivers) = self.indices(Tensor::without_autodiff);
-        Self {
-            nodes: self.nodes.detached(),
-            edges: self.edges.detached(),
-            senders,
-            receivers,
-        }
+        self.map(Carry::detached, Tensor::without_autodiff, None)
     }
     fn leaf(self) -> Self {
-        let (senders, receivers) = self.indices(Tensor::autodiff);
-        Self {
-            nodes: self.nodes.leaf(),
-            edges: self.edges.leaf(),
-            senders,
-            receivers,
-        }
+        self.map(Carry::leaf, Tensor::autodiff, Some(false))
     }
     fn lifted(self) -> Self {
-        let (senders, receivers) = self.indices(Tensor::autodiff);
-        Self {
-            nodes: self.nodes.lifted(),
-            edges: self.edges.lifted(),
-            senders,
-            receivers,
-        }
+        self.map(Carry::lifted, Tensor::autodiff, Some(false))
     }
     fn grad(&self, grads: &Gradients) -> Option<Self> {
-        let (n, e) = (self.nodes.grad(grads), self.edges.grad(grads));
-        if n.is_none() && e.is_none() {
-            return None;
-        }
-        let (senders, receivers) = self.indices(Tensor::without_autodiff);
-        Some(Self {
-            nodes: n.unwrap_or_else(|| self.nodes.zeros()),
-            edges: e.unwrap_or_else(|| self.edges.zeros()),
-            senders,
-            receivers,
+        self.grads(grads, |_, e| e.grad(grads))
+    }
+    /// Chunks no block of the segment touched are the segment input's own tensors: their
+    /// gradient is the upstream one, handed on without passing through autodiff.
+    fn input_grad(&self, out: &Self, grads: &Gradients, upstream: Self) -> Option<Self> {
+        self.grads(grads, |i, e| {
+            if out.touched[i] {
+                e.grad(grads)
+            } else {
+                Some(upstream.edges[i].clone())
+            }
         })
     }
     fn inject(self, upstream: Self) -> Tensor<1> {
-        self.nodes.inject(upstream.nodes) + self.edges.inject(upstream.edges)
+        let mut total = self.nodes.inject(upstream.nodes);
+        for ((e, u), touched) in self.edges.into_iter().zip(upstream.edges).zip(self.touched) {
+            if touched {
+                total = total + e.inject(u);
+            }
+        }
+        if let (Some(i), Some(u)) = (self.incoming, upstream.incoming) {
+            total = total + i.inject(u);
+        }
+        total
     }
     fn zeros(&self) -> Self {
-        self.with(self.nodes.zeros(), self.edges.zeros())
+        self.map(
+            |t| t.zeros_like().without_autodiff(),
+            Tensor::without_autodiff,
+            None,
+        )
     }
     fn bytes(&self) -> u64 {
-        let ints = (self.senders.dims()[0] + self.receivers.dims()[0]) * 8;
-        self.nodes.bytes() + self.edges.bytes() + ints as u64
+        let ints: usize = self
+            .senders
+            .iter()
+            .chain(&self.receivers)
+            .map(|t| t.dims()[0] * 8)
+            .sum();
+        let floats: u64 = self
+            .edges
+            .iter()
+            .chain(std::iter::once(&self.nodes))
+            .chain(self.incoming.as_ref())
+            .map(Carry::bytes)
+            .sum();
+        floats + ints as u64
     }
 }
 
@@ -128,10 +191,21 @@ impl Mlp {
 
     /// Applies the MLP.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_plus(x, None)
+    }
+
+    /// Applies the MLP with `extra` added to its first layer's output: the rest of a
+    /// concatenated input's product, computed elsewhere.
+    fn forward_plus(&self, x: Tensor<2>, extra: Option<Tensor<2>>) -> Tensor<2> {
         let last = self.layers.len() - 1;
         let mut x = x;
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(x);
+            if i == 0
+                && let Some(extra) = extra.clone()
+            {
+                x = x + extra;
+            }
             if i < last {
                 x = relu(x);
             }
@@ -152,62 +226,141 @@ pub struct Encoder {
 
 /// One interaction-network layer: edges from themselves and both endpoints, then nodes
 /// from themselves and the sum of their incoming edges.
+///
+/// The edge MLP's first layer acts on [edge, sender, receiver]; its product is split into
+/// the edge's part and the two endpoints' parts, which are computed per *node* and
+/// gathered. Same function, but no edges × 3·hidden concatenation is built (or kept for
+/// backward, or differentiated) and the first layer costs a third per edge: edges
+/// outnumber nodes k to 1.
 #[derive(Module, Debug)]
 pub struct Interaction {
     edge: Mlp,
+    sender: Linear,
+    receiver: Linear,
     node: Mlp,
 }
 
-/// A block of the stack: the encoder or one message-passing layer.
-#[derive(Module, Debug)]
-pub enum GnnBlock {
-    /// The encoder.
-    Encode(Encoder),
-    /// A processor layer.
-    Process(Interaction),
-}
-
-impl Block<Graph> for GnnBlock {
-    fn forward(&self, g: Graph, _ctx: &Ctx) -> Graph {
-        match self {
-            GnnBlock::Encode(Encoder { node, edge }) => {
-                g.with(node.forward(g.nodes.clone()), edge.forward(g.edges.clone()))
-            }
-            GnnBlock::Process(Interaction { edge, node }) => {
-                let sent = g.nodes.clone().select(0, g.senders.clone());
-                let received = g.nodes.clone().select(0, g.receivers.clone());
-                let messages = edge.forward(Tensor::cat(vec![g.edges.clone(), sent, received], 1));
-                let incoming = g.nodes.clone().zeros_like().select_assign(
-                    0,
-                    g.receivers.clone(),
-                    messages.clone(),
-                    IndexingUpdateOp::Add,
-                );
-                let update = node.forward(Tensor::cat(vec![g.nodes.clone(), incoming], 1));
-                g.with(g.nodes.clone() + update, g.edges.clone() + messages)
-            }
-        }
-    }
-}
-
-/// The network: the encoder and processor layers (the checkpointed stack) and the decoder.
+/// The network: encoder, processor layers and decoder, each parameter held once.
 #[derive(Module, Debug)]
 pub struct Gnn {
-    /// Encoder, then processor layers.
-    pub blocks: Vec<GnnBlock>,
+    /// Features to latents.
+    pub encoder: Encoder,
+    /// The message-passing layers.
+    pub layers: Vec<Interaction>,
     /// Latent to normalised acceleration.
     pub decoder: Mlp,
 }
 
+/// The encoder's edge MLP on one chunk of edges.
+#[derive(Module, Debug)]
+pub struct EdgeEncode {
+    mlp: Mlp,
+    chunk: usize,
+}
+
+/// A processor layer's edge update on one chunk of edges, its messages added to the
+/// layer's incoming sums.
+#[derive(Module, Debug)]
+pub struct EdgeUpdate {
+    layer: Interaction,
+    chunk: usize,
+}
+
+/// A block of the checkpointed stack: a view of the network's modules (its parameters
+/// shared, not copied). With c edge chunks a network of L layers is the stack
+/// nodes-encode, c edge-encodes, then per layer c edge updates and a node update.
+#[derive(Module, Debug)]
+pub enum GnnBlock {
+    /// The encoder's node MLP.
+    EncodeNodes(Mlp),
+    /// The encoder's edge MLP on a chunk.
+    EncodeEdges(EdgeEncode),
+    /// A layer's edge update on a chunk.
+    Edges(EdgeUpdate),
+    /// A layer's node update from the summed messages.
+    Nodes(Interaction),
+}
+
+impl Block<Graph> for GnnBlock {
+    fn forward(&self, mut g: Graph, _ctx: &Ctx) -> Graph {
+        match self {
+            GnnBlock::EncodeNodes(mlp) => g.nodes = mlp.forward(g.nodes),
+            GnnBlock::EncodeEdges(EdgeEncode { mlp, chunk }) => {
+                g.edges[*chunk] = mlp.forward(g.edges[*chunk].clone());
+                g.touched[*chunk] = true;
+            }
+            GnnBlock::Edges(EdgeUpdate { layer, chunk }) => {
+                let c = *chunk;
+                let ends = layer
+                    .sender
+                    .forward(g.nodes.clone())
+                    .select(0, g.senders[c].clone())
+                    + layer
+                        .receiver
+                        .forward(g.nodes.clone())
+                        .select(0, g.receivers[c].clone());
+                let messages = layer.edge.forward_plus(g.edges[c].clone(), Some(ends));
+                let incoming = g.incoming.take().unwrap_or_else(|| g.nodes.zeros_like());
+                g.incoming = Some(incoming.select_assign(
+                    0,
+                    g.receivers[c].clone(),
+                    messages.clone(),
+                    IndexingUpdateOp::Add,
+                ));
+                g.edges[c] = g.edges[c].clone() + messages;
+                g.touched[c] = true;
+            }
+            GnnBlock::Nodes(layer) => {
+                let incoming = g.incoming.take().unwrap_or_else(|| g.nodes.zeros_like());
+                let update = layer
+                    .node
+                    .forward(Tensor::cat(vec![g.nodes.clone(), incoming], 1));
+                g.nodes = g.nodes + update;
+            }
+        }
+        g
+    }
+}
+
+impl Gnn {
+    /// The checkpointable stack over `chunks` edge chunks.
+    pub fn stack(&self, chunks: usize) -> Vec<GnnBlock> {
+        let mut blocks = vec![GnnBlock::EncodeNodes(self.encoder.node.clone())];
+        blocks.extend((0..chunks).map(|chunk| {
+            GnnBlock::EncodeEdges(EdgeEncode {
+                mlp: self.encoder.edge.clone(),
+                chunk,
+            })
+        }));
+        for layer in &self.layers {
+            blocks.extend((0..chunks).map(|chunk| {
+                GnnBlock::Edges(EdgeUpdate {
+                    layer: layer.clone(),
+                    chunk,
+                })
+            }));
+            blocks.push(GnnBlock::Nodes(layer.clone()));
+        }
+        blocks
+    }
+}
+
 /// Per-component scales the network's inputs and outputs are normalised by, measured on
 /// the training data: velocities by their standard deviation, edge vectors by the mean
-/// distance to a neighbour, accelerations by their mean and standard deviation.
+/// distance to a neighbour, positions by their RMS distance from the centre of mass, the
+/// monopole field by its RMS, accelerations by their mean and standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     /// Standard deviation of velocity components.
     pub vel_std: f32,
     /// Mean distance from a particle to a neighbour in the graph.
     pub edge_scale: f32,
+    /// RMS distance of a particle from the centre of mass.
+    pub pos_scale: f32,
+    /// RMS of the monopole field's components.
+    pub field_scale: f32,
+    /// The simulations' softening length, which the monopole field is softened by.
+    pub softening: f32,
     /// Mean of each acceleration component.
     pub acc_mean: [f32; 3],
     /// Standard deviation of each acceleration component.
@@ -230,6 +383,10 @@ pub struct ParticleGnn {
     pub noise: f32,
     /// Input and output scales.
     pub norm: Normalization,
+    /// Chunks the edges are cut into when training with checkpointing, each updated by
+    /// its own block ([`ParticleGnn::EDGE_CHUNKS`] by default): a recomputed block then
+    /// holds 1/chunks of a layer's edge activations.
+    pub edge_chunks: usize,
 }
 
 /// Inputs of one batch of states, before they become tensors.
@@ -239,10 +396,10 @@ struct Prepared {
     senders: Vec<i64>,
     receivers: Vec<i64>,
     targets: Vec<f32>,
-    particles: usize,
 }
 
-const NODE_FEATURES: usize = 3;
+/// Velocity, position from the centre of mass, distance from it, monopole field.
+const NODE_FEATURES: usize = 10;
 const EDGE_FEATURES: usize = 4;
 
 fn f32_column<'a>(batch: &'a Batch, name: &str, per_sample: usize) -> Result<&'a [f32]> {
@@ -262,7 +419,51 @@ fn f32_column<'a>(batch: &'a Batch, name: &str, per_sample: usize) -> Result<&'a
     Ok(values)
 }
 
+/// Positions relative to the centre of mass (equal masses) and the monopole field at
+/// each: −f r / (|r|² + s²)^{3/2}, f the fraction of the other particles nearer the centre.
+fn centred_and_field(p: &[[f32; 3]], s: f32) -> (Vec<[f32; 3]>, Vec<[f32; 3]>) {
+    let n = p.len().max(1) as f64;
+    let com: [f64; 3] = std::array::from_fn(|c| p.iter().map(|x| f64::from(x[c])).sum::<f64>() / n);
+    let rel: Vec<[f32; 3]> = p
+        .iter()
+        .map(|x| std::array::from_fn(|c| (f64::from(x[c]) - com[c]) as f32))
+        .collect();
+    let r2: Vec<f32> = rel
+        .iter()
+        .map(|r| r[0] * r[0] + r[1] * r[1] + r[2] * r[2])
+        .collect();
+    let mut order: Vec<u32> = (0..p.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| r2[a as usize].total_cmp(&r2[b as usize]));
+    let mut field = vec![[0f32; 3]; p.len()];
+    let others = (p.len().saturating_sub(1)).max(1) as f32;
+    for (rank, &i) in order.iter().enumerate() {
+        let i = i as usize;
+        let f = rank as f32 / others;
+        let d2 = r2[i] + s * s;
+        let k = -f / (d2 * d2.sqrt());
+        field[i] = std::array::from_fn(|c| k * rel[i][c]);
+    }
+    (rel, field)
+}
+
+fn rms(values: impl Iterator<Item = f32>) -> f32 {
+    let (sum, count) = values.fold((0f64, 0usize), |(s, n), v| {
+        (s + f64::from(v).powi(2), n + 1)
+    });
+    ((sum / count.max(1) as f64).sqrt() as f32).max(1e-12)
+}
+
+fn as_points(pos: &[f32]) -> Vec<[f32; 3]> {
+    pos.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect()
+}
+
 impl ParticleGnn {
+    /// The default [`ParticleGnn::edge_chunks`].
+    pub const EDGE_CHUNKS: usize = 8;
+
+    /// States [`ParticleGnn::accelerations`] evaluates at once.
+    const EVAL_STATES: usize = 2;
+
     /// Checks that a dataset's schema holds what the network reads: `pos`, `vel` and `acc`,
     /// f32 of shape [particles, 3].
     pub fn check_schema(&self, schema: &Schema) -> Result<()> {
@@ -283,10 +484,12 @@ impl ParticleGnn {
     }
 
     /// Measures the normalisation on a batch of states.
+    /// `softening` is the simulations' (Plummer) softening length.
     pub fn measure_normalization(
         batch: &Batch,
         particles: usize,
         neighbours: usize,
+        softening: f32,
     ) -> Result<Normalization> {
         let per = particles * 3;
         let (pos, vel, acc) = (
@@ -310,10 +513,7 @@ impl ParticleGnn {
             acc_mean[c] = mean as f32;
             acc_std[c] = std(&comp, mean).max(1e-12) as f32;
         }
-        let first: Vec<[f32; 3]> = pos[..per]
-            .chunks_exact(3)
-            .map(|p| [p[0], p[1], p[2]])
-            .collect();
+        let first = as_points(&pos[..per]);
         let graph = frugal_sim::knn_graph(&first, neighbours, true).map_err(TrainError::Invalid)?;
         let edge_scale = graph
             .senders
@@ -325,9 +525,19 @@ impl ParticleGnn {
             })
             .sum::<f32>()
             / graph.senders.len() as f32;
+        let edge_scale = edge_scale.max(1e-12);
+        let states: Vec<(Vec<[f32; 3]>, Vec<[f32; 3]>)> = pos
+            .par_chunks_exact(per)
+            .map(|p| centred_and_field(&as_points(p), softening))
+            .collect();
+        let pos_scale = rms(states.iter().flat_map(|(r, _)| r.iter().flatten().copied()));
+        let field_scale = rms(states.iter().flat_map(|(_, f)| f.iter().flatten().copied()));
         Ok(Normalization {
             vel_std,
-            edge_scale: edge_scale.max(1e-12),
+            edge_scale,
+            pos_scale: pos_scale * 3f32.sqrt(),
+            field_scale,
+            softening,
             acc_mean,
             acc_std,
         })
@@ -357,14 +567,20 @@ impl ParticleGnn {
         let per = n * 3;
         let samples = pos.len() / per;
         let norm = self.norm;
-        let graphs: Vec<(Vec<f32>, Vec<i64>, Vec<i64>)> = (0..samples)
+        let graphs: Vec<(Vec<f32>, Vec<f32>, Vec<i64>, Vec<i64>)> = (0..samples)
             .into_par_iter()
             .map(|b| {
-                let p: Vec<[f32; 3]> = pos[b * per..(b + 1) * per]
-                    .chunks_exact(3)
-                    .map(|p| [p[0], p[1], p[2]])
-                    .collect();
+                let p = as_points(&pos[b * per..(b + 1) * per]);
                 let g = frugal_sim::knn_graph(&p, k, false).map_err(TrainError::Invalid)?;
+                let (rel, field) = centred_and_field(&p, norm.softening);
+                let mut nodes = Vec::with_capacity(n * NODE_FEATURES);
+                for (i, v) in vel[b * per..(b + 1) * per].chunks_exact(3).enumerate() {
+                    nodes.extend(v.iter().map(|v| v / norm.vel_std));
+                    nodes.extend(rel[i].iter().map(|r| r / norm.pos_scale));
+                    let d2 = rel[i].iter().map(|r| r * r).sum::<f32>();
+                    nodes.push(d2.sqrt() / norm.pos_scale);
+                    nodes.extend(field[i].iter().map(|f| f / norm.field_scale));
+                }
                 let mut edges = Vec::with_capacity(g.senders.len() * EDGE_FEATURES);
                 for (&s, &r) in g.senders.iter().zip(&g.receivers) {
                     let d: [f32; 3] = std::array::from_fn(|c| {
@@ -376,13 +592,23 @@ impl ParticleGnn {
                 let offset = (b * n) as i64;
                 let senders = g.senders.iter().map(|&s| i64::from(s) + offset).collect();
                 let receivers = g.receivers.iter().map(|&r| i64::from(r) + offset).collect();
-                Ok((edges, senders, receivers))
+                Ok((nodes, edges, senders, receivers))
             })
             .collect::<Result<_>>()?;
-        let mut nodes: Vec<f32> = vel.iter().map(|v| v / norm.vel_std).collect();
+        let (mut nodes, mut edges, mut senders, mut receivers) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (v, e, s, r) in graphs {
+            nodes.extend(v);
+            edges.extend(e);
+            senders.extend(s);
+            receivers.extend(r);
+        }
         if let (Some(seed), true) = (noise_seed, self.noise > 0.0) {
             let mut rng = frugal_sim::Rng::new(seed);
-            for v in nodes.iter_mut() {
+            for v in nodes
+                .chunks_exact_mut(NODE_FEATURES)
+                .flat_map(|f| &mut f[..3])
+            {
                 let (u1, u2) = (1.0 - rng.uniform(), rng.uniform());
                 let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
                 *v += self.noise * z as f32;
@@ -393,54 +619,82 @@ impl ParticleGnn {
                 .flat_map(|a| (0..3).map(move |c| (a[c] - norm.acc_mean[c]) / norm.acc_std[c]))
                 .collect()
         });
-        let (mut edges, mut senders, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
-        for (e, s, r) in graphs {
-            edges.extend(e);
-            senders.extend(s);
-            receivers.extend(r);
-        }
         Ok(Prepared {
             nodes,
             edges,
             senders,
             receivers,
             targets,
-            particles: n * samples,
         })
     }
 
-    fn tensors(&self, p: Prepared, precision: Precision, device: &Device) -> (Graph, Tensor<2>) {
+    /// The graph, its edges cut into `chunks` near-equal chunks, and the targets.
+    fn tensors(
+        &self,
+        p: Prepared,
+        chunks: usize,
+        precision: Precision,
+        device: &Device,
+    ) -> (Graph, Tensor<2>) {
         let edges = p.senders.len();
-        let float = |v: Vec<f32>, cols: usize, rows: usize| {
+        let float = |v: &[f32], cols: usize| {
             precision.cast(Tensor::<2>::from_data(
-                TensorData::new(v, [rows, cols]),
+                TensorData::new(v.to_vec(), [v.len() / cols, cols]),
                 device,
             ))
         };
-        let int = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [edges]), device);
+        let int =
+            |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        let chunks = chunks.clamp(1, edges.max(1));
+        let bounds: Vec<(usize, usize)> = (0..chunks)
+            .map(|c| (c * edges / chunks, (c + 1) * edges / chunks))
+            .collect();
         let graph = Graph {
-            nodes: float(p.nodes, NODE_FEATURES, p.particles),
-            edges: float(p.edges, EDGE_FEATURES, edges),
-            senders: int(p.senders),
-            receivers: int(p.receivers),
+            nodes: float(&p.nodes, NODE_FEATURES),
+            edges: bounds
+                .iter()
+                .map(|&(a, b)| {
+                    float(
+                        &p.edges[a * EDGE_FEATURES..b * EDGE_FEATURES],
+                        EDGE_FEATURES,
+                    )
+                })
+                .collect(),
+            senders: bounds.iter().map(|&(a, b)| int(&p.senders[a..b])).collect(),
+            receivers: bounds
+                .iter()
+                .map(|&(a, b)| int(&p.receivers[a..b]))
+                .collect(),
+            incoming: None,
+            touched: vec![false; chunks],
         };
         let rows = p.targets.len() / 3;
         let targets = Tensor::<2>::from_data(TensorData::new(p.targets, [rows, 3]), device);
         (graph, targets)
     }
 
-    /// Blocks in the checkpointed stack: the encoder and the processor layers.
+    /// Blocks in the checkpointed stack (with [`ParticleGnn::edge_chunks`] chunks): the
+    /// node encoder, the edge encoder per chunk, and per layer an edge update per chunk
+    /// and a node update.
     pub fn blocks(&self) -> usize {
-        1 + self.layers
+        let c = self.edge_chunks.max(1);
+        1 + c + self.layers * (c + 1)
+    }
+
+    /// The network's forward pass without autodiff: the decoder's input.
+    fn latents(&self, model: &Gnn, p: Prepared, device: &Device) -> Tensor<2> {
+        let device = device.clone().without_autodiff();
+        // Chunked, a layer's temporaries exist for one chunk of edges at a time.
+        let chunks = self.edge_chunks.max(1);
+        let (graph, _) = self.tensors(p, chunks, Precision::F32, &device);
+        eval_forward(&model.stack(chunks), graph).nodes
     }
 
     /// Normalised accelerations predicted for a batch of states (evaluation, no autodiff):
     /// one row per particle, in the batch's order.
     pub fn predict(&self, model: &Gnn, batch: &Batch, device: &Device) -> Result<Tensor<2>> {
-        let device = device.clone().without_autodiff();
-        let (graph, _) = self.tensors(self.prepare(batch, None)?, Precision::F32, &device);
-        let h = eval_forward(&model.blocks, graph);
-        Ok(model.decoder.forward(h.nodes))
+        let h = self.latents(model, self.prepare(batch, None)?, device);
+        Ok(model.decoder.forward(h))
     }
 }
 
@@ -455,19 +709,20 @@ impl ParticleGnn {
         vel: &[f32],
         device: &Device,
     ) -> Result<Vec<f32>> {
-        let device = device.clone().without_autodiff();
-        let (graph, _) = self.tensors(
-            self.prepare_states(pos, vel, None, None)?,
-            Precision::F32,
-            &device,
-        );
-        let h = eval_forward(&model.blocks, graph);
-        let normalised: Vec<f32> = model
-            .decoder
-            .forward(h.nodes)
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| TrainError::Invalid(format!("reading predictions: {e:?}")))?;
+        // A few states at a time: evaluation memory stays that of a training batch.
+        let group = Self::EVAL_STATES * self.particles * 3;
+        let mut normalised: Vec<f32> = Vec::with_capacity(pos.len());
+        for (pos, vel) in pos.chunks(group.max(1)).zip(vel.chunks(group.max(1))) {
+            let h = self.latents(model, self.prepare_states(pos, vel, None, None)?, device);
+            normalised.extend(
+                model
+                    .decoder
+                    .forward(h)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| TrainError::Invalid(format!("reading predictions: {e:?}")))?,
+            );
+        }
         let norm = self.norm;
         Ok(normalised
             .chunks_exact(3)
@@ -485,35 +740,41 @@ impl Task for ParticleGnn {
 
     fn init(&self, device: &Device) -> Gnn {
         let h = self.hidden;
-        let mut blocks = vec![GnnBlock::Encode(Encoder {
-            node: Mlp::new(NODE_FEATURES, h, h, true, device),
-            edge: Mlp::new(EDGE_FEATURES, h, h, true, device),
-        })];
-        blocks.extend((0..self.layers).map(|_| {
-            GnnBlock::Process(Interaction {
-                edge: Mlp::new(3 * h, h, h, true, device),
-                node: Mlp::new(2 * h, h, h, true, device),
-            })
-        }));
         Gnn {
-            blocks,
+            encoder: Encoder {
+                node: Mlp::new(NODE_FEATURES, h, h, true, device),
+                edge: Mlp::new(EDGE_FEATURES, h, h, true, device),
+            },
+            layers: (0..self.layers)
+                .map(|_| Interaction {
+                    edge: Mlp::new(h, h, h, true, device),
+                    sender: LinearConfig::new(h, h).with_bias(false).init(device),
+                    receiver: LinearConfig::new(h, h).with_bias(false).init(device),
+                    node: Mlp::new(2 * h, h, h, true, device),
+                })
+                .collect(),
             decoder: Mlp::new(h, h, 3, false, device),
         }
     }
 
     fn step(&self, model: &Gnn, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput> {
         let prepared = self.prepare(batch, Some(input.seed))?;
-        let (graph, targets) = self.tensors(prepared, input.precision, input.device);
+        // Chunking edges pays only when blocks are recomputed one at a time.
+        let chunks = if input.segments.is_some() {
+            self.edge_chunks
+        } else {
+            1
+        };
+        let (graph, targets) = self.tensors(prepared, chunks, input.precision, input.device);
+        let blocks = model.stack(chunks);
         let scale = input.loss_scale;
         let loss = |decoder: &Mlp, g: Graph| {
             let l = mse(decoder.forward(g.nodes), targets.clone());
             if scale == 1.0 { l } else { l * scale }
         };
         let g = match input.segments {
-            Some(s) => {
-                segmented_backward(&model.blocks, &model.decoder, graph, s, input.seed, loss)
-            }
-            None => plain_backward(&model.blocks, &model.decoder, graph, input.seed, loss),
+            Some(s) => segmented_backward(&blocks, &model.decoder, graph, s, input.seed, loss),
+            None => plain_backward(&blocks, &model.decoder, graph, input.seed, loss),
         };
         Ok(StepOutput {
             loss: g.loss / scale,
@@ -530,7 +791,7 @@ impl Task for ParticleGnn {
 
     fn eval(&self, model: &Gnn, batch: &Batch, device: &Device) -> Result<EvalOutput> {
         let plain = device.clone().without_autodiff();
-        let (_, targets) = self.tensors(self.prepare(batch, None)?, Precision::F32, &plain);
+        let (_, targets) = self.tensors(self.prepare(batch, None)?, 1, Precision::F32, &plain);
         let pred = self.predict(model, batch, device)?;
         let loss = mse(pred, targets);
         Ok(EvalOutput {

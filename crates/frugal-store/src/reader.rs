@@ -268,6 +268,31 @@ pub struct ColumnData {
 }
 
 impl ColumnData {
+    /// A column built in memory (not read from a dataset) from f32 values; `shape`
+    /// includes the batch dimension and must account for every value.
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(StoreError::Invalid(format!(
+                "column `{name}`: shape {shape:?} does not hold {} values",
+                values.len()
+            )));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let mut data = AlignedBytes {
+            words: Vec::new(),
+            len: 0,
+            pool: None,
+        };
+        data.resize(bytes.len());
+        data.bytes_mut().copy_from_slice(bytes);
+        Ok(Self {
+            name: name.to_owned(),
+            dtype: DType::F32,
+            shape,
+            data,
+        })
+    }
+
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> &[u8] {
         self.data.bytes()

@@ -134,6 +134,15 @@ pub trait Carry: Clone {
     /// A scalar whose gradient with respect to `self` is `upstream`: the sum over all
     /// parts of `self * upstream`, with `upstream` detached.
     fn inject(self, upstream: Self) -> Tensor<1>;
+    /// The gradient of a segment's input `self` after the backward pass from that
+    /// segment's output `out`, whose own gradient was `upstream`. By default the autodiff
+    /// gradient ([`Carry::grad`]); a carry whose blocks hand some parts on unchanged may
+    /// pass those parts' `upstream` straight through instead (and leave them out of
+    /// [`Carry::inject`]), sparing a product and a copy per part and segment.
+    fn input_grad(&self, out: &Self, grads: &Gradients, upstream: Self) -> Option<Self> {
+        let _ = (out, upstream);
+        self.grad(grads)
+    }
     /// Zeros of the same shapes, without autodiff.
     fn zeros(&self) -> Self;
     /// Bytes of its values (what keeping it at a segment boundary costs).
@@ -356,11 +365,14 @@ pub fn segmented_backward<A: Carry, B: Block<A>, H: Module>(
             leaf.clone(),
             step_seed,
         );
-        let mut grads = out.inject(g).backward();
+        let kept = g.clone();
+        let mut grads = out.clone().inject(g).backward();
         for b in &blocks[ranges[s].clone()] {
             collect(b, &mut grads, &mut all);
         }
-        upstream = (s > 0).then(|| leaf.grad(&grads)).flatten();
+        upstream = (s > 0)
+            .then(|| leaf.input_grad(&out, &grads, kept))
+            .flatten();
     }
     StepGrads {
         loss: loss_value,

@@ -16,7 +16,8 @@ use burn::tensor::Device;
 use frugal_store::{Batch, Dataset, OrderSpec, StreamOptions};
 use serde::Serialize;
 
-use crate::checkpoint::{segment_ranges, with_block_probe};
+use crate::accumulate::Accumulator;
+use crate::checkpoint::{StepGrads, segment_ranges, with_block_probe};
 use crate::memory::{counting, heap_live, heap_peak, reset_heap_peak};
 use crate::precision::{compute_copy, grads_to_f32};
 use crate::snapshot::LoopState;
@@ -132,6 +133,76 @@ pub fn profile_step<T: Task>(
         });
     }
     Ok(result.expect("two rounds ran"))
+}
+
+/// What one whole optimizer step held and took, measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepMeasure {
+    /// The most heap bytes held at once during the step over what was held before the
+    /// model was created: weights, optimizer moments, the compute copy, activations kept
+    /// for backward, gradients and their accumulation.
+    pub peak_bytes: u64,
+    /// Wall time of the step: every micro-batch's forward and backward, and the update.
+    pub seconds: f64,
+}
+
+/// Runs whole optimizer steps of a fresh model of `task` — every batch of `micro_batches`
+/// as one micro-batch, gradients accumulated, then the AdamW update — and measures the
+/// second (the first creates lazily allocated state: packing buffers, optimizer moments).
+pub fn measure_step<T: Task>(
+    task: &T,
+    micro_batches: &[Batch],
+    device: &Device,
+    precision: Precision,
+    segments: Option<usize>,
+) -> Result<StepMeasure> {
+    if !counting() {
+        return Err(TrainError::Invalid(
+            "measuring a step needs the counting allocator (frugal_train::memory::CountingAlloc) installed as the program's global allocator".into(),
+        ));
+    }
+    let baseline = heap_live();
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let mut model = task.init(&ad);
+    let mut optim = AdamWSpec::default().init();
+    let mut measured = StepMeasure {
+        peak_bytes: 0,
+        seconds: 0.0,
+    };
+    for round in 0..2u64 {
+        reset_heap_peak();
+        let began = std::time::Instant::now();
+        let compute = compute_copy(&model, precision);
+        let mut acc = Accumulator::new();
+        for (micro, batch) in micro_batches.iter().enumerate() {
+            let input = StepInput {
+                device: &ad,
+                precision,
+                segments,
+                seed: round * 1000 + micro as u64,
+                loss_scale: 1.0,
+            };
+            let out = task.step(&compute, batch, input)?;
+            acc.add(
+                &compute,
+                StepGrads {
+                    loss: out.loss,
+                    grads: out.grads,
+                },
+                out.samples,
+            );
+        }
+        let StepGrads { mut grads, .. } = acc.finish(&compute);
+        drop(compute);
+        grads_to_f32(&model, &mut grads);
+        model = optim.step(1e-3, model, grads);
+        measured = StepMeasure {
+            peak_bytes: heap_peak().saturating_sub(baseline),
+            seconds: began.elapsed().as_secs_f64(),
+        };
+    }
+    Ok(measured)
 }
 
 /// The first `n` samples of `data` as one batch, read without a read-ahead window larger

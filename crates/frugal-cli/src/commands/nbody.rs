@@ -20,7 +20,7 @@ use frugal_train::Task;
 use frugal_train::trainer::TrainData;
 use serde::Serialize;
 
-use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, NbodyTrainArgs};
+use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, NbodyTrainArgs, RunArgs};
 use crate::config::schema::{ParticlesConfig, SimMethod};
 use crate::config::{AnyConfig, Source};
 use crate::progress;
@@ -38,7 +38,69 @@ pub(crate) fn run(command: NbodyCommand, out: &mut dyn Write) -> Result<()> {
         NbodyCommand::Generate { config, json } => generate(&config, json, out),
         NbodyCommand::Train(args) => train(&args, out),
         NbodyCommand::Rollout(args) => rollout(&args, out),
+        NbodyCommand::Run { config } => pipeline(&config, out),
+        NbodyCommand::Scale(args) => super::nbody_scale::run(&args, out),
     }
+}
+
+/// generate → train → rollout, each phase's peak resident memory measured on its own.
+fn pipeline(args: &ConfigArgs, out: &mut dyn Write) -> Result<()> {
+    let config = load(args)?;
+    start_threads(&config)?;
+    let meter = frugal_hw::MemoryMeter::new();
+    let mut peaks: Vec<(&str, u64)> = Vec::new();
+    let mut phase = |name: &'static str,
+                     out: &mut dyn Write,
+                     f: &mut dyn FnMut(&mut dyn Write) -> Result<()>|
+     -> Result<()> {
+        writeln!(out, "── {name}")?;
+        let window = meter.window()?;
+        f(out)?;
+        peaks.push((name, window.finish().peak_rss_bytes));
+        Ok(())
+    };
+    phase("generate", out, &mut |out| {
+        let summary = simulate_all(&config)?;
+        report(&summary, u64::from(config.sim.steps), false, out)
+    })?;
+    let run = RunArgs {
+        resume: true,
+        stop_after: None,
+        json: false,
+    };
+    phase("train", out, &mut |out| {
+        train_with(&config, &args.file, &run, out)
+    })?;
+    phase("rollout", out, &mut |out| {
+        rollout_with(&config, None, ROLLOUT_STEPS, false, out)
+    })?;
+    let budget = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
+        .context("reading the machine's memory budget")?
+        .budget_bytes;
+    let list: Vec<String> = peaks
+        .iter()
+        .map(|(name, bytes)| format!("{name} {}", Bytes(*bytes)))
+        .collect();
+    let most = peaks.iter().map(|p| p.1).max().unwrap_or(0);
+    writeln!(
+        out,
+        "── memory: peak resident {} ({:.1} % of this machine's {} budget)",
+        list.join(", "),
+        100.0 * most as f64 / budget.max(1) as f64,
+        Bytes(budget)
+    )?;
+    Ok(())
+}
+
+/// Recorded steps `frugal nbody run` rolls out (the `rollout` command's default).
+const ROLLOUT_STEPS: u32 = 20;
+
+/// Starts the global compute pool with the configuration's threads (0: every core).
+fn start_threads(config: &ParticlesConfig) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(config.compute.threads as usize)
+        .build_global()
+        .context("starting the compute threads")
 }
 
 fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
@@ -280,12 +342,19 @@ fn report(summary: &GenerateSummary, states: u64, json: bool, out: &mut dyn Writ
 
 fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
     let config = load(&args.config)?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(config.compute.threads as usize)
-        .build_global()
-        .context("starting the compute threads")?;
-    simulate_all(&config)?;
-    let dir = data_dir(&config);
+    start_threads(&config)?;
+    train_with(&config, &args.config.file, &args.run, out)
+}
+
+/// Trains on `config` (read from `file`), its compute threads started.
+fn train_with(
+    config: &ParticlesConfig,
+    file: &std::path::Path,
+    run: &RunArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    simulate_all(config)?;
+    let dir = data_dir(config);
     let all = Dataset::open(&dir)?;
     let sims = all.manifest().shards.len();
     let held = config.sim.held_out as usize;
@@ -317,7 +386,13 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         layers: config.model.layers as usize,
         neighbours,
         noise: config.model.noise as f32,
-        norm: ParticleGnn::measure_normalization(&first, particles, neighbours)?,
+        edge_chunks: ParticleGnn::EDGE_CHUNKS,
+        norm: ParticleGnn::measure_normalization(
+            &first,
+            particles,
+            neighbours,
+            config.sim.softening as f32,
+        )?,
     };
     task.check_schema(&all.manifest().schema)
         .with_context(|| format!("dataset {}", dir.display()))?;
@@ -328,9 +403,14 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         &config.train,
         task.blocks(),
         OrderSpec::for_budget(Order::default(), super::train::READ_BUDGET, sample_bytes),
-        super::train::fingerprint(&config),
+        super::train::fingerprint(config),
     );
-    spec.stop_after = args.run.stop_after;
+    spec.stop_after = run.stop_after;
+    // The graph network's stack is made to be recomputed one block (one chunk of edges)
+    // at a time; √blocks segments would recompute whole layers.
+    if config.compute.checkpointing && config.compute.checkpoint_segments.is_none() {
+        spec.segments = Some(task.blocks());
+    }
     std::fs::create_dir_all(&config.output_dir)
         .with_context(|| format!("creating {}", config.output_dir.display()))?;
     frugal_store::atomic_write(
@@ -343,9 +423,9 @@ fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
         &spec,
         config.compute.device,
         &config.output_dir,
-        args.run.resume,
-        args.run.json,
-        &args.config.file,
+        run.resume,
+        run.json,
+        file,
         out,
     )
 }
@@ -455,11 +535,25 @@ struct RolloutSummary {
 
 fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
     let config = load(&args.config)?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(config.compute.threads as usize)
-        .build_global()
-        .context("starting the compute threads")?;
-    let dir = data_dir(&config);
+    start_threads(&config)?;
+    rollout_with(
+        &config,
+        args.checkpoint.as_deref(),
+        args.steps,
+        args.json,
+        out,
+    )
+}
+
+/// Rolls out on `config`'s held-out simulations, its compute threads started.
+fn rollout_with(
+    config: &ParticlesConfig,
+    checkpoint: Option<&std::path::Path>,
+    steps: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let dir = data_dir(config);
     let all = Dataset::open(&dir).with_context(|| {
         format!(
             "opening the simulations in {} (run `frugal nbody train` first)",
@@ -481,12 +575,12 @@ fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
         layers: config.model.layers as usize,
         neighbours: config.model.neighbours as usize,
         noise: 0.0,
+        edge_chunks: ParticleGnn::EDGE_CHUNKS,
         norm,
     };
     let picked = frugal_train::device::pick(config.compute.device).map_err(anyhow::Error::msg)?;
-    let path = args
-        .checkpoint
-        .clone()
+    let path = checkpoint
+        .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| config.output_dir.join(frugal_train::trainer::MODEL_FILE));
     // A checkpoint holds the model beside the optimizer; anything else is a model record.
     let record = match frugal_train::snapshot::Snapshot::load(&path) {
@@ -519,7 +613,7 @@ fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
     if recorded < 2 {
         bail!("the held-out simulations hold fewer than 2 states each");
     }
-    let steps = (args.steps as usize).clamp(1, recorded - 1);
+    let steps = (steps as usize).clamp(1, recorded - 1);
 
     // Rollouts from each held-out simulation's first state, all simulations at once.
     let mut x: Vec<f64> = held_states
@@ -608,7 +702,7 @@ fn rollout(args: &NbodyRolloutArgs, out: &mut dyn Write) -> Result<()> {
         &config.output_dir.join("rollout.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    if args.json {
+    if json {
         return super::print_json(out, &summary);
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };

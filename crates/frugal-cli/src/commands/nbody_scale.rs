@@ -1,0 +1,362 @@
+//! `frugal nbody scale`: how many particles the graph network can train on within a memory
+//! budget, with the memory techniques off (f32, every activation kept, the whole batch at
+//! once) and on (bf16 compute, every message-passing layer recomputed in backward, one
+//! state per micro-batch with the batch's gradients accumulated). Each point is a real
+//! optimizer step of a fresh network on Plummer spheres, its heap peak counted by the
+//! counting allocator and its wall time taken; points whose estimate (extended linearly in
+//! N from the measured ones) exceeds what this machine has available are not run, and are
+//! reported as estimates. The largest N that fits counts measured points only.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use frugal_hw::units::Bytes;
+use frugal_models::particles::ParticleGnn;
+use frugal_sim::{Gravity, Initial, Method, Vec3s};
+use frugal_store::{Batch, ColumnData, ReadState};
+use frugal_train::Precision;
+use frugal_train::plan::measure_step;
+use serde::Serialize;
+
+use crate::args::NbodyScaleArgs;
+
+/// Softening of the Plummer spheres the steps train on.
+const SOFTENING: f64 = 0.05;
+
+/// One configuration of the study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Techniques {
+    Off,
+    On,
+}
+
+impl Techniques {
+    fn describe(self, batch: usize) -> String {
+        match self {
+            Techniques::Off => format!("f32, all activations kept, batch {batch} at once"),
+            Techniques::On => format!(
+                "bf16, every layer recomputed in backward, {batch} micro-batches of 1 accumulated"
+            ),
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+struct Point {
+    particles: usize,
+    techniques: Techniques,
+    /// `measured`, or `estimated` (not run: the estimate exceeds this machine's memory).
+    how: &'static str,
+    peak_bytes: u64,
+    /// Wall time of one optimizer step (measured points only).
+    step_seconds: Option<f64>,
+    fits: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ScaleSummary {
+    budget_bytes: u64,
+    hidden: usize,
+    layers: usize,
+    neighbours: usize,
+    batch: usize,
+    threads: usize,
+    points: Vec<Point>,
+    /// The largest N measured to fit the budget with the techniques off; `null` if none.
+    max_particles_off: Option<usize>,
+    /// The same with the techniques on.
+    max_particles_on: Option<usize>,
+    /// `max_particles_on / max_particles_off`.
+    ratio: Option<f64>,
+    table: PathBuf,
+    plot: PathBuf,
+}
+
+/// `batch` Plummer spheres of `n` particles with their accelerations, one state each.
+fn states(n: usize, batch: usize) -> Result<Batch> {
+    let gravity = Gravity::softened(SOFTENING);
+    let (mut pos, mut vel, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+    for seed in 0..batch as u64 {
+        let p = Initial::Plummer
+            .generate(n, seed, gravity)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut a: Vec3s = std::array::from_fn(|_| vec![0.0; n]);
+        frugal_sim::accelerations(&p, gravity, Method::BarnesHut { theta: 0.5 }, true, &mut a);
+        for i in 0..n {
+            pos.extend(p.position(i).map(|x| x as f32));
+            vel.extend(p.velocity(i).map(|x| x as f32));
+            acc.extend((0..3).map(|c| a[c][i] as f32));
+        }
+    }
+    let column = |name: &str, v: &[f32]| ColumnData::from_f32(name, vec![batch, n, 3], v);
+    Ok(Batch {
+        columns: vec![
+            column("pos", &pos)?,
+            column("vel", &vel)?,
+            column("acc", &acc)?,
+        ],
+        samples: batch,
+        state: ReadState {
+            seed: 0,
+            epoch: 0,
+            consumed: 0,
+        },
+    })
+}
+
+/// One state per batch: the micro-batches of the techniques-on step.
+fn singles(n: usize, batch: usize) -> Result<Vec<Batch>> {
+    let all = states(n, batch)?;
+    (0..batch)
+        .map(|b| {
+            let per = n * 3;
+            let column = |name: &str| -> Result<ColumnData> {
+                let values = all
+                    .column(name)
+                    .and_then(|c| c.as_slice::<f32>())
+                    .context("a column just built")?;
+                Ok(ColumnData::from_f32(
+                    name,
+                    vec![1, n, 3],
+                    &values[b * per..(b + 1) * per],
+                )?)
+            };
+            Ok(Batch {
+                columns: vec![column("pos")?, column("vel")?, column("acc")?],
+                samples: 1,
+                state: all.state,
+            })
+        })
+        .collect()
+}
+
+/// Peak bytes at `n` extended from the measured points: through the origin from one,
+/// along the line through the last two from more (memory is linear in N).
+fn estimate(measured: &[(usize, u64)], n: usize) -> Option<u64> {
+    match measured {
+        [] => None,
+        [(n0, b0)] => Some((*b0 as f64 * n as f64 / *n0 as f64) as u64),
+        [.., (n0, b0), (n1, b1)] => {
+            let slope = (*b1 as f64 - *b0 as f64) / (*n1 as f64 - *n0 as f64);
+            Some((*b1 as f64 + slope * (n as f64 - *n1 as f64)).max(0.0) as u64)
+        }
+    }
+}
+
+pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the compute threads")?;
+    let machine = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
+        .context("reading the machine's memory budget")?;
+    let budget = args.budget.unwrap_or(machine.budget_bytes);
+    // Points over the budget are still measured while this machine can hold them (the
+    // table shows what each technique costs); none is started that it could not.
+    let runnable = machine.available_bytes / 10 * 9;
+    let device = frugal_train::device::pick(frugal_train::device::DeviceChoice::Cpu)
+        .map_err(anyhow::Error::msg)?
+        .device;
+    let mut particles = args.particles.clone();
+    particles.sort_unstable();
+    particles.dedup();
+    let batch = args.batch.max(1);
+    let err = &mut std::io::stderr().lock();
+    let mut points = Vec::new();
+    for techniques in [Techniques::Off, Techniques::On] {
+        writeln!(
+            err,
+            "techniques {techniques:?}: {}",
+            techniques.describe(batch)
+        )?;
+        let mut measured: Vec<(usize, u64)> = Vec::new();
+        for &n in &particles {
+            if let Some(guess) = estimate(&measured, n).filter(|&g| g > runnable) {
+                writeln!(
+                    err,
+                    "  {n:>6} particles: not run, estimated {} exceeds {}",
+                    Bytes(guess),
+                    Bytes(runnable)
+                )?;
+                points.push(Point {
+                    particles: n,
+                    techniques,
+                    how: "estimated",
+                    peak_bytes: guess,
+                    step_seconds: None,
+                    fits: guess <= budget,
+                });
+                continue;
+            }
+            let task = ParticleGnn {
+                particles: n,
+                hidden: args.hidden,
+                layers: args.layers,
+                neighbours: args.neighbours,
+                noise: 0.0,
+                edge_chunks: ParticleGnn::EDGE_CHUNKS,
+                norm: ParticleGnn::measure_normalization(
+                    &states(n, 1)?,
+                    n,
+                    args.neighbours,
+                    SOFTENING as f32,
+                )?,
+            };
+            let m = match techniques {
+                Techniques::Off => {
+                    measure_step(&task, &[states(n, batch)?], &device, Precision::F32, None)?
+                }
+                Techniques::On => measure_step(
+                    &task,
+                    &singles(n, batch)?,
+                    &device,
+                    Precision::Bf16,
+                    Some(task.blocks()),
+                )?,
+            };
+            writeln!(
+                err,
+                "  {n:>6} particles: peak {}, {:.2} s a step",
+                Bytes(m.peak_bytes),
+                m.seconds
+            )?;
+            measured.push((n, m.peak_bytes));
+            points.push(Point {
+                particles: n,
+                techniques,
+                how: "measured",
+                peak_bytes: m.peak_bytes,
+                step_seconds: Some(m.seconds),
+                fits: m.peak_bytes <= budget,
+            });
+        }
+    }
+    let max = |t: Techniques| {
+        points
+            .iter()
+            .filter(|p| p.techniques == t && p.how == "measured" && p.fits)
+            .map(|p| p.particles)
+            .max()
+    };
+    let (max_off, max_on) = (max(Techniques::Off), max(Techniques::On));
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let table = args.out.join("scale.csv");
+    let mut csv = String::from("particles,techniques,how,peak_bytes,step_seconds,fits\n");
+    for p in &points {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            p.particles,
+            serde_json::to_value(p.techniques)?
+                .as_str()
+                .unwrap_or_default(),
+            p.how,
+            p.peak_bytes,
+            p.step_seconds
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_default(),
+            p.fits
+        ));
+    }
+    frugal_store::atomic_write(&table, csv.as_bytes())?;
+    let plot = args.out.join("scale.png");
+    let series = |t: Techniques| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .filter(|p| p.techniques == t && p.how == "measured")
+            .map(|p| {
+                (
+                    p.particles as f64,
+                    p.peak_bytes as f64 / (1u64 << 30) as f64,
+                )
+            })
+            .collect()
+    };
+    crate::plot::scaling(
+        &series(Techniques::Off),
+        &series(Techniques::On),
+        budget as f64 / (1u64 << 30) as f64,
+        &plot,
+    )?;
+    let summary = ScaleSummary {
+        budget_bytes: budget,
+        hidden: args.hidden,
+        layers: args.layers,
+        neighbours: args.neighbours,
+        batch,
+        threads,
+        ratio: max_off.zip(max_on).map(|(off, on)| on as f64 / off as f64),
+        points,
+        max_particles_off: max_off,
+        max_particles_on: max_on,
+        table,
+        plot,
+    };
+    if args.json {
+        return super::print_json(out, &summary);
+    }
+    writeln!(
+        out,
+        "graph network: hidden {}, {} layers, {} neighbours, batch {}; budget {}; {} threads",
+        summary.hidden,
+        summary.layers,
+        summary.neighbours,
+        batch,
+        Bytes(budget),
+        threads
+    )?;
+    writeln!(
+        out,
+        "{:>9}  {:>24}  {:>24}",
+        "particles", "techniques off", "techniques on"
+    )?;
+    for &n in &particles {
+        let cell = |t: Techniques| {
+            summary
+                .points
+                .iter()
+                .find(|p| p.particles == n && p.techniques == t)
+                .map_or_else(String::new, |p| match p.step_seconds {
+                    Some(s) => format!(
+                        "{} {:.1} s{}",
+                        Bytes(p.peak_bytes),
+                        s,
+                        if p.fits { "" } else { " ✗" }
+                    ),
+                    None => format!("~{} (not run) ✗", Bytes(p.peak_bytes)),
+                })
+        };
+        writeln!(
+            out,
+            "{n:>9}  {:>24}  {:>24}",
+            cell(Techniques::Off),
+            cell(Techniques::On)
+        )?;
+    }
+    let show = |m: Option<usize>| m.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    writeln!(
+        out,
+        "largest N within {}: {} off, {} on{}",
+        Bytes(budget),
+        show(max_off),
+        show(max_on),
+        summary
+            .ratio
+            .map_or_else(String::new, |r| format!(" ({r:.0}×)"))
+    )?;
+    writeln!(
+        out,
+        "table {}, plot {}",
+        summary.table.display(),
+        summary.plot.display()
+    )?;
+    Ok(())
+}
