@@ -77,6 +77,13 @@ fn chart(
         c.configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&|v| {
+                if v.abs() >= 10.0 {
+                    format!("{v:.0}")
+                } else {
+                    tick(*v)
+                }
+            })
             .y_label_formatter(&|v| tick(*v))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))

@@ -153,7 +153,9 @@ fn training_beats_constant_velocity_on_held_out_simulations_and_resumes_exactly(
             .arg(tiny(dir.path(), &whole)),
     );
     assert_eq!(s["steps"], 120);
-    assert_eq!(s["checkpoint_segments"], 2);
+    // Checkpointing recomputes one block at a time: the node encoder, 8 edge-chunk
+    // encoders, and per layer 8 edge-chunk updates and a node update.
+    assert_eq!(s["checkpoint_segments"], 1 + 8 + 2 * 9);
     // The loss is the mean squared error of standardized accelerations: predicting their
     // mean scores about 1.
     let test = s["test_loss"].as_f64().unwrap();
@@ -216,4 +218,84 @@ fn training_beats_constant_velocity_on_held_out_simulations_and_resumes_exactly(
     let a = std::fs::read(whole.join("model.bpk")).unwrap();
     let b = std::fs::read(parts.join("model.bpk")).unwrap();
     assert!(a == b, "final weights differ after resume");
+}
+
+#[test]
+fn the_pipeline_generates_trains_rolls_out_and_reports_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = tiny(dir.path(), &out);
+    let run = |steps: &str| {
+        let o = frugal()
+            .args(["nbody", "run"])
+            .arg(&cfg)
+            .args(["--set", steps])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let text = run("train.steps=30");
+    for phase in [
+        "── generate",
+        "── train",
+        "── rollout",
+        "── memory: peak resident",
+    ] {
+        assert!(text.contains(phase), "{phase} missing from:\n{text}");
+    }
+    assert!(text.contains("constant velocity"), "{text}");
+    for f in [
+        "sims/manifest.json",
+        "model.bpk",
+        "rollout.json",
+        "rollout.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Run again: the simulations are reused, the finished run is resumed (no step more),
+    // and the rollout is the same.
+    let rollout = std::fs::read(out.join("rollout.json")).unwrap();
+    let again = run("train.steps=30");
+    assert!(again.contains("all already on disk"), "{again}");
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["resumed_from"], 30, "{summary}");
+    assert_eq!(summary["steps"], 30);
+    assert_eq!(std::fs::read(out.join("rollout.json")).unwrap(), rollout);
+}
+
+#[test]
+fn the_scaling_study_fits_more_particles_with_the_techniques_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = json(
+        frugal()
+            .args(["nbody", "scale", "--particles", "400,200,800"])
+            .args(["--hidden", "16", "--layers", "2", "--neighbours", "8"])
+            .args(["--budget", "1GiB", "--out"])
+            .arg(dir.path()),
+    );
+    assert_eq!(s["budget_bytes"], 1u64 << 30);
+    let points = s["points"].as_array().unwrap();
+    assert_eq!(points.len(), 6, "{s}");
+    let peak = |n: u64, t: &str| {
+        let p = points
+            .iter()
+            .find(|p| p["particles"] == n && p["techniques"] == t)
+            .unwrap();
+        assert_eq!(p["how"], "measured");
+        assert!(p["step_seconds"].as_f64().unwrap() > 0.0);
+        p["peak_bytes"].as_u64().unwrap()
+    };
+    for n in [200, 400, 800] {
+        let (off, on) = (peak(n, "off"), peak(n, "on"));
+        assert!(on * 2 < off, "{n} particles: on {on} B, off {off} B");
+    }
+    // Memory grows with the particles.
+    assert!(peak(800, "off") > peak(200, "off"));
+    assert_eq!(s["max_particles_off"], 800);
+    assert_eq!(s["max_particles_on"], 800);
+    let csv = std::fs::read_to_string(dir.path().join("scale.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(dir.path().join("scale.png").is_file());
 }

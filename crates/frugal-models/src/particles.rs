@@ -419,9 +419,11 @@ fn f32_column<'a>(batch: &'a Batch, name: &str, per_sample: usize) -> Result<&'a
     Ok(values)
 }
 
+type Points = Vec<[f32; 3]>;
+
 /// Positions relative to the centre of mass (equal masses) and the monopole field at
 /// each: −f r / (|r|² + s²)^{3/2}, f the fraction of the other particles nearer the centre.
-fn centred_and_field(p: &[[f32; 3]], s: f32) -> (Vec<[f32; 3]>, Vec<[f32; 3]>) {
+fn centred_and_field(p: &[[f32; 3]], s: f32) -> (Points, Points) {
     let n = p.len().max(1) as f64;
     let com: [f64; 3] = std::array::from_fn(|c| p.iter().map(|x| f64::from(x[c])).sum::<f64>() / n);
     let rel: Vec<[f32; 3]> = p
@@ -526,7 +528,7 @@ impl ParticleGnn {
             .sum::<f32>()
             / graph.senders.len() as f32;
         let edge_scale = edge_scale.max(1e-12);
-        let states: Vec<(Vec<[f32; 3]>, Vec<[f32; 3]>)> = pos
+        let states: Vec<(Points, Points)> = pos
             .par_chunks_exact(per)
             .map(|p| centred_and_field(&as_points(p), softening))
             .collect();
@@ -567,7 +569,9 @@ impl ParticleGnn {
         let per = n * 3;
         let samples = pos.len() / per;
         let norm = self.norm;
-        let graphs: Vec<(Vec<f32>, Vec<f32>, Vec<i64>, Vec<i64>)> = (0..samples)
+        // Per state: node features, edge features, senders, receivers.
+        type Parts = (Vec<f32>, Vec<f32>, Vec<i64>, Vec<i64>);
+        let graphs: Vec<Parts> = (0..samples)
             .into_par_iter()
             .map(|b| {
                 let p = as_points(&pos[b * per..(b + 1) * per]);

@@ -2,7 +2,8 @@
 //! simulations on every core, one seeded job per simulation, into a dataset whose shard
 //! `i` is simulation `i` (layout in docs/format.md), so a killed run continues with only
 //! the missing simulations. `train` trains the particle graph network on them, holding
-//! the last simulations out for evaluation.
+//! the last simulations out for evaluation; `rollout` runs the trained network against the
+//! simulator and a constant-velocity baseline on those; `run` does all three.
 
 use std::io::Write;
 use std::path::PathBuf;

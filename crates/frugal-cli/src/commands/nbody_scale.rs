@@ -1,7 +1,7 @@
 //! `frugal nbody scale`: how many particles the graph network can train on within a memory
 //! budget, with the memory techniques off (f32, every activation kept, the whole batch at
-//! once) and on (bf16 compute, every message-passing layer recomputed in backward, one
-//! state per micro-batch with the batch's gradients accumulated). Each point is a real
+//! once) and on (bf16 compute, edges in chunks recomputed one block at a time in backward,
+//! one state per micro-batch with the batch's gradients accumulated). Each point is a real
 //! optimizer step of a fresh network on Plummer spheres, its heap peak counted by the
 //! counting allocator and its wall time taken; points whose estimate (extended linearly in
 //! N from the measured ones) exceeds what this machine has available are not run, and are
@@ -37,7 +37,7 @@ impl Techniques {
         match self {
             Techniques::Off => format!("f32, all activations kept, batch {batch} at once"),
             Techniques::On => format!(
-                "bf16, every layer recomputed in backward, {batch} micro-batches of 1 accumulated"
+                "bf16, one block (a chunk of edges) recomputed at a time, {batch} micro-batches of 1 accumulated"
             ),
         }
     }
@@ -88,7 +88,7 @@ fn states(n: usize, batch: usize) -> Result<Batch> {
         for i in 0..n {
             pos.extend(p.position(i).map(|x| x as f32));
             vel.extend(p.velocity(i).map(|x| x as f32));
-            acc.extend((0..3).map(|c| a[c][i] as f32));
+            acc.extend(a.iter().map(|axis| axis[i] as f32));
         }
     }
     let column = |name: &str, v: &[f32]| ColumnData::from_f32(name, vec![batch, n, 3], v);
