@@ -198,12 +198,10 @@ impl Mlp {
     /// concatenated input's product, computed elsewhere.
     fn forward_plus(&self, x: Tensor<2>, extra: Option<Tensor<2>>) -> Tensor<2> {
         let last = self.layers.len() - 1;
-        let mut x = x;
+        let (mut x, mut extra) = (x, extra);
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(x);
-            if i == 0
-                && let Some(extra) = extra.clone()
-            {
+            if let Some(extra) = extra.take() {
                 x = x + extra;
             }
             if i < last {

@@ -9,6 +9,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
+use crate::StepOutput;
 use crate::checkpoint::StepGrads;
 
 /// Sums micro-batch gradients, weighted by sample count.
@@ -70,6 +71,15 @@ impl Accumulator {
         add_scaled(model, &mut self.total, &mut step.grads, samples as f64);
         self.loss += step.loss * samples as f64;
         self.samples += samples;
+    }
+
+    /// Adds a micro-batch step's output (its loss, gradients and sample count).
+    pub fn add_output<M: Module>(&mut self, model: &M, out: StepOutput) {
+        let step = StepGrads {
+            loss: out.loss,
+            grads: out.grads,
+        };
+        self.add(model, step, out.samples);
     }
 
     /// Micro-batch samples added so far.

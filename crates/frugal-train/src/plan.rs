@@ -183,15 +183,7 @@ pub fn measure_step<T: Task>(
                 seed: round * 1000 + micro as u64,
                 loss_scale: 1.0,
             };
-            let out = task.step(&compute, batch, input)?;
-            acc.add(
-                &compute,
-                StepGrads {
-                    loss: out.loss,
-                    grads: out.grads,
-                },
-                out.samples,
-            );
+            acc.add_output(&compute, task.step(&compute, batch, input)?);
         }
         let StepGrads { mut grads, .. } = acc.finish(&compute);
         drop(compute);

@@ -539,14 +539,7 @@ pub fn train<T: Task>(
                 (Some(a), Some(b)) => Some(a + b),
                 (Some(a), None) => Some(a),
             };
-            acc.add(
-                &compute,
-                StepGrads {
-                    loss: out.loss,
-                    grads: out.grads,
-                },
-                out.samples,
-            );
+            acc.add_output(&compute, out);
             if reader.epoch_done() {
                 break;
             }

@@ -33,6 +33,13 @@ enum Techniques {
 }
 
 impl Techniques {
+    fn name(self) -> &'static str {
+        match self {
+            Techniques::Off => "off",
+            Techniques::On => "on",
+        }
+    }
+
     fn describe(self, batch: usize) -> String {
         match self {
             Techniques::Off => format!("f32, all activations kept, batch {batch} at once"),
@@ -75,62 +82,41 @@ struct ScaleSummary {
     plot: PathBuf,
 }
 
-/// `batch` Plummer spheres of `n` particles with their accelerations, one state each.
-fn states(n: usize, batch: usize) -> Result<Batch> {
+/// A Plummer sphere of `n` particles (seed `seed`) with its accelerations: positions,
+/// velocities and accelerations, particle-major.
+type State = [Vec<f32>; 3];
+
+fn plummer(n: usize, seed: u64) -> Result<State> {
     let gravity = Gravity::softened(SOFTENING);
-    let (mut pos, mut vel, mut acc) = (Vec::new(), Vec::new(), Vec::new());
-    for seed in 0..batch as u64 {
-        let p = Initial::Plummer
-            .generate(n, seed, gravity)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut a: Vec3s = std::array::from_fn(|_| vec![0.0; n]);
-        frugal_sim::accelerations(&p, gravity, Method::BarnesHut { theta: 0.5 }, true, &mut a);
-        for i in 0..n {
-            pos.extend(p.position(i).map(|x| x as f32));
-            vel.extend(p.velocity(i).map(|x| x as f32));
-            acc.extend(a.iter().map(|axis| axis[i] as f32));
-        }
+    let p = Initial::Plummer
+        .generate(n, seed, gravity)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut a: Vec3s = std::array::from_fn(|_| vec![0.0; n]);
+    frugal_sim::accelerations(&p, gravity, Method::BarnesHut { theta: 0.5 }, true, &mut a);
+    let mut state: State = Default::default();
+    for i in 0..n {
+        state[0].extend(p.position(i).map(|x| x as f32));
+        state[1].extend(p.velocity(i).map(|x| x as f32));
+        state[2].extend(a.iter().map(|axis| axis[i] as f32));
     }
-    let column = |name: &str, v: &[f32]| ColumnData::from_f32(name, vec![batch, n, 3], v);
+    Ok(state)
+}
+
+/// States as one batch with the columns a particle dataset has.
+fn batch_of(states: &[State], n: usize) -> Result<Batch> {
+    let column = |c: usize, name: &str| {
+        let values: Vec<f32> = states.iter().flat_map(|s| s[c].iter().copied()).collect();
+        ColumnData::from_f32(name, vec![states.len(), n, 3], &values)
+    };
     Ok(Batch {
-        columns: vec![
-            column("pos", &pos)?,
-            column("vel", &vel)?,
-            column("acc", &acc)?,
-        ],
-        samples: batch,
+        columns: vec![column(0, "pos")?, column(1, "vel")?, column(2, "acc")?],
+        samples: states.len(),
         state: ReadState {
             seed: 0,
             epoch: 0,
             consumed: 0,
         },
     })
-}
-
-/// One state per batch: the micro-batches of the techniques-on step.
-fn singles(n: usize, batch: usize) -> Result<Vec<Batch>> {
-    let all = states(n, batch)?;
-    (0..batch)
-        .map(|b| {
-            let per = n * 3;
-            let column = |name: &str| -> Result<ColumnData> {
-                let values = all
-                    .column(name)
-                    .and_then(|c| c.as_slice::<f32>())
-                    .context("a column just built")?;
-                Ok(ColumnData::from_f32(
-                    name,
-                    vec![1, n, 3],
-                    &values[b * per..(b + 1) * per],
-                )?)
-            };
-            Ok(Batch {
-                columns: vec![column("pos")?, column("vel")?, column("acc")?],
-                samples: 1,
-                state: all.state,
-            })
-        })
-        .collect()
 }
 
 /// Peak bytes at `n` extended from the measured points: through the origin from one,
@@ -147,15 +133,12 @@ fn estimate(measured: &[(usize, u64)], n: usize) -> Option<u64> {
 }
 
 pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
-    let threads = if args.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.threads
-    };
+    // 0 leaves the pool at every core.
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(args.threads)
         .build_global()
         .context("starting the compute threads")?;
+    let threads = rayon::current_num_threads();
     let machine = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
         .context("reading the machine's memory budget")?;
     let budget = args.budget.unwrap_or(machine.budget_bytes);
@@ -196,6 +179,10 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
                 });
                 continue;
             }
+            let states: Vec<State> = (0..batch as u64)
+                .map(|seed| plummer(n, seed))
+                .collect::<Result<_>>()?;
+            let whole = batch_of(&states, n)?;
             let task = ParticleGnn {
                 particles: n,
                 hidden: args.hidden,
@@ -204,19 +191,20 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
                 noise: 0.0,
                 edge_chunks: ParticleGnn::EDGE_CHUNKS,
                 norm: ParticleGnn::measure_normalization(
-                    &states(n, 1)?,
+                    &whole,
                     n,
                     args.neighbours,
                     SOFTENING as f32,
                 )?,
             };
             let m = match techniques {
-                Techniques::Off => {
-                    measure_step(&task, &[states(n, batch)?], &device, Precision::F32, None)?
-                }
+                Techniques::Off => measure_step(&task, &[whole], &device, Precision::F32, None)?,
                 Techniques::On => measure_step(
                     &task,
-                    &singles(n, batch)?,
+                    &states
+                        .chunks(1)
+                        .map(|one| batch_of(one, n))
+                        .collect::<Result<Vec<_>>>()?,
                     &device,
                     Precision::Bf16,
                     Some(task.blocks()),
@@ -255,9 +243,7 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
         csv.push_str(&format!(
             "{},{},{},{},{},{}\n",
             p.particles,
-            serde_json::to_value(p.techniques)?
-                .as_str()
-                .unwrap_or_default(),
+            p.techniques.name(),
             p.how,
             p.peak_bytes,
             p.step_seconds
