@@ -1,0 +1,433 @@
+//! Command jobs: a program named in the worker's own configuration, run without a shell,
+//! in its own process group, killed on timeout and when its worker dies.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::job::{Job, Metrics, parse_metrics};
+use crate::kind::{Context, Kind};
+
+/// Where a command leaves its metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsFrom {
+    /// A JSON object on standard output (the whole output, or its last JSON line).
+    #[default]
+    Stdout,
+    /// A JSON object written to the path given by the `{metrics_file}` placeholder.
+    File,
+}
+
+/// A command template from a worker's local configuration file.
+///
+/// `command` is the program and its arguments. Arguments may hold placeholders:
+/// `{seed}`, `{job_id}`, `{params_file}` (a JSON file holding the job's parameters),
+/// `{metrics_file}` (where the program writes its metrics when `metrics = "file"`), and
+/// `{NAME}` for the job parameter `NAME` (numbers and strings as text, anything else as
+/// JSON). `{{` and `}}` are literal braces. The program itself is never a placeholder, and
+/// arguments go straight to `execve`: no shell sees them, so a parameter cannot inject
+/// anything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandTemplate {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Where the metrics come from.
+    #[serde(default)]
+    pub metrics: MetricsFrom,
+    /// Seconds one attempt may run (the shorter of this and the job's own timeout applies).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Working directory; by default a fresh scratch directory per attempt.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+}
+
+/// Bytes of a failing command's standard error quoted in its error message.
+const STDERR_TAIL: usize = 2000;
+
+impl CommandTemplate {
+    /// Checks the template once, when the configuration is read.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let program = self
+            .command
+            .first()
+            .ok_or_else(|| format!("command kind {name:?}: `command` is empty"))?;
+        if program.contains('{') {
+            return Err(format!(
+                "command kind {name:?}: the program {program:?} may not hold a placeholder; only arguments take parameters"
+            ));
+        }
+        for arg in &self.command[1..] {
+            split_placeholders(arg)
+                .map_err(|e| format!("command kind {name:?}, argument {arg:?}: {e}"))?;
+        }
+        if self.metrics == MetricsFrom::File
+            && !self.command.iter().any(|a| a.contains("{metrics_file}"))
+        {
+            return Err(format!(
+                "command kind {name:?}: metrics = \"file\" needs a {{metrics_file}} argument telling the program where to write"
+            ));
+        }
+        if let Some(t) = self.timeout_s
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(format!(
+                "command kind {name:?}: timeout_s must be a positive number of seconds, not {t}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn argv(
+        &self,
+        job: &Job,
+        params_file: &str,
+        metrics_file: &str,
+    ) -> Result<Vec<String>, String> {
+        let mut argv = vec![self.command[0].clone()];
+        for arg in &self.command[1..] {
+            let mut out = String::new();
+            for piece in split_placeholders(arg)? {
+                match piece {
+                    Piece::Text(t) => out.push_str(&t),
+                    Piece::Name(n) => out.push_str(&match n.as_str() {
+                        "seed" => job.seed.to_string(),
+                        "job_id" => job.id.clone(),
+                        "params_file" => params_file.to_string(),
+                        "metrics_file" => metrics_file.to_string(),
+                        _ => match job.params.get(&n) {
+                            Some(serde_json::Value::String(s)) => s.clone(),
+                            Some(v) => v.to_string(),
+                            None => return Err(format!("the command's argument {arg:?} needs parameter {n:?}, which the job lacks")),
+                        },
+                    }),
+                }
+            }
+            argv.push(out);
+        }
+        Ok(argv)
+    }
+}
+
+enum Piece {
+    Text(String),
+    Name(String),
+}
+
+fn split_placeholders(arg: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(c);
+                }
+                if !closed {
+                    return Err("unclosed '{' (write '{{' for a literal brace)".into());
+                }
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                {
+                    return Err(format!(
+                        "bad placeholder {{{name}}}: use {{NAME}} with letters, digits, '_', '-', '.'"
+                    ));
+                }
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+                pieces.push(Piece::Name(name));
+            }
+            '}' => return Err("unmatched '}' (write '}}' for a literal brace)".into()),
+            c => text.push(c),
+        }
+    }
+    pieces.push(Piece::Text(text));
+    Ok(pieces)
+}
+
+impl Kind for CommandTemplate {
+    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String> {
+        let scratch = tempfile::Builder::new()
+            .prefix("frugal-job-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        let params_file = scratch.path().join("params.json");
+        let metrics_file = scratch.path().join("metrics.json");
+        std::fs::write(
+            &params_file,
+            serde_json::to_vec(&job.params).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", params_file.display()))?;
+        let argv = self.argv(
+            job,
+            &params_file.to_string_lossy(),
+            &metrics_file.to_string_lossy(),
+        )?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(self.workdir.as_deref().unwrap_or(scratch.path()))
+            .env("FRUGAL_JOB_ID", &job.id)
+            .env("FRUGAL_SEED", job.seed.to_string());
+        let deadline = match (ctx.deadline(), self.timeout_s) {
+            (Some(d), Some(t)) => Some(d.min(Instant::now() + Duration::from_secs_f64(t))),
+            (d, t) => d.or_else(|| t.map(|t| Instant::now() + Duration::from_secs_f64(t))),
+        };
+        let run = run_child(cmd, deadline, ctx).map_err(|e| format!("{}: {e}", argv[0]))?;
+        if let Some(why) = run.stopped {
+            return Err(format!("{} {why}{}", argv[0], quote_tail(&run.stderr)));
+        }
+        if !run.status.success() {
+            return Err(format!(
+                "{} failed ({}){}",
+                argv[0],
+                run.status,
+                quote_tail(&run.stderr)
+            ));
+        }
+        let text = match self.metrics {
+            MetricsFrom::Stdout => String::from_utf8_lossy(&run.stdout).into_owned(),
+            MetricsFrom::File => std::fs::read_to_string(&metrics_file).map_err(|e| {
+                format!(
+                    "{} exited 0 but its metrics file {} cannot be read: {e}",
+                    argv[0],
+                    metrics_file.display()
+                )
+            })?,
+        };
+        parse_metrics(&text).map_err(|e| format!("{}: {e}", argv[0]))
+    }
+}
+
+fn quote_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let start = text.len().saturating_sub(STDERR_TAIL);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    format!("; stderr: {}", &text[start..])
+}
+
+/// What became of a child process.
+#[derive(Debug)]
+pub struct ChildRun {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+    /// Why it was killed (`timed out after …`, cancelled), if it was.
+    pub stopped: Option<String>,
+}
+
+/// Runs `cmd` to completion in its own process group, killing the whole group at
+/// `deadline`, when `ctx` is cancelled, and (through the parent-death signal) when the
+/// calling thread's process dies. Call it from a long-lived thread: Linux sends the
+/// parent-death signal when the *thread* that forked exits.
+pub fn run_child(
+    mut cmd: Command,
+    deadline: Option<Instant>,
+    ctx: &Context,
+) -> Result<ChildRun, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    own_group_dies_with_parent(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let group = rustix::process::Pid::from_child(&child);
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let mut stopped = None;
+    let mut nap = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("cannot wait: {e}"))? {
+            break status;
+        }
+        let why = if ctx.cancelled() {
+            Some("was cancelled: the worker is shutting down".to_string())
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(format!(
+                "timed out after {:.1} s and was killed",
+                started.elapsed().as_secs_f64()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            stopped = Some(why);
+            break wait(&mut child)?;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    // Whatever the program left running in its group goes with it.
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    Ok(ChildRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        stopped,
+    })
+}
+
+fn wait(child: &mut Child) -> Result<ExitStatus, String> {
+    child.wait().map_err(|e| format!("cannot wait: {e}"))
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Puts the child in a process group of its own (so a timeout kills its helpers too) and
+/// asks the kernel to SIGKILL it when its parent dies, so a killed worker leaves nothing behind.
+#[allow(unsafe_code)]
+fn own_group_dies_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed. It makes two raw system calls (prctl and getppid)
+    // through rustix, which neither allocates nor takes locks, and builds its error from
+    // a constant errno.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died before prctl took effect: then nobody would signal us.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::SRCH.raw_os_error(),
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(command: &[&str]) -> CommandTemplate {
+        CommandTemplate {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            metrics: MetricsFrom::Stdout,
+            timeout_s: None,
+            workdir: None,
+        }
+    }
+
+    #[test]
+    fn parameters_become_whole_arguments_never_shell_text() {
+        let t = template(&["echo", "--x={x}", "{name}", "{{literal}}", "{seed}"]);
+        t.validate("t").unwrap();
+        let job = Job::new("j1", "t", json!({"x": 1.5, "name": "a b; rm -rf /"}), 42);
+        let argv = t.argv(&job, "p", "m").unwrap();
+        assert_eq!(
+            argv,
+            ["echo", "--x=1.5", "a b; rm -rf /", "{literal}", "42"]
+        );
+        let e = t
+            .argv(&Job::new("j2", "t", json!({"x": 1}), 0), "p", "m")
+            .unwrap_err();
+        assert!(e.contains("\"name\""), "{e}");
+    }
+
+    #[test]
+    fn templates_are_checked_when_read() {
+        assert!(template(&[]).validate("t").is_err());
+        assert!(
+            template(&["{program}", "x"])
+                .validate("t")
+                .unwrap_err()
+                .contains("program")
+        );
+        assert!(template(&["echo", "{a"]).validate("t").is_err());
+        assert!(template(&["echo", "a}"]).validate("t").is_err());
+        let mut t = template(&["echo"]);
+        t.metrics = MetricsFrom::File;
+        assert!(t.validate("t").unwrap_err().contains("metrics_file"));
+    }
+
+    #[test]
+    fn runs_reads_metrics_and_reports_failures() {
+        let ctx = Context::unbounded();
+        let job = Job::new("j", "t", json!({"v": 3}), 1);
+        let m = template(&["printf", "log line\\n{{\"v\": %s}}\\n", "{v}"])
+            .run(&job, &ctx)
+            .unwrap();
+        assert_eq!(m.get("v"), Some(&3.0));
+        let e = template(&["sh", "-c", "echo oops >&2; exit 3"])
+            .run(&job, &ctx)
+            .unwrap_err();
+        assert!(e.contains("exit status: 3") && e.contains("oops"), "{e}");
+        let e = template(&["/nonexistent/program"])
+            .run(&job, &ctx)
+            .unwrap_err();
+        assert!(e.contains("cannot start"), "{e}");
+        let mut t = template(&["sh", "-c", "echo '{{\"a\": 2}}' > \"$0\"", "{metrics_file}"]);
+        t.metrics = MetricsFrom::File;
+        assert_eq!(t.run(&job, &ctx).unwrap().get("a"), Some(&2.0));
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut t = template(&[
+            "sh",
+            "-c",
+            "sleep 30 & echo $! > \"$0\"; wait",
+            &pidfile.to_string_lossy(),
+        ]);
+        t.timeout_s = Some(0.5);
+        let start = Instant::now();
+        let e = t
+            .run(&Job::new("j", "t", json!({}), 0), &Context::unbounded())
+            .unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            crate::testing::gone(pid, Duration::from_secs(5)),
+            "the grandchild {pid} outlived the timeout"
+        );
+    }
+}
