@@ -30,6 +30,107 @@ pub(crate) enum Command {
     /// The N-body pipeline: simulate on every core into a dataset.
     #[command(subcommand)]
     Nbody(NbodyCommand),
+    /// Evolve parameters with a genetic algorithm (or NSGA-II), evaluating each generation
+    /// on every core, or on Redis workers with --redis.
+    Evolve(EvolveArgs),
+    /// Serve a Redis job queue: run the jobs of the kinds this machine registers, until killed.
+    Worker(WorkerArgs),
+    /// Inspect Redis job queues.
+    #[command(subcommand)]
+    Farm(FarmCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvolveArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Continue the run in the configuration's output directory from its last generation.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Evaluate on the workers of this Redis server (`redis://[:PASSWORD@]HOST:PORT[/DB]`,
+    /// `rediss://` for TLS) instead of locally. Prefer the FRUGAL_REDIS_URL variable when
+    /// the URL holds a password: command lines are visible to other users.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FRUGAL_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub(crate) redis: Option<String>,
+    /// Redis queue name (default: the configuration's `farm.queue`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) queue: Option<String>,
+    /// Local workers (default: the configuration's `farm.workers`, 0 = one per core).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The Redis server (`redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FRUGAL_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub(crate) redis: String,
+    /// Jobs run at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+    /// A TOML file whose `[kinds.NAME]` tables register this machine's command templates
+    /// and ONNX models (an evolve configuration works too); built-in kinds are always
+    /// registered.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Queue name.
+    #[arg(long, value_name = "NAME", default_value = "frugal")]
+    pub(crate) queue: String,
+    /// Jobs each slot takes at a time; raise it for jobs of milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) batch: usize,
+    /// This worker's name among the queue's workers (default: HOST-PID).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FarmCommand {
+    /// A queue's jobs (waiting, running, retrying), results, owning run and live workers.
+    Status {
+        /// The Redis server.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "FRUGAL_REDIS_URL",
+            hide_env_values = true
+        )]
+        redis: String,
+        /// Queue name.
+        #[arg(long, value_name = "NAME", default_value = "frugal")]
+        queue: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one job of a registered kind here and print its metrics as JSON (to try a kind
+    /// or a command template before a run).
+    Exec {
+        /// The kind.
+        kind: String,
+        /// Parameters as a JSON object.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        params: String,
+        /// The job's seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// A TOML file with `[kinds.NAME]` tables.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args, &mut out),
         Command::Plan(args) => commands::plan::run(args, &mut out),
         Command::Nbody(command) => commands::nbody::run(command, &mut out),
+        Command::Evolve(args) => commands::evolve::run(args, &mut out),
+        Command::Worker(args) => commands::evolve::worker(args, &mut out),
+        Command::Farm(command) => commands::evolve::farm(command, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {
@@ -65,6 +68,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn is_user_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<ConfigError>().is_some()
+            || c.downcast_ref::<commands::UserError>().is_some()
+            || matches!(
+                c.downcast_ref::<frugal_evolve::run::RunError>(),
+                Some(
+                    frugal_evolve::run::RunError::File { .. }
+                        | frugal_evolve::run::RunError::Evolve(_)
+                )
+            )
             || matches!(
                 c.downcast_ref::<frugal_store::StoreError>(),
                 Some(

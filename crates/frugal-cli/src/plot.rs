@@ -201,3 +201,41 @@ pub(crate) fn scaling(
         ],
     )
 }
+
+/// Best, mean and worst of the population's objective per generation, into `path`.
+pub(crate) fn convergence(
+    label: &str,
+    best: &[(f64, f64)],
+    mean: &[(f64, f64)],
+    worst: &[(f64, f64)],
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    chart(
+        path,
+        &format!("Convergence: {label} per generation"),
+        ("generation", label),
+        &[
+            ("best", RGBColor(31, 119, 180), best.to_vec()),
+            ("mean", RGBColor(44, 160, 44), mean.to_vec()),
+            ("worst", RGBColor(214, 39, 40), worst.to_vec()),
+        ],
+    )
+}
+
+/// The final population's non-dominated front in objective space, into `path`.
+pub(crate) fn pareto_front(
+    labels: &(String, String),
+    front: &[(f64, f64)],
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    let mut points = front.to_vec();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    chart(
+        path,
+        "Pareto front of the final population",
+        (&labels.0, &labels.1),
+        &[("non-dominated candidates", RGBColor(31, 119, 180), points)],
+    )
+}

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, Metrics, parse_metrics};
 use crate::kind::{Context, Kind};
 
 /// Where a command leaves its metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricsFrom {
     /// A JSON object on standard output (the whole output, or its last JSON line).

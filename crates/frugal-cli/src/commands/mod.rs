@@ -1,5 +1,6 @@
 pub(crate) mod config;
 pub(crate) mod data;
+pub(crate) mod evolve;
 pub(crate) mod nbody;
 pub(crate) mod nbody_scale;
 pub(crate) mod plan;
@@ -15,3 +16,15 @@ pub(crate) fn print_json(
     writeln!(out)?;
     Ok(())
 }
+
+/// Input the user must fix (a value, a file, a job kind): exits 2.
+#[derive(Debug)]
+pub(crate) struct UserError(pub(crate) String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}

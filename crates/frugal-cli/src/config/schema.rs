@@ -303,10 +303,198 @@ pub(crate) struct EqpropModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EvolveSearch {
-    /// Individuals per generation.
+    /// `ga`, `mu_plus_lambda` or `nsga2`.
+    #[serde(default = "default_method")]
+    pub(crate) method: frugal_evolve::Method,
+    /// Individuals per generation (μ).
     pub(crate) population: u32,
-    /// Generations to run.
+    /// Generations after the initial population.
     pub(crate) generations: u32,
+    /// A new candidate as soon as any result is in, never waiting for a generation.
+    #[serde(default)]
+    pub(crate) steady_state: bool,
+    /// Offspring per generation (λ).
+    #[serde(default)]
+    pub(crate) offspring: Option<u32>,
+    /// Best parents carried over unchanged by `ga`.
+    #[serde(default)]
+    pub(crate) elite: Option<u32>,
+    /// Tournament size.
+    #[serde(default)]
+    pub(crate) tournament: Option<u32>,
+    /// Probability a pair of parents is crossed.
+    #[serde(default)]
+    pub(crate) crossover_prob: Option<f64>,
+    /// Probability a crossed pair exchanges each gene.
+    #[serde(default)]
+    pub(crate) crossover_var_prob: Option<f64>,
+    /// SBX distribution index.
+    #[serde(default)]
+    pub(crate) eta_c: Option<f64>,
+    /// Per-gene mutation probability.
+    #[serde(default)]
+    pub(crate) mutation_prob: Option<f64>,
+    /// Polynomial mutation distribution index.
+    #[serde(default)]
+    pub(crate) eta_m: Option<f64>,
+    /// Hall of fame size.
+    #[serde(default)]
+    pub(crate) hall_of_fame: Option<u32>,
+}
+
+fn default_method() -> frugal_evolve::Method {
+    frugal_evolve::Method::Ga
+}
+
+/// What evaluates a candidate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EvolveJob {
+    /// A built-in kind (`sphere`, `rastrigin`, `zdt1`, `particles`) or a `[kinds.NAME]`.
+    #[serde(default)]
+    pub(crate) kind: String,
+    /// Parameters every job gets besides the genes.
+    #[serde(default)]
+    pub(crate) params: serde_json::Map<String, serde_json::Value>,
+    /// Seconds one attempt may run.
+    #[serde(default)]
+    pub(crate) timeout_s: Option<f64>,
+    /// Attempts before a job is given up and reported failed.
+    #[serde(default = "three")]
+    pub(crate) max_attempts: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// One gene, or an array of `count` genes passed as one array parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GeneConfig {
+    /// Lower bound, included.
+    pub(crate) low: f64,
+    /// Upper bound, included.
+    pub(crate) high: f64,
+    /// Whole numbers only.
+    #[serde(default)]
+    pub(crate) integer: bool,
+    /// An array of this many genes.
+    #[serde(default)]
+    pub(crate) count: Option<u32>,
+}
+
+/// One objective of several (`nsga2`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ObjectiveConfig {
+    /// The metric.
+    pub(crate) metric: String,
+    /// `min` or `max`.
+    pub(crate) goal: frugal_evolve::run::Goal,
+}
+
+/// A bound on a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConstraintConfig {
+    /// The metric.
+    pub(crate) metric: String,
+    /// Smallest allowed value.
+    #[serde(default)]
+    pub(crate) min: Option<f64>,
+    /// Largest allowed value.
+    #[serde(default)]
+    pub(crate) max: Option<f64>,
+}
+
+/// How metrics become fitness: exactly one of `minimize`, `maximize`, `weights` (a
+/// weighted sum, maximized) or `objectives`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FitnessConfig {
+    /// A metric to minimize.
+    #[serde(default)]
+    pub(crate) minimize: Option<String>,
+    /// A metric to maximize.
+    #[serde(default)]
+    pub(crate) maximize: Option<String>,
+    /// Metric weights; their weighted sum is maximized.
+    #[serde(default)]
+    pub(crate) weights: Option<std::collections::BTreeMap<String, f64>>,
+    /// Several objectives, for `nsga2`.
+    #[serde(default)]
+    pub(crate) objectives: Option<Vec<ObjectiveConfig>>,
+    /// Bounds every feasible candidate meets.
+    #[serde(default)]
+    pub(crate) constraints: Vec<ConstraintConfig>,
+    /// Reference point for the hypervolume of a two-objective front, as reported.
+    #[serde(default)]
+    pub(crate) reference: Option<Vec<f64>>,
+}
+
+/// Where evaluations run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FarmConfig {
+    /// Local workers; 0 = one per core.
+    #[serde(default)]
+    pub(crate) workers: u32,
+    /// Redis queue name (`--queue` overrides).
+    #[serde(default = "default_queue")]
+    pub(crate) queue: String,
+    /// Seconds a Redis worker holds a job without renewing its lease.
+    #[serde(default = "default_lease")]
+    pub(crate) lease_s: f64,
+    /// Steady-state evaluations in flight; 0 = the workers' total.
+    #[serde(default)]
+    pub(crate) in_flight: u32,
+}
+
+impl Default for FarmConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue: default_queue(),
+            lease_s: default_lease(),
+            in_flight: 0,
+        }
+    }
+}
+
+fn default_queue() -> String {
+    "frugal".into()
+}
+
+fn default_lease() -> f64 {
+    30.0
+}
+
+/// A job kind of this machine's own: a command template or an ONNX model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KindConfig {
+    /// Program and arguments, with `{NAME}` placeholders.
+    #[serde(default)]
+    pub(crate) command: Option<Vec<String>>,
+    /// `stdout` (default) or `file`.
+    #[serde(default)]
+    pub(crate) metrics: Option<frugal_farm::MetricsFrom>,
+    /// Seconds one attempt may run.
+    #[serde(default)]
+    pub(crate) timeout_s: Option<f64>,
+    /// Working directory of the command.
+    #[serde(default)]
+    pub(crate) workdir: Option<PathBuf>,
+    /// An ONNX model file.
+    #[serde(default)]
+    pub(crate) onnx: Option<PathBuf>,
+    /// The parameters fed to the model's input columns, in order.
+    #[serde(default)]
+    pub(crate) inputs: Option<Vec<String>>,
+    /// The metric names of the model's output columns, in order.
+    #[serde(default)]
+    pub(crate) outputs: Option<Vec<String>>,
 }
 
 macro_rules! workload_configs {
@@ -384,7 +572,7 @@ workload_configs! {
     Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection, train: TrainSection },
     Operator: OperatorConfig { model: OperatorModel },
     Eqprop: EqpropConfig { model: EqpropModel },
-    Evolve: EvolveConfig { search: EvolveSearch },
+    Evolve: EvolveConfig { search: EvolveSearch; job: EvolveJob, genes: std::collections::BTreeMap<String, GeneConfig>, fitness: FitnessConfig, farm: FarmConfig, kinds: std::collections::BTreeMap<String, KindConfig> },
 }
 
 /// A value that parses but makes no sense: the key path and what is wrong.
