@@ -33,10 +33,13 @@ struct Problem {
     space: Space,
     objectives: usize,
     evaluate: fn(&Candidate) -> Fitness,
+    /// Changes to the method's default settings.
+    adjust: fn(&mut Settings),
 }
 
 fn run(problem: &Problem, seed: u64) -> (f64, u64) {
-    let settings = Settings::new(problem.method, POPULATION, seed);
+    let mut settings = Settings::new(problem.method, POPULATION, seed);
+    (problem.adjust)(&mut settings);
     let mut evo = Evolution::new(problem.space.clone(), settings, problem.objectives).unwrap();
     match problem.mode {
         Mode::Generational => {
@@ -117,6 +120,16 @@ fn main() -> std::io::Result<()> {
         space,
         objectives,
         evaluate,
+        adjust: |_| {},
+    };
+    // The textbook NSGA-II settings, those of DEAP's example, for comparison with the
+    // tuned defaults.
+    let customary = |s: &mut Settings| {
+        s.crossover_prob = Some(0.9);
+        s.crossover_var_prob = Some(0.5);
+        s.eta_c = Some(20.0);
+        s.eta_m = Some(20.0);
+        s.mutation_prob = Some(1.0 / 30.0);
     };
     let all = [
         problem(
@@ -151,6 +164,17 @@ fn main() -> std::io::Result<()> {
             2,
             zdt1,
         ),
+        Problem {
+            adjust: customary,
+            ..problem(
+                "zdt1_nsga2_customary",
+                Method::Nsga2,
+                Mode::Generational,
+                problems::zdt1_space(30),
+                2,
+                zdt1,
+            )
+        },
         problem(
             "zdt1_nsga2_steady_state",
             Method::Nsga2,

@@ -80,22 +80,25 @@ fn pareto_fronts(fits: &[&Fitness], of: &[usize]) -> Vec<Vec<usize>> {
 /// alone decides whether the front dominates the newcomer, and whether it does is monotone
 /// across fronts, which a binary search exploits.
 fn pareto_fronts_2d(fits: &[&Fitness], of: &[usize]) -> Vec<Vec<usize>> {
-    let point = |i: usize| (fits[i].objectives[0], fits[i].objectives[1]);
-    let mut order = of.to_vec();
-    order.sort_by(|&a, &b| {
-        let (pa, pb) = (point(a), point(b));
-        pa.0.total_cmp(&pb.0).then(pa.1.total_cmp(&pb.1))
+    let mut points: Vec<(f64, f64, usize)> = of
+        .iter()
+        .map(|&i| (fits[i].objectives[0], fits[i].objectives[1], i))
+        .collect();
+    points.sort_unstable_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(a.1.total_cmp(&b.1))
+            .then(a.2.cmp(&b.2))
     });
     let mut fronts: Vec<Vec<usize>> = Vec::new();
-    for i in order {
-        let p = point(i);
-        let k = fronts.partition_point(|front| {
-            let q = point(*front.last().expect("fronts are never empty"));
-            q.1 < p.1 || (q.1 == p.1 && q.0 < p.0)
-        });
-        match fronts.get_mut(k) {
-            Some(front) => front.push(i),
-            None => fronts.push(vec![i]),
+    let mut newest: Vec<(f64, f64)> = Vec::new();
+    for (f1, f2, i) in points {
+        let k = newest.partition_point(|&(q1, q2)| q2 < f2 || (q2 == f2 && q1 < f1));
+        if k == fronts.len() {
+            fronts.push(vec![i]);
+            newest.push((f1, f2));
+        } else {
+            fronts[k].push(i);
+            newest[k] = (f1, f2);
         }
     }
     fronts
@@ -116,21 +119,27 @@ pub fn crowding(front: &[usize], fits: &[&Fitness]) -> Vec<f64> {
         return distance;
     }
     let objectives = fits[front[0]].objectives.len();
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<(f64, usize)> = Vec::with_capacity(n);
     for m in 0..objectives {
-        let value = |k: usize| fits[front[k]].objectives[m];
-        // Stable, with the front's order breaking ties, so equal values are handled the same
-        // way on every run.
-        order.sort_by(|&a, &b| value(a).total_cmp(&value(b)));
-        let (first, last) = (order[0], order[n - 1]);
-        distance[first] = f64::INFINITY;
-        distance[last] = f64::INFINITY;
-        let extent = value(last) - value(first);
+        order.clear();
+        order.extend(
+            front
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (fits[i].objectives[m], k)),
+        );
+        // The front's order breaks ties, so equal values are handled the same way on every
+        // run.
+        order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (low, high) = (order[0], order[n - 1]);
+        distance[low.1] = f64::INFINITY;
+        distance[high.1] = f64::INFINITY;
+        let extent = high.0 - low.0;
         if !(extent.is_finite() && extent > 0.0) {
             continue;
         }
         for w in order.windows(3) {
-            distance[w[1]] += (value(w[2]) - value(w[0])) / extent;
+            distance[w[1].1] += (w[2].0 - w[0].0) / extent;
         }
     }
     distance
