@@ -209,6 +209,12 @@ fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result() {
     }
 }
 
+/// The first decided evaluation of a run.
+fn first_record(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
 fn redis() -> Option<RedisServer> {
     RedisServer::for_test(None)
 }
@@ -338,14 +344,7 @@ fn crashing_and_unregistered_jobs_are_reported_not_retried_forever() {
         (Some(11), Some(11)),
         "{j}"
     );
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(dir.path().join("crash/results.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let first = first_record(&dir.path().join("crash"));
     let e = first["error"].as_str().unwrap();
     assert!(
         e.contains("attempt 2 of 2") && e.contains("exit status: 3") && e.contains("boom"),
@@ -356,14 +355,7 @@ fn crashing_and_unregistered_jobs_are_reported_not_retried_forever() {
     let config = sleepy(dir.path(), "refused", "not_here", "max_attempts = 1");
     let j = evolve_json(&config, &["--redis", &url, "--queue", "c"]);
     assert_eq!(j["failed"].as_u64(), Some(11));
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(dir.path().join("refused/results.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let first = first_record(&dir.path().join("refused"));
     assert!(
         first["error"]
             .as_str()

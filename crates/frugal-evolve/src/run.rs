@@ -220,7 +220,8 @@ impl RunSpec {
         serde_json::Value::Object(params)
     }
 
-    fn evaluations(&self) -> u64 {
+    /// The run's budget: μ + generations·λ evaluations.
+    pub fn evaluations(&self) -> u64 {
         let s = self.settings.resolved(self.space().len());
         let lambda = s.offspring.unwrap_or(s.population) as u64;
         s.population as u64 + u64::from(self.generations) * lambda
@@ -329,7 +330,7 @@ pub struct Summary {
     pub duplicates: u64,
     /// Best value per objective over the hall of fame (single objective: the best ever).
     pub best_fitness: Vec<f64>,
-    /// The best candidate's parameters (single objective), or the front's size.
+    /// The best candidate's parameters (single objective only).
     pub best_params: Option<serde_json::Value>,
     /// NSGA-II: the non-dominated feasible candidates' objectives, as reported.
     pub front: Vec<Vec<f64>>,

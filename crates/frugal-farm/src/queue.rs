@@ -310,16 +310,18 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     /// One job per core, named after this host and process.
     pub fn new(queue: &str) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
         Self {
             queue: queue.into(),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch: 1,
-            name: format!("{host}-{}", std::process::id()),
+            name: format!("{}-{}", hostname(), std::process::id()),
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "host".into(), |h| h.trim().to_string())
 }
 
 /// A live worker, as it describes itself in its heartbeat.
@@ -449,24 +451,23 @@ impl Worker {
     }
 }
 
-fn reconnect(s: &Shared) -> Connection {
+/// A fresh connection with the group in place, retrying with backoff; `None` once the
+/// worker is stopping.
+fn reconnect(s: &Shared) -> Option<Connection> {
     let mut wait = Duration::from_millis(100);
-    loop {
+    while !s.stop.load(Ordering::Relaxed) {
         match connect(&s.url) {
             Ok(mut con) => {
                 if ensure_group(&mut con, &s.keys.jobs).is_ok() {
-                    return con;
+                    return Some(con);
                 }
             }
             Err(e) => (s.log)(&format!("{e}; retrying in {:.1} s", wait.as_secs_f64())),
         }
-        if s.stop.load(Ordering::Relaxed) {
-            // The caller notices the stop; a dead connection is as good as any to return with.
-            std::thread::sleep(Duration::from_millis(10));
-        }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+    None
 }
 
 /// One consumer: takes jobs (reclaimed ones first), runs them, reports them.
@@ -475,7 +476,10 @@ fn consume(s: &Shared, consumer: &str) {
     while !s.stop.load(Ordering::Relaxed) {
         let c = match con.as_mut() {
             Some(c) => c,
-            None => con.insert(reconnect(s)),
+            None => match reconnect(s) {
+                Some(c) => con.insert(c),
+                None => break,
+            },
         };
         match take(s, c, consumer) {
             Ok(entries) => {
@@ -580,89 +584,9 @@ fn serve(s: &Shared, con: &mut Connection, consumer: &str, taken: Vec<Taken>) ->
     let mut queued = 0usize;
     let mut since = Instant::now();
     for t in taken {
-        if s.stop.load(Ordering::Relaxed) {
-            release(s, con, consumer, &t.entry)?;
-            continue;
-        }
-        let job = match t.job {
-            Ok(job) => job,
-            Err(e) => {
-                // Unreadable entries can never succeed: report them under the entry id.
-                let outcome = Outcome {
-                    id: t.entry.clone(),
-                    result: Err(e),
-                    attempts: t.deliveries as u32,
-                    worker: consumer.into(),
-                    seconds: 0.0,
-                };
-                finish(s, &mut pipe, &t.entry, &outcome);
-                queued += 1;
-                continue;
-            }
-        };
-        let cap = u64::from(job.max_attempts.max(1));
-        if t.deliveries > cap {
-            // Delivered once more than allowed: its holders kept dying. Give it up.
-            let last: Option<String> = con.hget(&s.keys.errors, &job.id)?;
-            let error = last.unwrap_or_else(|| {
-                format!("its worker was lost (lease expired) on each of {cap} attempts")
-            });
-            let outcome = Outcome {
-                id: job.id.clone(),
-                result: Err(error),
-                attempts: cap as u32,
-                worker: consumer.into(),
-                seconds: 0.0,
-            };
+        if let Some(outcome) = attempt(s, con, consumer, &t)? {
             finish(s, &mut pipe, &t.entry, &outcome);
             queued += 1;
-            continue;
-        }
-        let start = Instant::now();
-        let result = if s.registry.contains(&job.kind) {
-            let deadline = job.timeout_s.map(|t| start + Duration::from_secs_f64(t));
-            s.registry
-                .run(&job, &Context::new(deadline, s.stop.clone()))
-        } else {
-            Err(not_registered(&job.kind, &s.registry.names()))
-        };
-        let seconds = start.elapsed().as_secs_f64();
-        match result {
-            Ok(metrics) => {
-                s.done.fetch_add(1, Ordering::Relaxed);
-                let outcome = Outcome {
-                    id: job.id.clone(),
-                    result: Ok(metrics),
-                    attempts: t.deliveries as u32,
-                    worker: consumer.into(),
-                    seconds,
-                };
-                finish(s, &mut pipe, &t.entry, &outcome);
-                queued += 1;
-            }
-            Err(_) if s.stop.load(Ordering::Relaxed) => {
-                // Cancelled by our own shutdown: not the job's fault, so someone else runs it.
-                release(s, con, consumer, &t.entry)?;
-            }
-            Err(e) => {
-                s.failed.fetch_add(1, Ordering::Relaxed);
-                let error = format!("attempt {} of {cap} on {consumer}: {e}", t.deliveries);
-                (s.log)(&format!("job {} ({}) failed: {error}", job.id, job.kind));
-                if t.deliveries >= cap {
-                    let outcome = Outcome {
-                        id: job.id.clone(),
-                        result: Err(error),
-                        attempts: t.deliveries as u32,
-                        worker: consumer.into(),
-                        seconds,
-                    };
-                    finish(s, &mut pipe, &t.entry, &outcome);
-                    queued += 1;
-                } else {
-                    let _: () = con.hset(&s.keys.errors, &job.id, &error)?;
-                    release(s, con, consumer, &t.entry)?;
-                }
-            }
         }
         // Results of slow jobs go out at once; those of fast ones share a round trip.
         if queued > 0 && (since.elapsed() > Duration::from_millis(50) || queued >= 256) {
@@ -677,6 +601,74 @@ fn serve(s: &Shared, con: &mut Connection, consumer: &str, taken: Vec<Taken>) ->
         pipe.query::<()>(con)?;
     }
     Ok(())
+}
+
+/// Runs one taken entry: the outcome to record, or `None` when the entry was released for
+/// another attempt (a failure under the cap, or our own shutdown).
+fn attempt(
+    s: &Shared,
+    con: &mut Connection,
+    consumer: &str,
+    t: &Taken,
+) -> RedisResult<Option<Outcome>> {
+    let outcome = |id: &str, result, seconds| Outcome {
+        id: id.to_string(),
+        result,
+        attempts: t.deliveries as u32,
+        worker: consumer.into(),
+        seconds,
+    };
+    if s.stop.load(Ordering::Relaxed) {
+        release(s, con, consumer, &t.entry)?;
+        return Ok(None);
+    }
+    let job = match &t.job {
+        Ok(job) => job,
+        // Unreadable entries can never succeed: report them under the entry id.
+        Err(e) => return Ok(Some(outcome(&t.entry, Err(e.clone()), 0.0))),
+    };
+    let cap = u64::from(job.max_attempts.max(1));
+    if t.deliveries > cap {
+        // Delivered once more than allowed: its holders kept dying. Give it up.
+        let last: Option<String> = con.hget(&s.keys.errors, &job.id)?;
+        let error = last.unwrap_or_else(|| {
+            format!("its worker was lost (lease expired) on each of {cap} attempts")
+        });
+        return Ok(Some(Outcome {
+            attempts: cap as u32,
+            ..outcome(&job.id, Err(error), 0.0)
+        }));
+    }
+    let start = Instant::now();
+    let result = if s.registry.contains(&job.kind) {
+        let deadline = job.timeout_s.map(|t| start + Duration::from_secs_f64(t));
+        s.registry.run(job, &Context::new(deadline, s.stop.clone()))
+    } else {
+        Err(not_registered(&job.kind, &s.registry.names()))
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    match result {
+        Ok(metrics) => {
+            s.done.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(outcome(&job.id, Ok(metrics), seconds)))
+        }
+        Err(_) if s.stop.load(Ordering::Relaxed) => {
+            // Cancelled by our own shutdown: not the job's fault, so someone else runs it.
+            release(s, con, consumer, &t.entry)?;
+            Ok(None)
+        }
+        Err(e) => {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+            let error = format!("attempt {} of {cap} on {consumer}: {e}", t.deliveries);
+            (s.log)(&format!("job {} ({}) failed: {error}", job.id, job.kind));
+            if t.deliveries >= cap {
+                return Ok(Some(outcome(&job.id, Err(error), seconds)));
+            }
+            let _: () = con.hset(&s.keys.errors, &job.id, &error)?;
+            release(s, con, consumer, &t.entry)?;
+            Ok(None)
+        }
+    }
 }
 
 /// Queues the outcome, the acknowledgement and the error cleanup into one MULTI.
@@ -708,9 +700,7 @@ fn release(s: &Shared, con: &mut Connection, consumer: &str, entry: &str) -> Red
 /// Renews the leases of every held entry and keeps this worker's description alive.
 fn heartbeat(s: &Shared) {
     let mut con: Option<Connection> = None;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host = hostname();
     let key = format!("{}{}", s.keys.worker_prefix, s.options.name);
     let mut last = Instant::now() - Duration::from_secs(3600);
     while !s.stop.load(Ordering::Relaxed) {
@@ -723,7 +713,10 @@ fn heartbeat(s: &Shared) {
         last = Instant::now();
         let c = match con.as_mut() {
             Some(c) => c,
-            None => con.insert(reconnect(s)),
+            None => match reconnect(s) {
+                Some(c) => con.insert(c),
+                None => break,
+            },
         };
         let held = s.held.lock().expect("held lock").clone();
         let mut by_consumer: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

@@ -37,13 +37,14 @@ impl RedisServer {
 
     /// Starts one that requires `password`.
     pub fn start_with(password: Option<&str>) -> Option<Self> {
-        let mut dir = tempfile::tempdir().ok()?;
+        // The free port may be taken between finding it and the server binding it: retry.
         for _ in 0..20 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .ok()?
                 .local_addr()
                 .ok()?
                 .port();
+            let dir = tempfile::tempdir().ok()?;
             let mut cmd = Command::new("redis-server");
             cmd.args([
                 "--port",
@@ -62,25 +63,23 @@ impl RedisServer {
             if let Some(p) = password {
                 cmd.args(["--requirepass", p]);
             }
-            let Ok(child) = cmd.spawn() else { return None };
+            let child = cmd.spawn().ok()?;
             let mut server = Self {
                 child,
                 port,
                 password: password.map(str::to_string),
-                _dir: std::mem::replace(&mut dir, tempfile::tempdir().ok()?),
+                _dir: dir,
             };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // the port was taken after all: try another
+                    break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Some(server);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = server.child.kill();
-            let _ = server.child.wait();
         }
         None
     }

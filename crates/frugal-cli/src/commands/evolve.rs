@@ -110,11 +110,7 @@ pub(crate) fn run(args: EvolveArgs, out: &mut dyn Write) -> Result<()> {
 
     let mut run = Run::open(&spec, dir, args.resume, run_id)?;
     let every = (spec.generations / 10).max(1);
-    let total = {
-        let s = spec.settings.resolved(spec.space().len());
-        s.population as u64
-            + u64::from(spec.generations) * s.offspring.unwrap_or(s.population) as u64
-    };
+    let total = spec.evaluations();
     let bar = crate::progress::bar(total, "evolve", false);
     bar.set_position(run.evaluations());
     let mut lines: Vec<String> = Vec::new();
@@ -151,8 +147,8 @@ pub(crate) fn run(args: EvolveArgs, out: &mut dyn Write) -> Result<()> {
                     best.join("; "),
                     g.failed
                 ));
+                bar.println(&lines[lines.len() - 1]);
             }
-            bar.println(lines.last().cloned().unwrap_or_default());
         }
     })?;
     bar.finish_and_clear();
