@@ -131,6 +131,49 @@ pub(crate) enum FarmCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Measure the farm: the local backend's parallel efficiency with CPU-bound jobs on all
+    /// cores against bare threads, and with --redis the no-op job throughput of a queue.
+    Bench(FarmBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FarmBenchArgs {
+    /// Local workers (0 = one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) workers: usize,
+    /// Length of each local job alone on one core, seconds.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub(crate) seconds: f64,
+    /// Local jobs per worker.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub(crate) per_worker: usize,
+    /// Also measure no-op job throughput through the queue at this Redis server; it gets a
+    /// queue of its own, removed afterwards.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FRUGAL_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub(crate) redis: Option<String>,
+    /// No-op jobs through Redis.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub(crate) jobs: usize,
+    /// Redis workers (each with its own connections, in this process).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) redis_workers: usize,
+    /// Slots of each Redis worker.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) slots: usize,
+    /// Jobs each slot takes per read.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) batch: usize,
+    /// Skip the local measurement.
+    #[arg(long)]
+    pub(crate) no_local: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -147,12 +147,24 @@ fn checkpoint_generation(dir: &Path) -> u64 {
     std::fs::read(dir.join("checkpoint.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| c["evolution"]["generation"].as_u64())
+        .and_then(|c| c["history"].as_array().map(|h| h.len() as u64))
         .unwrap_or(0)
 }
 
 #[test]
 fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result() {
+    killed_and_resumed("", "");
+}
+
+#[test]
+fn a_steady_state_run_killed_at_any_moment_resumes_to_the_uninterrupted_result() {
+    // One evaluation in flight: the order results arrive in cannot change the run.
+    killed_and_resumed("steady_state = true", "[farm]\nin_flight = 1\n");
+}
+
+/// Kills a run of slow evaluations after its third checkpoint, resumes it, and compares
+/// it with an uninterrupted run. `search` goes into `[search]`, `tail` ends the file.
+fn killed_and_resumed(search: &str, tail: &str) {
     let dir = tempfile::tempdir().unwrap();
     // A command kind makes each evaluation a child process: slow enough to kill mid-run.
     let kinds = format!(
@@ -160,10 +172,11 @@ fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result() {
         bin().display()
     );
     let config = |out: &str| {
-        let text = std::fs::read_to_string(rastrigin(dir.path(), out, ""))
+        let text = std::fs::read_to_string(rastrigin(dir.path(), out, search))
             .unwrap()
             .replace("kind = \"rastrigin\"", "kind = \"slow_sphere\"")
-            + &kinds;
+            + &kinds
+            + tail;
         write(dir.path(), &format!("{out}.toml"), &text)
     };
     let uninterrupted = evolve_json(&config("whole"), &["--workers", "2"]);
@@ -178,11 +191,9 @@ fn a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(
-        "generation 3's checkpoint",
-        Duration::from_secs(120),
-        || checkpoint_generation(&killed_dir) >= 3,
-    );
+    wait_for("the third checkpoint", Duration::from_secs(120), || {
+        checkpoint_generation(&killed_dir) >= 3
+    });
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(
@@ -457,4 +468,62 @@ fn an_onnx_model_is_a_job_kind() {
         .assert()
         .failure()
         .stderr(predicates::str::contains("\"omega\""));
+}
+
+#[test]
+fn the_shipped_zdt1_run_reaches_the_hypervolume_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/evolve-zdt1.toml");
+    let out = dir.path().join("zdt1");
+    let s = evolve_json(
+        &config,
+        &[
+            "--set",
+            &format!("output_dir={:?}", out.display().to_string()),
+        ],
+    );
+    // Population 100 × 100 generations, reference point (1, 1); the true front gives 2/3.
+    assert_eq!(s["evaluations"], 10_100, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    let hv = s["hypervolume"].as_f64().unwrap();
+    assert!(hv >= 0.65, "hypervolume {hv}");
+    assert!(hv < 2.0 / 3.0, "hypervolume {hv} beyond the true front's");
+    assert!(out.join("pareto.png").is_file() && out.join("convergence.png").is_file());
+}
+
+#[test]
+fn farm_bench_measures_both_backends() {
+    let mut cmd = frugal();
+    cmd.args(["farm", "bench", "--workers", "2", "--seconds", "0.02"])
+        .args([
+            "--per-worker",
+            "2",
+            "--jobs",
+            "500",
+            "--batch",
+            "16",
+            "--json",
+        ]);
+    let server = redis();
+    if let Some(s) = &server {
+        cmd.arg("--redis").arg(s.url());
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["local"]["jobs"], 4, "{b}");
+    assert!(b["local"]["efficiency"].as_f64().unwrap() > 0.0, "{b}");
+    if server.is_some() {
+        assert_eq!(b["redis"]["jobs"], 500, "{b}");
+        assert!(b["redis"]["jobs_per_s"].as_f64().unwrap() > 0.0, "{b}");
+    }
+    frugal()
+        .args(["farm", "bench", "--seconds", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--seconds"));
 }

@@ -149,7 +149,9 @@ pub(crate) fn not_registered(kind: &str, names: &[String]) -> String {
 }
 
 /// Kinds every worker has, for measuring the farm itself: `noop` (returns at once), `sleep`
-/// and `spin` (`{"seconds": s}`: wait, or keep one core busy, for `s` seconds).
+/// (`{"seconds": s}`: wait `s` seconds) and `spin` (keep one core busy: `{"seconds": s}`
+/// for `s` seconds, or `{"rounds": n}` for a fixed amount of arithmetic, [`SPIN_ROUND`]
+/// steps per round, however long it takes).
 pub fn register_builtin(registry: &mut Registry) -> Result<(), String> {
     registry.register("noop", |_: &Job, _: &Context| Ok(Metrics::new()))?;
     registry.register("sleep", |job: &Job, ctx: &Context| {
@@ -162,24 +164,47 @@ pub fn register_builtin(registry: &mut Registry) -> Result<(), String> {
         Ok(Metrics::from([("seconds".to_string(), seconds)]))
     })?;
     registry.register("spin", |job: &Job, ctx: &Context| {
-        let seconds = seconds_param(job)?;
         let start = Instant::now();
         let mut x = job.seed as f64;
         let mut rounds = 0u64;
-        while start.elapsed().as_secs_f64() < seconds {
-            ctx.check()?;
-            for _ in 0..10_000 {
-                x = (x * 1.000_000_1 + 0.5).sin();
+        let done: Box<dyn Fn(u64) -> bool> = match job.params.get("rounds") {
+            Some(r) => {
+                let n = r.as_u64().ok_or_else(|| {
+                    format!(
+                        "job {}: parameter \"rounds\" must be an integer ≥ 0",
+                        job.id
+                    )
+                })?;
+                Box::new(move |rounds| rounds >= n)
             }
+            None => {
+                let seconds = seconds_param(job)?;
+                Box::new(move |_| start.elapsed().as_secs_f64() >= seconds)
+            }
+        };
+        while !done(rounds) {
+            ctx.check()?;
+            x = spin_round(x);
             rounds += 1;
         }
         Ok(Metrics::from([
-            ("seconds".to_string(), seconds),
+            ("seconds".to_string(), start.elapsed().as_secs_f64()),
             ("rounds".to_string(), rounds as f64),
             ("x".to_string(), x),
         ]))
     })?;
     Ok(())
+}
+
+/// Dependent floating-point steps in one round of the `spin` kind.
+pub const SPIN_ROUND: u32 = 10_000;
+
+/// One round of `spin`'s arithmetic: a chain the compiler cannot shorten.
+pub fn spin_round(mut x: f64) -> f64 {
+    for _ in 0..SPIN_ROUND {
+        x = (x * 1.000_000_1 + 0.5).sin();
+    }
+    x
 }
 
 fn seconds_param(job: &Job) -> Result<f64, String> {
@@ -243,5 +268,18 @@ mod tests {
             .run(&Job::new("1", "spin", json!({"seconds": "x"}), 0), &ctx)
             .unwrap_err();
         assert!(e.contains("\"seconds\""), "{e}");
+        let e = r
+            .run(&Job::new("1", "spin", json!({"rounds": -1}), 0), &ctx)
+            .unwrap_err();
+        assert!(e.contains("\"rounds\""), "{e}");
+        let m = r
+            .run(
+                &Job::new("1", "spin", json!({"rounds": 3}), 7),
+                &Context::unbounded(),
+            )
+            .unwrap();
+        assert_eq!(m["rounds"], 3.0);
+        let x = (0..3).fold(7.0, |x, _| spin_round(x));
+        assert_eq!(m["x"], x);
     }
 }

@@ -12,6 +12,7 @@
 //!   after its retry cap and reported with its last error, and the first result of a job
 //!   wins — later ones are counted as duplicates and ignored ([`Tally`]).
 
+pub mod bench;
 mod command;
 mod job;
 mod kind;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 pub use command::{ChildRun, CommandTemplate, MetricsFrom, run_child};
 pub use job::{Job, Metrics, Outcome, metrics_from_value, parse_metrics};
-pub use kind::{Context, Kind, Registry, register_builtin};
+pub use kind::{Context, Kind, Registry, SPIN_ROUND, register_builtin, spin_round};
 pub use local::LocalFarm;
 pub use queue::{
     QueueStatus, RedisFarm, Worker, WorkerInfo, WorkerOptions, WorkerReport, queue_status,

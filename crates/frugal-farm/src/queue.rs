@@ -31,7 +31,7 @@ use crate::job::{Job, Outcome};
 use crate::kind::{Context, Registry, not_registered};
 use crate::{Farm, FarmError, Tally};
 
-const GROUP: &str = "workers";
+pub(crate) const GROUP: &str = "workers";
 /// How long a run's claim on its queue lasts without being renewed.
 const RUN_CLAIM_MS: u64 = 15_000;
 
@@ -58,14 +58,14 @@ impl Keys {
 }
 
 /// The URL with its password masked, for messages.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_string(),
     }
 }
 
-fn connect(url: &str) -> Result<Connection, FarmError> {
+pub(crate) fn connect(url: &str) -> Result<Connection, FarmError> {
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let err = |e: redis::RedisError| FarmError::Redis {

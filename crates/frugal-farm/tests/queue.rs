@@ -267,3 +267,20 @@ fn one_run_per_queue_and_passwords_through_the_url() {
     // The same run, restarted, takes its queue back.
     RedisFarm::connect(&url, "q6", "run-f", Duration::from_secs(1)).unwrap();
 }
+
+#[test]
+fn the_benchmark_brings_back_every_job_and_leaves_no_keys() {
+    let Some(server) = server() else { return };
+    let r = frugal_farm::bench::redis(&server.url(), 3000, 2, 2, 64).unwrap();
+    assert_eq!(r.jobs, 3000);
+    assert!(r.jobs_per_s > 0.0 && r.bare_jobs_per_s > 0.0, "{r:?}");
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("frugal-bench-*")
+        .query(&mut con)
+        .unwrap();
+    assert!(keys.is_empty(), "left behind: {keys:?}");
+}

@@ -15,11 +15,11 @@ use frugal_evolve::run::{
 use frugal_evolve::{Method, Settings};
 use frugal_farm::{
     CommandTemplate, Context, Farm, Job, Kind, LocalFarm, Metrics, RedisFarm, Registry, Worker,
-    WorkerOptions,
+    WorkerOptions, bench,
 };
 
 use super::UserError;
-use crate::args::{EvolveArgs, FarmCommand, WorkerArgs};
+use crate::args::{EvolveArgs, FarmBenchArgs, FarmCommand, WorkerArgs};
 use crate::config::schema::{EvolveConfig, KindConfig};
 use crate::config::{AnyConfig, Source};
 
@@ -660,5 +660,60 @@ pub(crate) fn farm(command: FarmCommand, out: &mut dyn Write) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             super::print_json(out, &metrics)
         }
+        FarmCommand::Bench(args) => farm_bench(&args, out),
     }
+}
+
+fn farm_bench(args: &FarmBenchArgs, out: &mut dyn Write) -> Result<()> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        return Err(UserError(format!(
+            "--seconds must be a positive number, not {}",
+            args.seconds
+        ))
+        .into());
+    }
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let local = if args.no_local {
+        None
+    } else {
+        Some(bench::local(workers, args.seconds, args.per_worker).map_err(anyhow::Error::msg)?)
+    };
+    let redis = match &args.redis {
+        Some(url) => Some(
+            bench::redis(url, args.jobs, args.redis_workers, args.slots, args.batch)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    if args.json {
+        return super::print_json(out, &serde_json::json!({ "local": local, "redis": redis }));
+    }
+    if let Some(l) = &local {
+        writeln!(
+            out,
+            "local: {} jobs of {:.2} s on {} workers in {:.2} s (ideal {:.2} s, bare threads {:.2} s)",
+            l.jobs, l.single_s, l.workers, l.farm_s, l.ideal_s, l.bare_s
+        )?;
+        writeln!(
+            out,
+            "  parallel efficiency {:.3} (bare threads {:.3}; farm/bare {:.3})",
+            l.efficiency, l.bare_efficiency, l.farm_vs_bare
+        )?;
+    }
+    if let Some(r) = &redis {
+        writeln!(
+            out,
+            "redis {}: {} no-op jobs in {:.2} s = {:.0} jobs/s ({} workers × {} slots, batch {})",
+            r.url, r.jobs, r.seconds, r.jobs_per_s, r.workers, r.slots, r.batch
+        )?;
+        writeln!(
+            out,
+            "  same commands by one bare client: {:.0} jobs/s; farm/bare {:.3}",
+            r.bare_jobs_per_s, r.vs_bare
+        )?;
+    }
+    Ok(())
 }
