@@ -183,6 +183,18 @@ pub(crate) enum NbodyCommand {
     Generate {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Run the simulations on the workers of this Redis server (`frugal worker`, any
+        /// machine) instead of here; the dataset is still written here.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "FRUGAL_REDIS_URL",
+            hide_env_values = true
+        )]
+        redis: Option<String>,
+        /// Redis queue name.
+        #[arg(long, value_name = "NAME", default_value = "frugal")]
+        queue: String,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,

@@ -299,3 +299,73 @@ fn the_scaling_study_fits_more_particles_with_the_techniques_on() {
     assert_eq!(csv.lines().count(), 7, "{csv}");
     assert!(dir.path().join("scale.png").is_file());
 }
+
+/// Simulations run by `frugal worker`s through Redis give the dataset a local run gives,
+/// shard for shard (checksums).
+#[test]
+fn workers_on_a_redis_queue_generate_the_same_dataset() {
+    let Some(server) = frugal_farm::testing::RedisServer::for_test(None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    json(
+        frugal()
+            .args(["nbody", "generate"])
+            .arg(config(dir.path(), &local, "")),
+    );
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+                .args(["worker", "--queue", "sims", "--jobs", "1", "--name"])
+                .arg(format!("w{i}"))
+                .arg("--redis")
+                .arg(server.url())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let remote = dir.path().join("remote");
+    let s = json(
+        frugal()
+            .args(["nbody", "generate", "--queue", "sims", "--redis"])
+            .arg(server.url())
+            .arg(config(dir.path(), &remote, "")),
+    );
+    let status = json(
+        frugal()
+            .args(["farm", "status", "--queue", "sims", "--redis"])
+            .arg(server.url()),
+    );
+    for mut w in workers {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    assert_eq!(status["results"], 16, "{status}");
+    assert_eq!(s["samples"], 16 * 30, "{s}");
+    let (a, b) = (manifest(&local), manifest(&remote));
+    assert_eq!(a["shards"], b["shards"]);
+    assert_eq!(b["complete"], true);
+}
+
+#[test]
+fn a_worker_checks_simulation_jobs_it_did_not_configure() {
+    frugal()
+        .args(["farm", "exec", "nbody", "--params", "{\"index\": 0}"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("\"settings\""));
+    let settings = serde_json::json!({
+        "particles": 1_000_000, "simulations": 1, "steps": 1000, "record_every": 1,
+        "dt": 0.01, "softening": 0.05, "initial": ["plummer"],
+        "method": {"method": "direct"}, "seed": 1
+    });
+    frugal()
+        .args(["farm", "exec", "nbody", "--params"])
+        .arg(serde_json::json!({"settings": settings, "index": 0}).to_string())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("shorter simulations"));
+}

@@ -65,6 +65,10 @@ pub struct Outcome {
     pub worker: String,
     /// Wall time of the final attempt.
     pub seconds: f64,
+    /// Bytes the job attached on success ([`Context::attach`](crate::Context::attach)),
+    /// carried beside the JSON rather than in it.
+    #[serde(skip)]
+    pub data: Option<Vec<u8>>,
 }
 
 /// Reads a command's metrics: a JSON object of numbers, either the whole text or its last

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::job::{Job, Metrics};
@@ -24,17 +24,30 @@ where
     }
 }
 
-/// What a running attempt may ask of its worker: how long it has left, and whether to stop.
+/// What a running attempt may ask of its worker: how long it has left, whether to stop, and
+/// where to put bytes it produces beside its metrics.
 #[derive(Debug, Clone)]
 pub struct Context {
     deadline: Option<Instant>,
     cancel: Arc<AtomicBool>,
+    data: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Context {
     /// An attempt that must end by `deadline` (if any) or when `cancel` is set.
     pub fn new(deadline: Option<Instant>, cancel: Arc<AtomicBool>) -> Self {
-        Self { deadline, cancel }
+        Self {
+            deadline,
+            cancel,
+            data: Arc::default(),
+        }
+    }
+
+    /// Hands `data` back with the attempt's metrics (replacing earlier data): output too
+    /// big or not numeric enough for metrics, such as a simulation's samples. It travels
+    /// beside the outcome, as bytes, to whoever submitted the job.
+    pub fn attach(&self, data: Vec<u8>) {
+        *self.data.lock().expect("data lock") = Some(data);
     }
 
     /// An attempt with no deadline that nothing cancels.
@@ -119,6 +132,18 @@ impl Registry {
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
         self.kinds.keys().cloned().collect()
+    }
+
+    /// Runs one attempt and returns its metrics with the data it attached, if any.
+    pub fn run_with_data(
+        &self,
+        job: &Job,
+        ctx: &Context,
+    ) -> Result<(Metrics, Option<Vec<u8>>), String> {
+        let ctx = Context::new(ctx.deadline, ctx.cancel.clone());
+        let metrics = self.run(job, &ctx)?;
+        let data = ctx.data.lock().expect("data lock").take();
+        Ok((metrics, data))
     }
 
     /// Runs one attempt; an unregistered kind or a panic becomes an error, never a crash.

@@ -158,6 +158,7 @@ mod tests {
             attempts: 1,
             worker: "w".into(),
             seconds: 0.0,
+            data: None,
         }
     }
 

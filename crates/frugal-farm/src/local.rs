@@ -83,16 +83,17 @@ pub(crate) fn run_with_retries(
         attempt += 1;
         let start = Instant::now();
         let deadline = job.timeout_s.map(|t| start + Duration::from_secs_f64(t));
-        let result = registry.run(job, &Context::new(deadline, cancel.clone()));
+        let result = registry.run_with_data(job, &Context::new(deadline, cancel.clone()));
         let seconds = start.elapsed().as_secs_f64();
         match result {
-            Ok(m) => {
+            Ok((m, data)) => {
                 return Outcome {
                     id: job.id.clone(),
                     result: Ok(m),
                     attempts: attempt,
                     worker: worker.into(),
                     seconds,
+                    data,
                 };
             }
             Err(e) if attempt >= attempts || cancel.load(Ordering::Relaxed) => {
@@ -102,6 +103,7 @@ pub(crate) fn run_with_retries(
                     attempts: attempt,
                     worker: worker.into(),
                     seconds,
+                    data: None,
                 };
             }
             Err(_) => {}

@@ -102,6 +102,7 @@ pub struct RedisFarm {
     buffer: VecDeque<Outcome>,
     tally: Tally,
     claimed_at: Instant,
+    read_count: usize,
 }
 
 impl RedisFarm {
@@ -171,6 +172,7 @@ impl RedisFarm {
             buffer: VecDeque::new(),
             tally: Tally::default(),
             claimed_at: Instant::now(),
+            read_count: 1000,
         })
     }
 
@@ -234,7 +236,9 @@ impl Farm for RedisFarm {
             }
             self.keep_claim()?;
             let block = wait.as_millis().clamp(1, (RUN_CLAIM_MS / 3) as u128) as usize;
-            let opts = StreamReadOptions::default().count(1000).block(block);
+            let opts = StreamReadOptions::default()
+                .count(self.read_count)
+                .block(block);
             let reply: Option<StreamReadReply> = {
                 let r = self
                     .con
@@ -249,11 +253,20 @@ impl Farm for RedisFarm {
             if entries.is_empty() {
                 return Ok(None);
             }
+            // Results carrying data may be megabytes each: read those a few at a time.
+            self.read_count = if entries.iter().any(|e| e.map.contains_key("data")) {
+                8
+            } else {
+                1000
+            };
             for entry in entries {
                 self.last_result = entry.id.clone();
                 let text: Option<String> = entry.get("outcome");
                 match text.as_deref().map(serde_json::from_str::<Outcome>) {
-                    Some(Ok(o)) => self.buffer.push_back(o),
+                    Some(Ok(o)) => self.buffer.push_back(Outcome {
+                        data: entry.get("data"),
+                        ..o
+                    }),
                     _ => {
                         return Err(FarmError::Redis {
                             url: self.url.clone(),
@@ -617,6 +630,7 @@ fn attempt(
         attempts: t.deliveries as u32,
         worker: consumer.into(),
         seconds,
+        data: None,
     };
     if s.stop.load(Ordering::Relaxed) {
         release(s, con, consumer, &t.entry)?;
@@ -642,15 +656,19 @@ fn attempt(
     let start = Instant::now();
     let result = if s.registry.contains(&job.kind) {
         let deadline = job.timeout_s.map(|t| start + Duration::from_secs_f64(t));
-        s.registry.run(job, &Context::new(deadline, s.stop.clone()))
+        s.registry
+            .run_with_data(job, &Context::new(deadline, s.stop.clone()))
     } else {
         Err(not_registered(&job.kind, &s.registry.names()))
     };
     let seconds = start.elapsed().as_secs_f64();
     match result {
-        Ok(metrics) => {
+        Ok((metrics, data)) => {
             s.done.fetch_add(1, Ordering::Relaxed);
-            Ok(Some(outcome(&job.id, Ok(metrics), seconds)))
+            Ok(Some(Outcome {
+                data,
+                ..outcome(&job.id, Ok(metrics), seconds)
+            }))
         }
         Err(_) if s.stop.load(Ordering::Relaxed) => {
             // Cancelled by our own shutdown: not the job's fault, so someone else runs it.
@@ -674,12 +692,19 @@ fn attempt(
 /// Queues the outcome, the acknowledgement and the error cleanup into one MULTI.
 fn finish(s: &Shared, pipe: &mut redis::Pipeline, entry: &str, outcome: &Outcome) {
     let json = serde_json::to_string(outcome).expect("outcomes serialize");
-    pipe.xadd(&s.keys.results, "*", &[("outcome", json)])
-        .ignore()
-        .xack(&s.keys.jobs, GROUP, &[entry])
-        .ignore()
-        .hdel(&s.keys.errors, &outcome.id)
-        .ignore();
+    match &outcome.data {
+        Some(data) => pipe.xadd(
+            &s.keys.results,
+            "*",
+            &[("outcome", json.as_bytes()), ("data", data.as_slice())],
+        ),
+        None => pipe.xadd(&s.keys.results, "*", &[("outcome", json)]),
+    }
+    .ignore()
+    .xack(&s.keys.jobs, GROUP, &[entry])
+    .ignore()
+    .hdel(&s.keys.errors, &outcome.id)
+    .ignore();
     s.held.lock().expect("held lock").remove(entry);
 }
 

@@ -23,6 +23,13 @@ fn registry() -> Registry {
         Err::<Metrics, _>("segfault (simulated)".to_string())
     })
     .unwrap();
+    // Binary output: every byte value, a length that depends on the job.
+    r.register("bytes", |job: &Job, ctx: &Context| {
+        let n = job.params["x"].as_u64().ok_or("x")? as usize * 1000;
+        ctx.attach((0..n).map(|i| (i % 256) as u8).collect());
+        Ok(Metrics::new())
+    })
+    .unwrap();
     r.register("square", |job: &Job, _: &Context| {
         let x = job.params["x"].as_f64().ok_or("x")?;
         Ok(Metrics::from([("y".to_string(), x * x)]))
@@ -231,6 +238,7 @@ fn late_results_are_duplicates_and_old_runs_results_are_stale() {
             attempts: 1,
             worker: "late".into(),
             seconds: 0.0,
+            data: None,
         };
         let _: String = redis::cmd("XADD")
             .arg("q5:results")
@@ -283,4 +291,27 @@ fn the_benchmark_brings_back_every_job_and_leaves_no_keys() {
         .query(&mut con)
         .unwrap();
     assert!(keys.is_empty(), "left behind: {keys:?}");
+}
+
+#[test]
+fn data_attached_by_a_job_comes_back_whole() {
+    let check = |outcomes: Vec<Outcome>| {
+        let outcomes = by_id(outcomes);
+        assert_eq!(outcomes.len(), 30);
+        for i in 0..30 {
+            let data = outcomes[&format!("r/{i}")].data.as_ref().unwrap();
+            assert_eq!(data.len(), i * 1000);
+            assert!(data.iter().enumerate().all(|(k, &b)| b == (k % 256) as u8));
+        }
+    };
+    let mut local = frugal_farm::LocalFarm::new(registry(), 2);
+    local.submit(jobs(30, "bytes")).unwrap();
+    check(collect(&mut local, |_| {}).unwrap());
+
+    let Some(redis) = server() else { return };
+    let url = redis.url();
+    let mut farm = RedisFarm::connect(&url, "q7", "run-d", Duration::from_secs(5)).unwrap();
+    let _a = worker(&url, "q7", "a", 2, registry());
+    farm.submit(jobs(30, "bytes")).unwrap();
+    check(collect(&mut farm, |_| {}).unwrap());
 }

@@ -414,6 +414,7 @@ fn registry(kinds: &BTreeMap<String, KindConfig>, base: &Path) -> Result<Registr
     let mut r = Registry::new();
     frugal_farm::register_builtin(&mut r)?;
     frugal_evolve::kinds::register(&mut r)?;
+    super::nbody::register_kinds(&mut r)?;
     for (name, k) in kinds {
         let kind = format!("[kinds.{name}]");
         match (&k.command, &k.onnx) {

@@ -5,11 +5,15 @@
 //! the last simulations out for evaluation; `rollout` runs the trained network against the
 //! simulator and a constant-velocity baseline on those; `run` does all three.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use frugal_farm::{Context as JobContext, Farm, Job, Metrics, Outcome, RedisFarm, Registry};
 use frugal_hw::units::Bytes;
 use frugal_models::particles::{Gnn, Normalization, ParticleGnn};
 use frugal_sim::{Gravity, Initial, Method, Simulation};
@@ -19,7 +23,7 @@ use frugal_store::{
 };
 use frugal_train::Task;
 use frugal_train::trainer::TrainData;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, NbodyTrainArgs, RunArgs};
 use crate::config::schema::{ParticlesConfig, SimMethod};
@@ -36,7 +40,15 @@ const DIRECT_UP_TO: u32 = 5000;
 
 pub(crate) fn run(command: NbodyCommand, out: &mut dyn Write) -> Result<()> {
     match command {
-        NbodyCommand::Generate { config, json } => generate(&config, json, out),
+        NbodyCommand::Generate {
+            config,
+            json,
+            redis,
+            queue,
+        } => {
+            let remote = redis.map(|url| Remote { url, queue });
+            generate(&config, remote.as_ref(), json, out)
+        }
         NbodyCommand::Train(args) => train(&args, out),
         NbodyCommand::Rollout(args) => rollout(&args, out),
         NbodyCommand::Run { config } => pipeline(&config, out),
@@ -61,7 +73,7 @@ fn pipeline(args: &ConfigArgs, out: &mut dyn Write) -> Result<()> {
         Ok(())
     };
     phase("generate", out, &mut |out| {
-        let summary = simulate_all(&config)?;
+        let summary = simulate_all(&config, None)?;
         report(&summary, u64::from(config.sim.steps), false, out)
     })?;
     let run = RunArgs {
@@ -117,7 +129,13 @@ fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
 }
 
 /// Everything a simulation's samples depend on: a resumed run must match it.
-#[derive(Debug, Clone, Serialize)]
+/// Takes one recorded state: its step, positions, velocities, accelerations.
+type StateSink<'a> = dyn FnMut(u64, &[u8], &[u8], &[u8]) -> Result<(), String> + 'a;
+
+/// The most one simulation job may send back through a queue (a Redis value holds 512 MiB).
+const MAX_JOB_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct GenSettings {
     particles: usize,
     simulations: u64,
@@ -176,11 +194,30 @@ impl GenSettings {
 
     /// Runs simulation `index` on this thread into `buffer`.
     fn simulate(&self, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
+        let sim = (index as u32).to_le_bytes();
+        self.states(index, &mut || Ok(()), &mut |step, pos, vel, acc| {
+            let step = (step as u32).to_le_bytes();
+            buffer
+                .push_rows(1, &[pos, vel, acc, &sim, &step])
+                .map_err(|e| e.to_string())
+        })
+        .map_err(StoreError::Invalid)
+    }
+
+    /// Runs simulation `index`, handing each recorded state to `emit` as f32 positions,
+    /// velocities and accelerations (particle-major); `check` runs before each step and
+    /// stops the simulation with its error.
+    fn states(
+        &self,
+        index: u64,
+        check: &mut dyn FnMut() -> Result<(), String>,
+        emit: &mut StateSink<'_>,
+    ) -> Result<(), String> {
         let (initial, seed) = self.job(index);
         let gravity = Gravity::softened(self.softening);
         let start = initial
             .generate(self.particles, seed, gravity)
-            .map_err(|e| StoreError::Invalid(format!("simulation {index}: {e}")))?;
+            .map_err(|e| format!("simulation {index}: {e}"))?;
         let mut sim = Simulation::new(start, gravity, self.method, false);
         let interleave = |v: &frugal_sim::Vec3s| -> Vec<u8> {
             let mut bytes = Vec::with_capacity(self.particles * 12);
@@ -194,19 +231,83 @@ impl GenSettings {
         for step in 0..self.steps {
             if step > 0 {
                 for _ in 0..self.record_every {
+                    check()?;
                     sim.step(self.dt);
                 }
             }
-            let (pos, vel, acc) = (
-                interleave(&sim.particles.pos),
-                interleave(&sim.particles.vel),
-                interleave(&sim.acc),
-            );
-            let (s, t) = ((index as u32).to_le_bytes(), (step as u32).to_le_bytes());
-            buffer.push_rows(1, &[&pos, &vel, &acc, &s, &t])?;
+            emit(
+                step,
+                &interleave(&sim.particles.pos),
+                &interleave(&sim.particles.vel),
+                &interleave(&sim.acc),
+            )?;
         }
         Ok(())
     }
+
+    /// What a worker checks of settings it did not read from its own configuration.
+    fn validate(&self) -> Result<(), String> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.particles < 2
+            || self.simulations == 0
+            || self.steps == 0
+            || self.record_every == 0
+            || self.initial.is_empty()
+            || !positive(self.dt)
+            || !(self.softening.is_finite() && self.softening >= 0.0)
+        {
+            return Err(format!("settings out of range: {self:?}"));
+        }
+        if self.state_bytes() > MAX_JOB_BYTES {
+            return Err(format!(
+                "one simulation would return {} (more than {}): split it into shorter simulations",
+                Bytes(self.state_bytes() as u64),
+                Bytes(MAX_JOB_BYTES as u64)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of one simulation's states as a farm job returns them: per recorded step,
+    /// positions, velocities, accelerations.
+    fn state_bytes(&self) -> usize {
+        (self.steps as usize)
+            .saturating_mul(self.particles)
+            .saturating_mul(36)
+    }
+}
+
+/// The job kind that runs one simulation of a dataset on a worker: parameters
+/// `{"settings": …, "index": i}`; the states come back as the job's data.
+pub(crate) fn register_kinds(registry: &mut Registry) -> Result<(), String> {
+    registry.register("nbody", |job: &Job, ctx: &JobContext| {
+        let settings: GenSettings = serde_json::from_value(job.params["settings"].clone())
+            .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
+        settings
+            .validate()
+            .map_err(|e| format!("job {}: {e}", job.id))?;
+        let index = job.params["index"]
+            .as_u64()
+            .filter(|i| *i < settings.simulations)
+            .ok_or_else(|| {
+                format!(
+                    "job {}: parameter \"index\" must be a simulation number below {}",
+                    job.id, settings.simulations
+                )
+            })?;
+        let mut data = Vec::with_capacity(settings.state_bytes());
+        settings.states(index, &mut || ctx.check(), &mut |_, pos, vel, acc| {
+            for part in [pos, vel, acc] {
+                data.extend_from_slice(part);
+            }
+            Ok::<(), String>(())
+        })?;
+        ctx.attach(data);
+        Ok(Metrics::from([
+            ("index".to_string(), index as f64),
+            ("states".to_string(), settings.steps as f64),
+        ]))
+    })
 }
 
 #[derive(Serialize)]
@@ -224,11 +325,133 @@ struct GenerateSummary {
     particle_steps_per_s: f64,
 }
 
-fn generate(args: &ConfigArgs, json: bool, out: &mut dyn Write) -> Result<()> {
+fn generate(
+    args: &ConfigArgs,
+    remote: Option<&Remote>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     let config = load(args)?;
-    let summary = simulate_all(&config)?;
+    let summary = simulate_all(&config, remote)?;
     report(&summary, u64::from(config.sim.steps), json, out)
 }
+
+/// The workers of a Redis queue, to run the simulations instead of this machine.
+pub(crate) struct Remote {
+    pub(crate) url: String,
+    pub(crate) queue: String,
+}
+
+/// Simulations run by a queue's workers (`nbody` jobs), handed to the dataset writer in
+/// the order it asks for them. Jobs are submitted a bounded window ahead of the writer, so
+/// the states waiting in memory stay bounded however the workers race.
+struct RemoteSims {
+    state: Mutex<RemoteState>,
+    window: usize,
+}
+
+struct RemoteState {
+    farm: RedisFarm,
+    todo: Vec<u64>,
+    submitted: usize,
+    ready: HashMap<u64, Outcome>,
+    settings: serde_json::Value,
+}
+
+impl RemoteSims {
+    fn connect(
+        remote: &Remote,
+        settings: &GenSettings,
+        dir: &Path,
+        todo: Vec<u64>,
+    ) -> Result<Self> {
+        let settings_json = serde_json::to_value(settings)?;
+        let mut hash = std::hash::DefaultHasher::new();
+        (settings_json.to_string(), dir).hash(&mut hash);
+        // The same dataset gets the same run id, so a restarted generation takes its queue back.
+        let run_id = format!("nbody-{:016x}", hash.finish());
+        let farm =
+            RedisFarm::connect(&remote.url, &remote.queue, &run_id, Duration::from_secs(30))?;
+        Ok(Self {
+            state: Mutex::new(RemoteState {
+                farm,
+                todo,
+                submitted: 0,
+                ready: HashMap::new(),
+                settings: settings_json,
+            }),
+            window: (REMOTE_WINDOW_BYTES / settings.state_bytes().max(1)).clamp(4, 256),
+        })
+    }
+
+    /// Waits for simulation `index` from the workers and writes its states into `buffer`.
+    fn fill(
+        &self,
+        settings: &GenSettings,
+        index: u64,
+        buffer: &mut ShardBuffer,
+    ) -> frugal_store::Result<()> {
+        let outcome = loop {
+            let mut st = self.state.lock().expect("remote lock");
+            let at = st.todo.partition_point(|&i| i < index);
+            let want = (at + self.window).min(st.todo.len());
+            if st.submitted < want {
+                let jobs = st.todo[st.submitted..want]
+                    .iter()
+                    .map(|&i| {
+                        Job::new(
+                            format!("sim-{i}"),
+                            "nbody",
+                            serde_json::json!({ "settings": st.settings, "index": i }),
+                            i,
+                        )
+                    })
+                    .collect();
+                st.farm
+                    .submit(jobs)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                st.submitted = want;
+            }
+            if let Some(o) = st.ready.remove(&index) {
+                break o;
+            }
+            let next = st.farm.next(Duration::from_millis(200));
+            if let Some(o) = next.map_err(|e| StoreError::Invalid(e.to_string()))? {
+                let i = o.id.strip_prefix("sim-").and_then(|i| i.parse().ok());
+                let i = i.ok_or_else(|| {
+                    StoreError::Invalid(format!("unexpected result {:?} in the queue", o.id))
+                })?;
+                st.ready.insert(i, o);
+            }
+        };
+        let fail = |why: String| StoreError::Invalid(format!("simulation {index}: {why}"));
+        let data = match outcome.result {
+            Ok(_) => outcome
+                .data
+                .ok_or_else(|| fail(format!("worker {} sent no states", outcome.worker)))?,
+            Err(e) => return Err(fail(format!("failed on the workers: {e}"))),
+        };
+        if data.len() != settings.state_bytes() {
+            return Err(fail(format!(
+                "worker {} sent {} bytes of states, not {}; is it running another version of frugal?",
+                outcome.worker,
+                data.len(),
+                settings.state_bytes()
+            )));
+        }
+        let part = settings.particles * 12;
+        let sim = (index as u32).to_le_bytes();
+        for (step, state) in data.chunks_exact(3 * part).enumerate() {
+            let (pos, rest) = state.split_at(part);
+            let (vel, acc) = rest.split_at(part);
+            buffer.push_rows(1, &[pos, vel, acc, &sim, &(step as u32).to_le_bytes()])?;
+        }
+        Ok(())
+    }
+}
+
+/// States a remote generation may hold in memory, waiting for an earlier simulation.
+const REMOTE_WINDOW_BYTES: usize = 512 << 20;
 
 /// Where the configuration's dataset lives.
 fn data_dir(config: &ParticlesConfig) -> PathBuf {
@@ -240,7 +463,7 @@ fn data_dir(config: &ParticlesConfig) -> PathBuf {
 }
 
 /// Runs the simulations the dataset still lacks (none when it is complete).
-fn simulate_all(config: &ParticlesConfig) -> Result<GenerateSummary> {
+fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<GenerateSummary> {
     let settings = GenSettings::new(config);
     let dir = data_dir(config);
     let threads = match config.compute.threads {
@@ -271,10 +494,20 @@ fn simulate_all(config: &ParticlesConfig) -> Result<GenerateSummary> {
             return Ok(summary);
         }
     }
-    let reused = if dir.join("parts").is_dir() {
-        recorded_shards(&dir)?.len() as u64
+    let done = if dir.join("parts").is_dir() {
+        recorded_shards(&dir)?
     } else {
-        0
+        Default::default()
+    };
+    let reused = done.len() as u64;
+    let remote = match remote {
+        Some(r) => {
+            let todo = (0..settings.simulations)
+                .filter(|i| !done.contains_key(i))
+                .collect();
+            Some(RemoteSims::connect(r, &settings, &dir, todo)?)
+        }
+        None => None,
     };
     let bar = progress::bar(settings.simulations * settings.steps, "simulating", false);
     let began = Instant::now();
@@ -287,7 +520,10 @@ fn simulate_all(config: &ParticlesConfig) -> Result<GenerateSummary> {
         &settings_json,
         settings.simulations,
         threads,
-        &|index, buffer| settings.simulate(index, buffer),
+        &|index, buffer| match &remote {
+            Some(r) => r.fill(&settings, index, buffer),
+            None => settings.simulate(index, buffer),
+        },
         &|samples| bar.inc(samples),
         metadata,
     )
@@ -354,7 +590,7 @@ fn train_with(
     run: &RunArgs,
     out: &mut dyn Write,
 ) -> Result<()> {
-    simulate_all(config)?;
+    simulate_all(config, None)?;
     let dir = data_dir(config);
     let all = Dataset::open(&dir)?;
     let sims = all.manifest().shards.len();
