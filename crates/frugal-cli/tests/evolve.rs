@@ -527,3 +527,71 @@ fn farm_bench_measures_both_backends() {
         .code(2)
         .stderr(predicates::str::contains("--seconds"));
 }
+
+/// `rediss://`: the server's certificate is verified (against FRUGAL_REDIS_CA for a
+/// private authority), a client certificate is presented when the server requires one,
+/// and `#insecure` skips verification.
+#[test]
+fn redis_over_tls_verifies_the_server_and_presents_a_client_certificate() {
+    let required = std::env::var("FRUGAL_REQUIRE_REDIS").as_deref() == Ok("1");
+    let Some(certs) = frugal_farm::testing::TestCerts::new() else {
+        assert!(
+            !required,
+            "FRUGAL_REQUIRE_REDIS=1 but openssl cannot make certificates"
+        );
+        return;
+    };
+    let Some(server) = RedisServer::start_tls(&certs, true) else {
+        assert!(
+            !required,
+            "FRUGAL_REQUIRE_REDIS=1 but redis-server cannot start with TLS"
+        );
+        return;
+    };
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let bench = |url: &str, env: &[(&str, &str)]| {
+        let mut cmd = frugal();
+        cmd.args([
+            "farm",
+            "bench",
+            "--no-local",
+            "--jobs",
+            "200",
+            "--json",
+            "--redis",
+            url,
+        ]);
+        for var in ["FRUGAL_REDIS_CA", "FRUGAL_REDIS_CERT", "FRUGAL_REDIS_KEY"] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, certs.path(v));
+        }
+        cmd.assert()
+    };
+    bench(&url, &[])
+        .code(1)
+        .stderr(predicates::str::contains("FRUGAL_REDIS_CA"));
+    bench(&url, &[("FRUGAL_REDIS_CA", "ca.crt")])
+        .code(1)
+        .stderr(predicates::str::contains("FRUGAL_REDIS_CERT"));
+    let client = [
+        ("FRUGAL_REDIS_CERT", "client.crt"),
+        ("FRUGAL_REDIS_KEY", "client.key"),
+    ];
+    for (url, env) in [
+        (
+            url.clone(),
+            [&[("FRUGAL_REDIS_CA", "ca.crt")][..], &client].concat(),
+        ),
+        (format!("{url}#insecure"), client.to_vec()),
+    ] {
+        let out = bench(&url, &env).success();
+        let b: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(b["redis"]["jobs"], 200, "{url}: {b}");
+    }
+    bench(&url, &[("FRUGAL_REDIS_CERT", "client.crt")])
+        .code(1)
+        .stderr(predicates::str::contains("go together"));
+}

@@ -68,16 +68,76 @@ pub(crate) fn redacted(url: &str) -> String {
 pub(crate) fn connect(url: &str) -> Result<Connection, FarmError> {
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let err = |e: redis::RedisError| FarmError::Redis {
-        url: redacted(url),
-        message: e.to_string(),
+    let tls = url.starts_with("rediss://");
+    let err = |e: redis::RedisError| {
+        let mut message = e.to_string();
+        if tls && message.contains("CertificateRequired") {
+            message.push_str(
+                "; the server wants a client certificate: set FRUGAL_REDIS_CERT and FRUGAL_REDIS_KEY to its PEM files",
+            );
+        } else if tls && message.contains("certificate") {
+            message.push_str(
+                "; to trust a private CA set FRUGAL_REDIS_CA to its certificate (PEM), or on a trusted network end the URL with #insecure",
+            );
+        }
+        FarmError::Redis {
+            url: redacted(url),
+            message,
+        }
     };
-    let client = redis::Client::open(url).map_err(err)?;
+    let files = tls_files().map_err(|message| FarmError::Redis {
+        url: redacted(url),
+        message,
+    })?;
+    let client = match files {
+        Some(certs) if tls => redis::Client::build_with_tls(url, certs),
+        Some(_) => {
+            return Err(FarmError::Redis {
+                url: redacted(url),
+                message: "FRUGAL_REDIS_CA/FRUGAL_REDIS_CERT are set, but the URL is redis:// (no TLS); use rediss://".into(),
+            });
+        }
+        None => redis::Client::open(url),
+    }
+    .map_err(err)?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(10))
         .map_err(err)?;
     redis::cmd("PING").query::<String>(&mut con).map_err(err)?;
     Ok(con)
+}
+
+/// TLS material named by the environment: `FRUGAL_REDIS_CA`, PEM certificates to trust
+/// instead of the system's roots, and `FRUGAL_REDIS_CERT` with `FRUGAL_REDIS_KEY`, a client
+/// certificate for servers that require one (`tls-auth-clients yes`).
+fn tls_files() -> Result<Option<redis::TlsCertificates>, String> {
+    let read = |var: &str| -> Result<Option<Vec<u8>>, String> {
+        match std::env::var_os(var) {
+            Some(path) if !path.is_empty() => std::fs::read(&path)
+                .map(Some)
+                .map_err(|e| format!("{var}={}: {e}", std::path::Path::new(&path).display())),
+            _ => Ok(None),
+        }
+    };
+    let root_cert = read("FRUGAL_REDIS_CA")?;
+    let client_tls = match (read("FRUGAL_REDIS_CERT")?, read("FRUGAL_REDIS_KEY")?) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "FRUGAL_REDIS_CERT and FRUGAL_REDIS_KEY go together: set both for a client certificate, or neither".into(),
+            );
+        }
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
 }
 
 /// Creates the consumer group (and the stream) unless they exist.

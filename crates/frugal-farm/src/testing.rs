@@ -11,7 +11,81 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     password: Option<String>,
+    tls: bool,
     _dir: tempfile::TempDir,
+}
+
+/// A throwaway certificate authority with a certificate for 127.0.0.1 and a client
+/// certificate, made with the `openssl` program.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes them; `None` when `openssl` is missing or fails.
+    pub fn new() -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let d = dir.path();
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").ok()?;
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend_from_slice(&key);
+        ca.extend_from_slice(&["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
+        ca.extend_from_slice(&["-subj", "/CN=frugal-test-ca"]);
+        let ok = openssl(&ca)
+            && ["server", "client"].iter().all(|who| {
+                let (k, csr, crt, ext) = (
+                    format!("{who}.key"),
+                    format!("{who}.csr"),
+                    format!("{who}.crt"),
+                    format!("{who}.ext"),
+                );
+                let subject = format!("/CN={who}");
+                let mut req = vec!["req"];
+                req.extend_from_slice(&key);
+                req.extend_from_slice(&["-keyout", &k, "-out", &csr, "-subj", &subject]);
+                openssl(&req)
+                    && openssl(&[
+                        "x509",
+                        "-req",
+                        "-in",
+                        &csr,
+                        "-CA",
+                        "ca.crt",
+                        "-CAkey",
+                        "ca.key",
+                        "-CAcreateserial",
+                        "-days",
+                        "2",
+                        "-out",
+                        &crt,
+                        "-extfile",
+                        &ext,
+                    ])
+            });
+        ok.then_some(Self { dir })
+    }
+
+    /// The PEM file `name` (`ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`).
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
 }
 
 impl RedisServer {
@@ -35,8 +109,29 @@ impl RedisServer {
         server
     }
 
+    /// Starts one that speaks only TLS with `certs`' server certificate, requiring clients
+    /// to present a certificate of the same authority when `client_certs` is set.
+    pub fn start_tls(certs: &TestCerts, client_certs: bool) -> Option<Self> {
+        let path = |n: &str| certs.path(n).to_string_lossy().into_owned();
+        let tls = [
+            "--tls-cert-file".to_string(),
+            path("server.crt"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.crt"),
+            "--tls-auth-clients".into(),
+            if client_certs { "yes" } else { "no" }.into(),
+        ];
+        Self::launch(None, Some(&tls))
+    }
+
     /// Starts one that requires `password`.
     pub fn start_with(password: Option<&str>) -> Option<Self> {
+        Self::launch(password, None)
+    }
+
+    fn launch(password: Option<&str>, tls: Option<&[String]>) -> Option<Self> {
         // The free port may be taken between finding it and the server binding it: retry.
         for _ in 0..20 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -46,9 +141,15 @@ impl RedisServer {
                 .port();
             let dir = tempfile::tempdir().ok()?;
             let mut cmd = Command::new("redis-server");
+            let (plain, secure) = match tls {
+                Some(_) => ("0".to_string(), port.to_string()),
+                None => (port.to_string(), "0".to_string()),
+            };
             cmd.args([
                 "--port",
-                &port.to_string(),
+                &plain,
+                "--tls-port",
+                &secure,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -63,11 +164,15 @@ impl RedisServer {
             if let Some(p) = password {
                 cmd.args(["--requirepass", p]);
             }
+            if let Some(args) = tls {
+                cmd.args(args);
+            }
             let child = cmd.spawn().ok()?;
             let mut server = Self {
                 child,
                 port,
                 password: password.map(str::to_string),
+                tls: tls.is_some(),
                 _dir: dir,
             };
             let start = Instant::now();
@@ -84,11 +189,12 @@ impl RedisServer {
         None
     }
 
-    /// `redis://` URL of the server, with its password.
+    /// URL of the server (`rediss://` for TLS), with its password.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/", self.port),
         }
     }
 
