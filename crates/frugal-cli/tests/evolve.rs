@@ -4,11 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::frugal;
-use frugal_farm::testing::{RedisServer, gone};
+use frugal_farm::testing::{KillOnDrop as Proc, RedisServer, gone};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_frugal"))
@@ -184,6 +184,7 @@ fn killed_and_resumed(search: &str, tail: &str) {
     let killed_dir = dir.path().join("killed");
     let cfg = config("killed");
     let mut child = Command::new(bin())
+        .env_remove("FRUGAL_REDIS_URL")
         .arg("evolve")
         .arg(&cfg)
         .args(["--workers", "2", "--json"])
@@ -228,15 +229,6 @@ fn first_record(dir: &Path) -> serde_json::Value {
 
 fn redis() -> Option<RedisServer> {
     RedisServer::for_test(None)
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn worker(url: &str, queue: &str, name: &str, jobs: usize, config: Option<&Path>) -> Proc {
@@ -295,6 +287,7 @@ fn a_worker_killed_mid_job_loses_nothing() {
     let config = sleepy(dir.path(), "kill", "sleep", "params = { seconds = 0.6 }");
     let mut doomed = worker(&url, "k", "doomed", 2, None);
     let evolve = Command::new(bin())
+        .env_remove("FRUGAL_REDIS_URL")
         .arg("evolve")
         .arg(&config)
         .args(["--redis", &url, "--queue", "k", "--json"])
@@ -562,9 +555,6 @@ fn redis_over_tls_verifies_the_server_and_presents_a_client_certificate() {
             "--redis",
             url,
         ]);
-        for var in ["FRUGAL_REDIS_CA", "FRUGAL_REDIS_CERT", "FRUGAL_REDIS_KEY"] {
-            cmd.env_remove(var);
-        }
         for (k, v) in env {
             cmd.env(k, certs.path(v));
         }

@@ -73,6 +73,7 @@ fn a_killed_generation_continues_without_duplicating_or_losing_simulations() {
 
     let cfg = config(dir.path(), &parts, "");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .env_remove("FRUGAL_REDIS_URL")
         .args(["nbody", "generate"])
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
@@ -316,7 +317,7 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
     );
     let workers: Vec<_> = (0..2)
         .map(|i| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+            let cmd = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
                 .args(["worker", "--queue", "sims", "--jobs", "1", "--name"])
                 .arg(format!("w{i}"))
                 .arg("--redis")
@@ -324,7 +325,8 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            frugal_farm::testing::KillOnDrop(cmd)
         })
         .collect();
     let remote = dir.path().join("remote");
@@ -332,18 +334,23 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
         frugal()
             .args(["nbody", "generate", "--queue", "sims", "--redis"])
             .arg(server.url())
-            .arg(config(dir.path(), &remote, "")),
+            .arg(config(dir.path(), &remote, ""))
+            .timeout(std::time::Duration::from_secs(600)),
     );
     let status = json(
         frugal()
             .args(["farm", "status", "--queue", "sims", "--redis"])
             .arg(server.url()),
     );
-    for mut w in workers {
-        w.kill().unwrap();
-        w.wait().unwrap();
-    }
-    assert_eq!(status["results"], 16, "{status}");
+    drop(workers);
+    // All 16 simulations went through the queue and were acknowledged; their states left
+    // the server once read.
+    assert_eq!(
+        (&status["jobs"], &status["pending"], &status["waiting"]),
+        (&16.into(), &0.into(), &0.into()),
+        "{status}"
+    );
+    assert_eq!(status["results"], 0, "{status}");
     assert_eq!(s["samples"], 16 * 30, "{s}");
     let (a, b) = (manifest(&local), manifest(&remote));
     assert_eq!(a["shards"], b["shards"]);
@@ -352,8 +359,15 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
 
 #[test]
 fn a_worker_checks_simulation_jobs_it_did_not_configure() {
+    let version = env!("CARGO_PKG_VERSION");
     frugal()
         .args(["farm", "exec", "nbody", "--params", "{\"index\": 0}"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("run the same version"));
+    frugal()
+        .args(["farm", "exec", "nbody", "--params"])
+        .arg(serde_json::json!({"index": 0, "frugal": version}).to_string())
         .assert()
         .failure()
         .stderr(predicates::str::contains("\"settings\""));
@@ -364,7 +378,7 @@ fn a_worker_checks_simulation_jobs_it_did_not_configure() {
     });
     frugal()
         .args(["farm", "exec", "nbody", "--params"])
-        .arg(serde_json::json!({"settings": settings, "index": 0}).to_string())
+        .arg(serde_json::json!({"settings": settings, "index": 0, "frugal": version}).to_string())
         .assert()
         .failure()
         .stderr(predicates::str::contains("shorter simulations"));

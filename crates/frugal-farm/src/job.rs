@@ -53,7 +53,7 @@ impl Job {
 }
 
 /// How a job ended: its metrics, or the error of its last attempt once the retry cap is hit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The job's id.
     pub id: String,
@@ -69,6 +69,20 @@ pub struct Outcome {
     /// carried beside the JSON rather than in it.
     #[serde(skip)]
     pub data: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Outcome {
+    // The data may be megabytes: show its length only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("id", &self.id)
+            .field("result", &self.result)
+            .field("attempts", &self.attempts)
+            .field("worker", &self.worker)
+            .field("seconds", &self.seconds)
+            .field("data_bytes", &self.data.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// Reads a command's metrics: a JSON object of numbers, either the whole text or its last

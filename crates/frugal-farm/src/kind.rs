@@ -26,11 +26,20 @@ where
 
 /// What a running attempt may ask of its worker: how long it has left, whether to stop, and
 /// where to put bytes it produces beside its metrics.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Context {
     deadline: Option<Instant>,
     cancel: Arc<AtomicBool>,
     data: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("deadline", &self.deadline)
+            .field("cancelled", &self.cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Context {

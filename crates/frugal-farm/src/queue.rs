@@ -32,20 +32,33 @@ use crate::kind::{Context, Registry, not_registered};
 use crate::{Farm, FarmError, Tally};
 
 pub(crate) const GROUP: &str = "workers";
+/// About how many bytes of results one read of the results stream brings back.
+const READ_BYTES: usize = 64 << 20;
 /// How long a run's claim on its queue lasts without being renewed.
 const RUN_CLAIM_MS: u64 = 15_000;
 
-struct Keys {
-    jobs: String,
-    results: String,
-    errors: String,
-    lease: String,
+pub(crate) struct Keys {
+    pub(crate) jobs: String,
+    pub(crate) results: String,
+    pub(crate) errors: String,
+    pub(crate) lease: String,
     run: String,
     worker_prefix: String,
 }
 
 impl Keys {
-    fn new(queue: &str) -> Self {
+    /// The queue's own keys (workers' heartbeat keys expire by themselves).
+    pub(crate) fn all(&self) -> [&str; 5] {
+        [
+            &self.jobs,
+            &self.results,
+            &self.errors,
+            &self.lease,
+            &self.run,
+        ]
+    }
+
+    pub(crate) fn new(queue: &str) -> Self {
         Self {
             jobs: format!("{queue}:jobs"),
             results: format!("{queue}:results"),
@@ -71,14 +84,19 @@ pub(crate) fn connect(url: &str) -> Result<Connection, FarmError> {
     let tls = url.starts_with("rediss://");
     let err = |e: redis::RedisError| {
         let mut message = e.to_string();
+        let set = |var| std::env::var_os(var).is_some_and(|v| !v.is_empty());
         if tls && message.contains("CertificateRequired") {
-            message.push_str(
-                "; the server wants a client certificate: set FRUGAL_REDIS_CERT and FRUGAL_REDIS_KEY to its PEM files",
-            );
-        } else if tls && message.contains("certificate") {
-            message.push_str(
-                "; to trust a private CA set FRUGAL_REDIS_CA to its certificate (PEM), or on a trusted network end the URL with #insecure",
-            );
+            message.push_str(if set("FRUGAL_REDIS_CERT") {
+                "; the server refused the client certificate in FRUGAL_REDIS_CERT: is it signed by the authority the server trusts?"
+            } else {
+                "; the server wants a client certificate: set FRUGAL_REDIS_CERT and FRUGAL_REDIS_KEY to its PEM files"
+            });
+        } else if tls && message.contains("UnknownIssuer") {
+            message.push_str(if set("FRUGAL_REDIS_CA") {
+                "; the authority in FRUGAL_REDIS_CA did not sign the server's certificate"
+            } else {
+                "; to trust a private authority set FRUGAL_REDIS_CA to its certificate (PEM), or on a trusted network end the URL with #insecure"
+            });
         }
         FarmError::Redis {
             url: redacted(url),
@@ -119,8 +137,29 @@ fn tls_files() -> Result<Option<redis::TlsCertificates>, String> {
             _ => Ok(None),
         }
     };
-    let root_cert = read("FRUGAL_REDIS_CA")?;
-    let client_tls = match (read("FRUGAL_REDIS_CERT")?, read("FRUGAL_REDIS_KEY")?) {
+    // Checked here: an empty trust store would only say "unknown issuer" later.
+    let pem = |var: &str, what: &str, marker: &str| -> Result<Option<Vec<u8>>, String> {
+        let bytes = read(var)?;
+        match &bytes {
+            Some(b) if !String::from_utf8_lossy(b).contains(marker) => Err(format!(
+                "{var}={}: no {what} in it (expected a PEM file with {marker:?})",
+                std::env::var_os(var).unwrap_or_default().to_string_lossy()
+            )),
+            _ => Ok(bytes),
+        }
+    };
+    let root_cert = pem(
+        "FRUGAL_REDIS_CA",
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let cert = pem(
+        "FRUGAL_REDIS_CERT",
+        "certificate",
+        "-----BEGIN CERTIFICATE-----",
+    )?;
+    let key = pem("FRUGAL_REDIS_KEY", "private key", "PRIVATE KEY-----")?;
+    let client_tls = match (cert, key) {
         (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
             client_cert,
             client_key,
@@ -313,20 +352,20 @@ impl Farm for RedisFarm {
             if entries.is_empty() {
                 return Ok(None);
             }
-            // Results carrying data may be megabytes each: read those a few at a time.
-            self.read_count = if entries.iter().any(|e| e.map.contains_key("data")) {
-                8
-            } else {
-                1000
-            };
+            let mut with_data = Vec::new();
+            let mut largest = 0;
             for entry in entries {
                 self.last_result = entry.id.clone();
                 let text: Option<String> = entry.get("outcome");
                 match text.as_deref().map(serde_json::from_str::<Outcome>) {
-                    Some(Ok(o)) => self.buffer.push_back(Outcome {
-                        data: entry.get("data"),
-                        ..o
-                    }),
+                    Some(Ok(o)) => {
+                        let data: Option<Vec<u8>> = entry.get("data");
+                        if let Some(d) = &data {
+                            largest = largest.max(d.len());
+                            with_data.push(entry.id.clone());
+                        }
+                        self.buffer.push_back(Outcome { data, ..o });
+                    }
                     _ => {
                         return Err(FarmError::Redis {
                             url: self.url.clone(),
@@ -337,6 +376,14 @@ impl Farm for RedisFarm {
                         });
                     }
                 }
+            }
+            // Data may be megabytes per result: once read it leaves the server (which
+            // would otherwise hold a whole dataset), and later reads take about
+            // READ_BYTES at a time.
+            self.read_count = (READ_BYTES / largest.max(1)).clamp(1, 1000);
+            if !with_data.is_empty() {
+                let r = self.con.xdel::<_, _, ()>(&self.keys.results, &with_data);
+                r.map_err(|e| self.err(e))?;
             }
         }
     }
@@ -657,12 +704,15 @@ fn serve(s: &Shared, con: &mut Connection, consumer: &str, taken: Vec<Taken>) ->
     let mut queued = 0usize;
     let mut since = Instant::now();
     for t in taken {
+        let mut large = false;
         if let Some(outcome) = attempt(s, con, consumer, &t)? {
+            large = outcome.data.is_some();
             finish(s, &mut pipe, &t.entry, &outcome);
             queued += 1;
         }
-        // Results of slow jobs go out at once; those of fast ones share a round trip.
-        if queued > 0 && (since.elapsed() > Duration::from_millis(50) || queued >= 256) {
+        // Results of slow jobs and those with data go out at once; those of fast ones
+        // share a round trip.
+        if queued > 0 && (large || since.elapsed() > Duration::from_millis(50) || queued >= 256) {
             pipe.query::<()>(con)?;
             pipe = redis::pipe();
             pipe.atomic();

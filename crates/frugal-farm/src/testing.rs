@@ -141,15 +141,11 @@ impl RedisServer {
                 .port();
             let dir = tempfile::tempdir().ok()?;
             let mut cmd = Command::new("redis-server");
-            let (plain, secure) = match tls {
-                Some(_) => ("0".to_string(), port.to_string()),
-                None => (port.to_string(), "0".to_string()),
-            };
+            // Only TLS servers get TLS options: builds without TLS refuse them.
+            let plain = if tls.is_some() { 0 } else { port };
             cmd.args([
                 "--port",
-                &plain,
-                "--tls-port",
-                &secure,
+                &plain.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -165,7 +161,7 @@ impl RedisServer {
                 cmd.args(["--requirepass", p]);
             }
             if let Some(args) = tls {
-                cmd.args(args);
+                cmd.args(["--tls-port", &port.to_string()]).args(args);
             }
             let child = cmd.spawn().ok()?;
             let mut server = Self {
@@ -208,6 +204,17 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no workers
+/// running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

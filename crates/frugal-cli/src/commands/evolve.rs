@@ -61,26 +61,7 @@ pub(crate) fn run(args: EvolveArgs, out: &mut dyn Write) -> Result<()> {
                 &run_id,
                 Duration::from_secs_f64(config.farm.lease_s),
             )?;
-            let live = farm.workers()?;
-            let capable: usize = live
-                .iter()
-                .filter(|w| w.kinds.contains(&spec.kind))
-                .map(|w| w.jobs)
-                .sum();
-            let mut err = std::io::stderr().lock();
-            if live.is_empty() {
-                writeln!(
-                    err,
-                    "waiting for workers: start `frugal worker --redis URL --queue {queue}` on any machine"
-                )?;
-            } else if capable == 0 {
-                writeln!(
-                    err,
-                    "warning: none of the {} live workers registers job kind {:?}; its jobs will fail",
-                    live.len(),
-                    spec.kind
-                )?;
-            }
+            let capable = announce_workers(&mut farm, queue, &spec.kind)?;
             let slots = if config.farm.in_flight > 0 {
                 config.farm.in_flight as usize
             } else {
@@ -588,6 +569,31 @@ pub(crate) fn worker(args: WorkerArgs, out: &mut dyn Write) -> Result<()> {
         report.done, report.failed
     )?;
     Ok(())
+}
+
+/// Tells the user what the queue's live workers can do for jobs of `kind`: to start some
+/// when there are none, or that none registers the kind. Returns the slots that do.
+pub(crate) fn announce_workers(farm: &mut RedisFarm, queue: &str, kind: &str) -> Result<usize> {
+    let live = farm.workers()?;
+    let capable: usize = live
+        .iter()
+        .filter(|w| w.kinds.iter().any(|k| k == kind))
+        .map(|w| w.jobs)
+        .sum();
+    let mut err = std::io::stderr().lock();
+    if live.is_empty() {
+        writeln!(
+            err,
+            "waiting for workers: start `frugal worker --redis URL --queue {queue}` on any machine"
+        )?;
+    } else if capable == 0 {
+        writeln!(
+            err,
+            "warning: none of the {} live workers registers job kind {kind:?}; its jobs will fail",
+            live.len(),
+        )?;
+    }
+    Ok(capable)
 }
 
 /// `frugal farm …`.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -128,14 +128,16 @@ fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
     }
 }
 
-/// Everything a simulation's samples depend on: a resumed run must match it.
 /// Takes one recorded state: its step, positions, velocities, accelerations.
 type StateSink<'a> = dyn FnMut(u64, &[u8], &[u8], &[u8]) -> Result<(), String> + 'a;
 
 /// The most one simulation job may send back through a queue (a Redis value holds 512 MiB).
 const MAX_JOB_BYTES: usize = 256 << 20;
 
+/// Everything a simulation's samples depend on: a resumed run must match it. Workers
+/// refuse fields they do not know rather than simulate something else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GenSettings {
     particles: usize,
     simulations: u64,
@@ -194,12 +196,8 @@ impl GenSettings {
 
     /// Runs simulation `index` on this thread into `buffer`.
     fn simulate(&self, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
-        let sim = (index as u32).to_le_bytes();
         self.states(index, &mut || Ok(()), &mut |step, pos, vel, acc| {
-            let step = (step as u32).to_le_bytes();
-            buffer
-                .push_rows(1, &[pos, vel, acc, &sim, &step])
-                .map_err(|e| e.to_string())
+            push_state(buffer, index, step, [pos, vel, acc]).map_err(|e| e.to_string())
         })
         .map_err(StoreError::Invalid)
     }
@@ -277,10 +275,30 @@ impl GenSettings {
     }
 }
 
+/// One row of the dataset: a recorded state of simulation `index` (see `schema`).
+fn push_state(
+    buffer: &mut ShardBuffer,
+    index: u64,
+    step: u64,
+    [pos, vel, acc]: [&[u8]; 3],
+) -> frugal_store::Result<()> {
+    let (sim, step) = ((index as u32).to_le_bytes(), (step as u32).to_le_bytes());
+    buffer.push_rows(1, &[pos, vel, acc, &sim, &step])
+}
+
 /// The job kind that runs one simulation of a dataset on a worker: parameters
 /// `{"settings": …, "index": i}`; the states come back as the job's data.
 pub(crate) fn register_kinds(registry: &mut Registry) -> Result<(), String> {
     registry.register("nbody", |job: &Job, ctx: &JobContext| {
+        // Byte-identical datasets need the generator's own simulator.
+        let version = job.params["frugal"].as_str().unwrap_or("unknown");
+        if version != env!("CARGO_PKG_VERSION") {
+            return Err(format!(
+                "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
+                job.id,
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
         let settings: GenSettings = serde_json::from_value(job.params["settings"].clone())
             .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
         settings
@@ -343,19 +361,25 @@ pub(crate) struct Remote {
 }
 
 /// Simulations run by a queue's workers (`nbody` jobs), handed to the dataset writer in
-/// the order it asks for them. Jobs are submitted a bounded window ahead of the writer, so
-/// the states waiting in memory stay bounded however the workers race.
+/// the order it asks for them. Jobs are submitted at most `window` ahead of the
+/// simulations the writer has taken, so the states waiting in memory stay bounded however
+/// the workers race. One writer thread at a time polls the queue; the others wait for
+/// their simulation to arrive.
 struct RemoteSims {
+    farm: Mutex<RedisFarm>,
     state: Mutex<RemoteState>,
+    arrived: Condvar,
     window: usize,
+    settings: serde_json::Value,
 }
 
 struct RemoteState {
-    farm: RedisFarm,
     todo: Vec<u64>,
     submitted: usize,
+    received: usize,
+    taken: usize,
+    polling: bool,
     ready: HashMap<u64, Outcome>,
-    settings: serde_json::Value,
 }
 
 impl RemoteSims {
@@ -370,60 +394,104 @@ impl RemoteSims {
         (settings_json.to_string(), dir).hash(&mut hash);
         // The same dataset gets the same run id, so a restarted generation takes its queue back.
         let run_id = format!("nbody-{:016x}", hash.finish());
-        let farm =
+        let mut farm =
             RedisFarm::connect(&remote.url, &remote.queue, &run_id, Duration::from_secs(30))?;
+        super::evolve::announce_workers(&mut farm, &remote.queue, "nbody")?;
         Ok(Self {
+            farm: Mutex::new(farm),
             state: Mutex::new(RemoteState {
-                farm,
                 todo,
                 submitted: 0,
+                received: 0,
+                taken: 0,
+                polling: false,
                 ready: HashMap::new(),
-                settings: settings_json,
             }),
-            window: (REMOTE_WINDOW_BYTES / settings.state_bytes().max(1)).clamp(4, 256),
+            arrived: Condvar::new(),
+            window: (REMOTE_WINDOW_BYTES / settings.state_bytes().max(1)).clamp(1, 256),
+            settings: settings_json,
         })
     }
 
-    /// Waits for simulation `index` from the workers and writes its states into `buffer`.
+    /// Submits the jobs up to `window` past the simulations already taken.
+    fn submit_ahead(&self, st: &mut RemoteState) -> frugal_store::Result<()> {
+        let want = (st.taken + self.window).min(st.todo.len());
+        if st.submitted >= want {
+            return Ok(());
+        }
+        let jobs = st.todo[st.submitted..want]
+            .iter()
+            .map(|&i| {
+                let params = serde_json::json!({
+                    "settings": self.settings,
+                    "index": i,
+                    "frugal": env!("CARGO_PKG_VERSION"),
+                });
+                Job::new(format!("sim-{i}"), "nbody", params, i)
+            })
+            .collect();
+        let mut farm = self.farm.lock().expect("farm lock");
+        farm.submit(jobs)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        st.submitted = want;
+        Ok(())
+    }
+
+    /// Waits for simulation `index` from the workers.
+    fn wait_for(&self, index: u64) -> frugal_store::Result<Outcome> {
+        let mut st = self.state.lock().expect("remote lock");
+        loop {
+            if let Some(o) = st.ready.remove(&index) {
+                st.taken += 1;
+                self.submit_ahead(&mut st)?;
+                return Ok(o);
+            }
+            self.submit_ahead(&mut st)?;
+            let in_flight = st.submitted - st.received;
+            if in_flight == 0 && st.ready.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "simulation {index} is not in the queue"
+                )));
+            }
+            // Another thread polls, or what arrived must be taken before more is sent.
+            if st.polling || in_flight == 0 {
+                st = self
+                    .arrived
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .expect("remote lock")
+                    .0;
+                continue;
+            }
+            // This thread polls; the others wait for what it brings.
+            st.polling = true;
+            drop(st);
+            let next = self
+                .farm
+                .lock()
+                .expect("farm lock")
+                .next(Duration::from_millis(200));
+            st = self.state.lock().expect("remote lock");
+            st.polling = false;
+            self.arrived.notify_all();
+            if let Some(o) = next.map_err(|e| StoreError::Invalid(e.to_string()))? {
+                let i = o.id.strip_prefix("sim-").and_then(|i| i.parse().ok());
+                let i = i.ok_or_else(|| {
+                    StoreError::Invalid(format!("unexpected result {:?} in the queue", o.id))
+                })?;
+                st.received += 1;
+                st.ready.insert(i, o);
+            }
+        }
+    }
+
+    /// Waits for simulation `index` and writes its states into `buffer`.
     fn fill(
         &self,
         settings: &GenSettings,
         index: u64,
         buffer: &mut ShardBuffer,
     ) -> frugal_store::Result<()> {
-        let outcome = loop {
-            let mut st = self.state.lock().expect("remote lock");
-            let at = st.todo.partition_point(|&i| i < index);
-            let want = (at + self.window).min(st.todo.len());
-            if st.submitted < want {
-                let jobs = st.todo[st.submitted..want]
-                    .iter()
-                    .map(|&i| {
-                        Job::new(
-                            format!("sim-{i}"),
-                            "nbody",
-                            serde_json::json!({ "settings": st.settings, "index": i }),
-                            i,
-                        )
-                    })
-                    .collect();
-                st.farm
-                    .submit(jobs)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                st.submitted = want;
-            }
-            if let Some(o) = st.ready.remove(&index) {
-                break o;
-            }
-            let next = st.farm.next(Duration::from_millis(200));
-            if let Some(o) = next.map_err(|e| StoreError::Invalid(e.to_string()))? {
-                let i = o.id.strip_prefix("sim-").and_then(|i| i.parse().ok());
-                let i = i.ok_or_else(|| {
-                    StoreError::Invalid(format!("unexpected result {:?} in the queue", o.id))
-                })?;
-                st.ready.insert(i, o);
-            }
-        };
+        let outcome = self.wait_for(index)?;
         let fail = |why: String| StoreError::Invalid(format!("simulation {index}: {why}"));
         let data = match outcome.result {
             Ok(_) => outcome
@@ -433,18 +501,17 @@ impl RemoteSims {
         };
         if data.len() != settings.state_bytes() {
             return Err(fail(format!(
-                "worker {} sent {} bytes of states, not {}; is it running another version of frugal?",
+                "worker {} sent {} bytes of states, not {}",
                 outcome.worker,
                 data.len(),
                 settings.state_bytes()
             )));
         }
         let part = settings.particles * 12;
-        let sim = (index as u32).to_le_bytes();
         for (step, state) in data.chunks_exact(3 * part).enumerate() {
             let (pos, rest) = state.split_at(part);
             let (vel, acc) = rest.split_at(part);
-            buffer.push_rows(1, &[pos, vel, acc, &sim, &(step as u32).to_le_bytes()])?;
+            push_state(buffer, index, step as u64, [pos, vel, acc])?;
         }
         Ok(())
     }
@@ -500,14 +567,21 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
         Default::default()
     };
     let reused = done.len() as u64;
-    let remote = match remote {
+    let (remote, threads) = match remote {
         Some(r) => {
+            settings.validate().map_err(|e| {
+                super::UserError(format!("{}: [sim]: {e}", config.output_dir.display()))
+            })?;
             let todo = (0..settings.simulations)
                 .filter(|i| !done.contains_key(i))
                 .collect();
-            Some(RemoteSims::connect(r, &settings, &dir, todo)?)
+            // Writing shards is light: two writers keep up with any number of workers.
+            (
+                Some(RemoteSims::connect(r, &settings, &dir, todo)?),
+                threads.min(2),
+            )
         }
-        None => None,
+        None => (None, threads),
     };
     let bar = progress::bar(settings.simulations * settings.steps, "simulating", false);
     let began = Instant::now();

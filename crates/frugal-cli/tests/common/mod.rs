@@ -9,6 +9,15 @@ use assert_cmd::Command;
 pub(crate) fn frugal() -> Command {
     let mut cmd = Command::cargo_bin("frugal").unwrap();
     cmd.env("FRUGAL_PRESETS_DIR", "/nonexistent/frugal-presets");
+    // A developer's own queue must not turn local runs into remote ones.
+    for var in [
+        "FRUGAL_REDIS_URL",
+        "FRUGAL_REDIS_CA",
+        "FRUGAL_REDIS_CERT",
+        "FRUGAL_REDIS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd
 }
 
