@@ -1,7 +1,7 @@
 """DEAP on the problems and budgets of frugal-evolve's `quality` example, as its peer: the
 same populations, generations, seeds, operators and parameters, where DEAP has them.
 
-    python bench/peers/deap_evolve.py
+    python bench/peers/deap_evolve.py [SEEDS]     # seeds 1..SEEDS, 10 by default
 
     cargo run --release -p frugal-evolve --example quality   # the frugal-evolve side
 
@@ -31,12 +31,13 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 
 import deap
 from deap import base, creator, tools
 
-SEEDS = list(range(1, 11))
+SEEDS = list(range(1, 1 + (int(sys.argv[1]) if len(sys.argv) > 1 else 10)))
 POPULATION = 100
 GENERATIONS = 100
 
@@ -156,6 +157,7 @@ def summary(method, metric, runner, mode="generational"):
         "evaluations": runs[0][1],
         "metric": metric,
         "median": statistics.median(scores),
+        "mean": statistics.fmean(scores),
         "best": ordered[0],
         "worst": ordered[-1],
         "per_seed": scores,

@@ -1,7 +1,9 @@
 //! Quality on the standard problems with fixed budgets, as one JSON object on stdout, in the
 //! schema of `bench/peers/deap_evolve.py` so the two can be compared side by side:
 //!
-//!     cargo run --release -p frugal-evolve --example quality
+//!     cargo run --release -p frugal-evolve --example quality [SEEDS]
+//!
+//! over seeds 1..=SEEDS (10 by default).
 //!
 //! Per problem: the method and budget, and over the seeds the median, best and worst of
 //! the final best objective value (hypervolume with reference (1, 1) for ZDT1, where larger
@@ -13,7 +15,6 @@ use std::time::Instant;
 use frugal_evolve::{Candidate, Evolution, Fitness, Method, Settings, Space, problems};
 use serde_json::{Value, json};
 
-const SEEDS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 const POPULATION: usize = 100;
 const GENERATIONS: u32 = 100;
 
@@ -74,10 +75,10 @@ fn run(problem: &Problem, seed: u64) -> (f64, u64) {
     (score, evo.evaluations())
 }
 
-fn summary(problem: &Problem) -> Value {
+fn summary(problem: &Problem, seeds: &[u64]) -> Value {
     let started = Instant::now();
-    let runs: Vec<(f64, u64)> = SEEDS.iter().map(|&seed| run(problem, seed)).collect();
-    let seconds = started.elapsed().as_secs_f64() / SEEDS.len() as f64;
+    let runs: Vec<(f64, u64)> = seeds.iter().map(|&seed| run(problem, seed)).collect();
+    let seconds = started.elapsed().as_secs_f64() / seeds.len() as f64;
     let scores: Vec<f64> = runs.iter().map(|r| r.0).collect();
     let larger_is_better = problem.objectives > 1;
     let mut sorted = scores.clone();
@@ -102,6 +103,7 @@ fn summary(problem: &Problem) -> Value {
         "evaluations": runs[0].1,
         "metric": if larger_is_better { "hypervolume" } else { "best_fitness" },
         "median": median,
+        "mean": scores.iter().sum::<f64>() / n as f64,
         "best": sorted[0],
         "worst": sorted[n - 1],
         "per_seed": scores,
@@ -110,6 +112,16 @@ fn summary(problem: &Problem) -> Value {
 }
 
 fn main() -> std::io::Result<()> {
+    let count: u64 = match std::env::args().nth(1) {
+        Some(n) => n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("SEEDS must be a positive integer, not {n:?}"),
+            )
+        })?,
+        None => 10,
+    };
+    let seeds: Vec<u64> = (1..=count).collect();
     let sphere = |c: &Candidate| Fitness::single(problems::sphere(&c.genes));
     let rastrigin = |c: &Candidate| Fitness::single(problems::rastrigin(&c.genes));
     let zdt1 = |c: &Candidate| Fitness::new(problems::zdt1(&c.genes).to_vec());
@@ -186,11 +198,11 @@ fn main() -> std::io::Result<()> {
     ];
     let mut results = serde_json::Map::new();
     for p in &all {
-        results.insert(p.name.to_string(), summary(p));
+        results.insert(p.name.to_string(), summary(p, &seeds));
     }
     let report = json!({
         "implementation": "frugal-evolve",
-        "seeds": SEEDS,
+        "seeds": seeds,
         "problems": results,
     });
     let mut out = std::io::stdout().lock();
