@@ -80,22 +80,7 @@ fn a_killed_generation_continues_without_duplicating_or_losing_simulations() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let shards = |d: &Path| {
-        std::fs::read_dir(d)
-            .map(|e| {
-                e.filter(|f| {
-                    f.as_ref()
-                        .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".safetensors"))
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    };
-    while shards(&parts.join("sims")) < 2 && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_two_shards(child, &parts);
 
     let s = json(frugal().args(["nbody", "generate"]).arg(&cfg));
     assert!(
@@ -105,6 +90,26 @@ fn a_killed_generation_continues_without_duplicating_or_losing_simulations() {
     let (a, b) = (manifest(&whole), manifest(&parts));
     assert_eq!(a["shards"], b["shards"]);
     assert_eq!(b["samples"], 16 * 30);
+}
+
+/// Waits until two of `out`'s shard files exist (or the run ended), then kills it.
+fn kill_after_two_shards(mut child: std::process::Child, out: &Path) {
+    let shards = || {
+        std::fs::read_dir(out.join("sims"))
+            .map(|e| {
+                e.filter(|f| {
+                    f.as_ref()
+                        .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".safetensors"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    while shards() < 2 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -342,7 +347,6 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
             .args(["farm", "status", "--queue", "sims", "--redis"])
             .arg(server.url()),
     );
-    drop(workers);
     // All 16 simulations went through the queue and were acknowledged; their states left
     // the server once read.
     assert_eq!(
@@ -355,6 +359,31 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
     let (a, b) = (manifest(&local), manifest(&remote));
     assert_eq!(a["shards"], b["shards"]);
     assert_eq!(b["complete"], true);
+
+    // Killed after two shards and run again: it takes its queue back and finishes.
+    let killed = dir.path().join("killed");
+    let cfg = config(dir.path(), &killed, "");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .env_remove("FRUGAL_REDIS_URL")
+        .args(["nbody", "generate", "--queue", "sims", "--redis"])
+        .arg(server.url())
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_after_two_shards(child, &killed);
+    let again = json(
+        frugal()
+            .args(["nbody", "generate", "--queue", "sims", "--redis"])
+            .arg(server.url())
+            .arg(&cfg)
+            .timeout(std::time::Duration::from_secs(600)),
+    );
+    drop(workers);
+    let reused = again["reused"].as_u64().unwrap();
+    assert!(reused < 16, "the kill came too late: {again}");
+    assert_eq!(manifest(&killed)["shards"], manifest(&local)["shards"]);
 }
 
 #[test]
