@@ -72,7 +72,7 @@ fn a_killed_generation_continues_without_duplicating_or_losing_simulations() {
     );
 
     let cfg = config(dir.path(), &parts, "");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
         .env_remove("FRUGAL_REDIS_URL")
         .args(["nbody", "generate"])
         .arg(&cfg)
