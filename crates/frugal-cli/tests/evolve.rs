@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::frugal;
+use common::{frugal, json};
 use frugal_farm::testing::{KillOnDrop as Proc, RedisServer, gone};
 
 fn bin() -> PathBuf {
@@ -21,19 +21,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn evolve_json(config: &Path, extra: &[&str]) -> serde_json::Value {
-    let out = frugal()
-        .arg("evolve")
-        .arg(config)
-        .args(extra)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json(frugal().arg("evolve").arg(config).args(extra))
 }
 
 fn rastrigin(dir: &Path, out: &str, extra: &str) -> PathBuf {
@@ -256,16 +244,7 @@ fn worker(url: &str, queue: &str, name: &str, jobs: usize, config: Option<&Path>
 }
 
 fn status(url: &str, queue: &str) -> serde_json::Value {
-    let out = frugal()
-        .args(["farm", "status", "--redis", url, "--queue", queue, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json(frugal().args(["farm", "status", "--redis", url, "--queue", queue]))
 }
 
 fn sleepy(dir: &Path, name: &str, kind: &str, extra_job: &str) -> PathBuf {
@@ -488,26 +467,12 @@ fn the_shipped_zdt1_run_reaches_the_hypervolume_target() {
 fn farm_bench_measures_both_backends() {
     let mut cmd = frugal();
     cmd.args(["farm", "bench", "--workers", "2", "--seconds", "0.02"])
-        .args([
-            "--per-worker",
-            "2",
-            "--jobs",
-            "500",
-            "--batch",
-            "16",
-            "--json",
-        ]);
+        .args(["--per-worker", "2", "--jobs", "500", "--batch", "16"]);
     let server = redis();
     if let Some(s) = &server {
         cmd.arg("--redis").arg(s.url());
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = json(&mut cmd);
     assert_eq!(b["local"]["jobs"], 4, "{b}");
     assert!(b["local"]["efficiency"].as_f64().unwrap() > 0.0, "{b}");
     if server.is_some() {

@@ -234,7 +234,7 @@ pub fn register_builtin(registry: &mut Registry) -> Result<(), String> {
 pub const SPIN_ROUND: u32 = 10_000;
 
 /// One round of `spin`'s arithmetic: a chain the compiler cannot shorten.
-pub fn spin_round(mut x: f64) -> f64 {
+pub(crate) fn spin_round(mut x: f64) -> f64 {
     for _ in 0..SPIN_ROUND {
         x = (x * 1.000_000_1 + 0.5).sin();
     }
