@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use frugal_hw::{Tier, Workload};
+use frugal_train::Precision;
 
 /// Big machine-learning and simulation work on modest hardware.
 #[derive(Debug, Parser)]
@@ -245,6 +246,19 @@ pub(crate) struct NbodyScaleArgs {
     /// Compute threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
+    /// Where the steps run: `cpu`, `gpu` (peaks are then the device allocator's) or
+    /// `auto`.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub(crate) device: frugal_train::device::DeviceChoice,
+    /// Measure one configuration only: `off` or `on`.
+    #[arg(long, value_parser = ["off", "on"])]
+    pub(crate) only: Option<String>,
+    /// Compute precision of both configurations (default: f32 off, bf16 on).
+    #[arg(long, value_parser = parse_precision)]
+    pub(crate) precision: Option<Precision>,
+    /// Steps timed at each point after one warm-up step; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) steps: usize,
     /// Where the table (`scale.csv`) and plot (`scale.png`) go.
     #[arg(long, default_value = "runs/nbody-scale")]
     pub(crate) out: PathBuf,
@@ -317,6 +331,10 @@ pub(crate) struct PlanArgs {
     /// report the largest batch whose measured peak stays 5 % under the budget.
     #[arg(long)]
     pub(crate) measure: bool,
+    /// The GPU memory budget of a run on a GPU (default: the card's memory, as NVML
+    /// reports it).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) device_budget: Option<u64>,
     /// Print the plan as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -537,6 +555,27 @@ pub(crate) enum ConfigCommand {
         #[command(flatten)]
         presets: PresetDirArg,
     },
+}
+
+fn parse_device(s: &str) -> Result<frugal_train::device::DeviceChoice, String> {
+    use frugal_train::device::DeviceChoice;
+    match s {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "gpu" => Ok(DeviceChoice::Gpu),
+        other => Err(format!("`{other}` is not a device: use cpu, gpu or auto")),
+    }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        "f16" => Ok(Precision::F16),
+        other => Err(format!(
+            "`{other}` is not a precision: use f32, bf16 or f16"
+        )),
+    }
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {

@@ -20,6 +20,14 @@ use crate::config::ConfigError;
 static ALLOC: frugal_train::memory::CountingAlloc = frugal_train::memory::CountingAlloc;
 
 fn main() -> ExitCode {
+    // A panic inside a guarded section (a training run on a GPU backend) comes back as an
+    // error naming the device and setting; printing it there too would say it twice.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !frugal_train::device::guarded() {
+            report(info);
+        }
+    }));
     let cli = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -86,6 +94,7 @@ fn is_user_error(e: &anyhow::Error) -> bool {
                 c.downcast_ref::<frugal_train::TrainError>(),
                 Some(
                     frugal_train::TrainError::Invalid(_)
+                        | frugal_train::TrainError::Unsupported(_)
                         | frugal_train::TrainError::Snapshot { .. }
                 )
             )

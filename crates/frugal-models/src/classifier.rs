@@ -255,7 +255,7 @@ impl Classifier {
         Ok(precision.cast(x))
     }
 
-    fn targets(&self, batch: &Batch, device: &Device) -> Result<(Tensor<1, Int>, Vec<i64>)> {
+    fn targets(&self, batch: &Batch, device: &Device) -> Result<Tensor<1, Int>> {
         let col = batch
             .column(&self.label)
             .ok_or_else(|| TrainError::Invalid(format!("batch lacks column `{}`", self.label)))?;
@@ -290,9 +290,11 @@ impl Classifier {
                 self.label, self.classes
             )));
         }
-        let t =
-            Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [labels.len()]), device);
-        Ok((t, labels))
+        let n = labels.len();
+        Ok(Tensor::<1, Int>::from_data(
+            TensorData::new(labels, [n]),
+            device,
+        ))
     }
 
     fn to_image(&self, x: Tensor<2>) -> Tensor<4> {
@@ -303,18 +305,13 @@ impl Classifier {
 }
 
 /// Mean cross-entropy of `logits` (computed in f32 whatever the compute precision) and the
-/// number of right answers.
-fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, labels: &[i64]) -> (Tensor<1>, u64) {
+/// number of right answers, both left on the device.
+fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>, Tensor<1, Int>) {
     let logits = logits.cast(FloatDType::F32);
-    let n = labels.len();
-    let predicted: Vec<i64> = logits
-        .clone()
-        .argmax(1)
-        .into_data()
-        .try_into_vec_as::<i64>()
-        .expect("argmax gives integers");
-    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as u64;
-    let picked = log_softmax(logits, 1).gather(1, targets.reshape([n, 1]));
+    let n = targets.dims()[0];
+    let targets = targets.reshape([n, 1]);
+    let correct = logits.clone().argmax(1).equal(targets.clone()).int().sum();
+    let picked = log_softmax(logits, 1).gather(1, targets);
     (picked.mean().neg(), correct)
 }
 
@@ -323,26 +320,29 @@ fn backward<A: Carry, B: Block<A>>(
     head: &Linear,
     x: A,
     input: StepInput<'_>,
+    scale: f64,
     flatten: impl Fn(A) -> Tensor<2>,
     targets: Tensor<1, Int>,
-    labels: &[i64],
-) -> (f64, burn::optim::GradientsParams, u64) {
-    let correct = Cell::new(0);
-    let scale = input.loss_scale;
+) -> (Tensor<1>, burn::optim::GradientsParams, Tensor<1, Int>) {
+    let correct = Cell::new(None);
     let loss = |head: &Linear, h: A| {
-        let (l, c) = cross_entropy(head.forward(flatten(h)), targets, labels);
-        correct.set(c);
+        let (l, c) = cross_entropy(head.forward(flatten(h)), targets);
+        correct.set(Some(c));
         if scale == 1.0 { l } else { l * scale }
     };
     let g = match input.segments {
         Some(s) => segmented_backward(blocks, head, x, s, input.seed, loss),
         None => plain_backward(blocks, head, x, input.seed, loss),
     };
-    (g.loss / scale, g.grads, correct.get())
+    let loss = if scale == 1.0 { g.loss } else { g.loss / scale };
+    let correct = correct.take().expect("the loss was computed");
+    (loss, g.grads, correct)
 }
 
 impl Task for Classifier {
     type Model = Net;
+    /// Inputs (cast to the compute precision) and labels.
+    type Input = (Tensor<2>, Tensor<1, Int>);
 
     fn init(&self, device: &Device) -> Net {
         match self.arch {
@@ -389,12 +389,23 @@ impl Task for Classifier {
         }
     }
 
-    fn step(&self, model: &Net, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput> {
+    fn prepare(&self, batch: &Batch, input: StepInput<'_>) -> Result<Self::Input> {
         let x = self.inputs(batch, input.precision, input.device)?;
-        let (targets, labels) = self.targets(batch, input.device)?;
+        let targets = self.targets(batch, input.device)?;
+        Ok((x, targets))
+    }
+
+    fn step(
+        &self,
+        model: &Net,
+        (x, targets): Self::Input,
+        input: StepInput<'_>,
+        loss_scale: f64,
+    ) -> Result<StepOutput> {
+        let samples = targets.dims()[0];
         let (loss, grads, correct) = match model {
             Net::Mlp(Mlp { blocks, head }) => {
-                backward(blocks, head, x, input, |h| h, targets, &labels)
+                backward(blocks, head, x, input, loss_scale, |h| h, targets)
             }
             Net::Cnn(Cnn { blocks, head }) => {
                 let flatten = |h: Tensor<4>| {
@@ -406,9 +417,9 @@ impl Task for Classifier {
                     head,
                     self.to_image(x),
                     input,
+                    loss_scale,
                     flatten,
                     targets,
-                    &labels,
                 )
             }
         };
@@ -416,14 +427,14 @@ impl Task for Classifier {
             loss,
             grads,
             correct: Some(correct),
-            samples: batch.samples,
+            samples,
         })
     }
 
     fn eval(&self, model: &Net, batch: &Batch, device: &Device) -> Result<EvalOutput> {
         let device = device.clone().without_autodiff();
         let x = self.inputs(batch, Precision::F32, &device)?;
-        let (targets, labels) = self.targets(batch, &device)?;
+        let targets = self.targets(batch, &device)?;
         let logits = match model {
             Net::Mlp(Mlp { blocks, head }) => head.forward(eval_forward(blocks, x)),
             Net::Cnn(Cnn { blocks, head }) => {
@@ -432,9 +443,9 @@ impl Task for Classifier {
                 head.forward(h.reshape([n as i32, -1]))
             }
         };
-        let (loss, correct) = cross_entropy(logits, targets, &labels);
+        let (loss, correct) = cross_entropy(logits, targets);
         Ok(EvalOutput {
-            loss_sum: f64::from(loss.into_scalar::<f32>()) * batch.samples as f64,
+            loss_sum: loss * batch.samples as f64,
             correct: Some(correct),
             samples: batch.samples,
         })

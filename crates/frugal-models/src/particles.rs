@@ -20,7 +20,7 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, FloatDType, Gradients, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Gradients, Int, Tensor, TensorData};
 use frugal_store::{Batch, DType, Schema};
 use frugal_train::checkpoint::{
     Block, Carry, Ctx, eval_forward, plain_backward, segmented_backward,
@@ -32,6 +32,12 @@ use serde::{Deserialize, Serialize};
 /// Node latents, edge latents in chunks, and the edges' endpoints (shared by all layers,
 /// never differentiated). A checkpointed pass updates one chunk of edges per block, so
 /// recomputing a block holds one chunk's activations rather than every edge's.
+///
+/// Edges are ordered by receiving particle, `neighbours` to each, and every chunk holds
+/// whole receivers: a chunk's receivers are a contiguous range of rows, their incoming
+/// edges a `[rows, neighbours]` block. So gathering receivers is a broadcast and summing
+/// messages per receiver is a reshape and a sum — no scatter, no atomic additions, and
+/// the same sum in the same order on every device.
 #[derive(Debug, Clone)]
 pub struct Graph {
     /// One row per particle.
@@ -40,9 +46,12 @@ pub struct Graph {
     pub edges: Vec<Tensor<2>>,
     /// The sending particle of each edge, chunked like `edges`.
     pub senders: Vec<Tensor<1, Int>>,
-    /// The receiving particle of each edge, chunked like `edges`.
-    pub receivers: Vec<Tensor<1, Int>>,
-    /// The messages of this layer's chunks so far, summed by receiving particle.
+    /// The rows (receiving particles) each chunk's edges lead to, `start..end`.
+    pub receivers: Vec<(usize, usize)>,
+    /// Edges per receiving particle.
+    pub neighbours: usize,
+    /// The messages of this layer's chunks so far, summed by receiving particle: one row
+    /// for each receiver of the chunks done.
     pub incoming: Option<Tensor<2>>,
     /// Chunks a block of the current segment replaced; the others pass through it.
     touched: Vec<bool>,
@@ -59,7 +68,8 @@ impl Graph {
             nodes: float(self.nodes.clone()),
             edges: self.edges.iter().cloned().map(&float).collect(),
             senders: self.senders.iter().cloned().map(&int).collect(),
-            receivers: self.receivers.iter().cloned().map(&int).collect(),
+            receivers: self.receivers.clone(),
+            neighbours: self.neighbours,
             incoming: self.incoming.clone().map(&float),
             touched: match touched {
                 Some(t) => vec![t; self.edges.len()],
@@ -102,7 +112,8 @@ impl Graph {
                 .map(|(e, g)| or_zeros(e, g))
                 .collect(),
             senders: self.senders.iter().cloned().map(plain).collect(),
-            receivers: self.receivers.iter().cloned().map(plain).collect(),
+            receivers: self.receivers.clone(),
+            neighbours: self.neighbours,
             incoming: incoming.map(|(t, g)| or_zeros(t, g)),
             touched: vec![false; self.edges.len()],
         })
@@ -153,12 +164,7 @@ impl Carry for Graph {
         )
     }
     fn bytes(&self) -> u64 {
-        let ints: usize = self
-            .senders
-            .iter()
-            .chain(&self.receivers)
-            .map(|t| t.dims()[0] * 8)
-            .sum();
+        let ints: usize = self.senders.iter().map(|t| t.dims()[0] * 8).sum();
         let floats: u64 = self
             .edges
             .iter()
@@ -289,22 +295,30 @@ impl Block<Graph> for GnnBlock {
             }
             GnnBlock::Edges(EdgeUpdate { layer, chunk }) => {
                 let c = *chunk;
+                let (start, end) = g.receivers[c];
+                let (rows, k) = (end - start, g.neighbours);
+                let width = layer.receiver.weight.dims()[1];
+                let receivers = layer
+                    .receiver
+                    .forward(g.nodes.clone().slice(start..end))
+                    .unsqueeze_dim::<3>(1)
+                    .expand([rows, k, width])
+                    .reshape([rows * k, width]);
                 let ends = layer
                     .sender
                     .forward(g.nodes.clone())
                     .select(0, g.senders[c].clone())
-                    + layer
-                        .receiver
-                        .forward(g.nodes.clone())
-                        .select(0, g.receivers[c].clone());
+                    + receivers;
                 let messages = layer.edge.forward_plus(g.edges[c].clone(), Some(ends));
-                let incoming = g.incoming.take().unwrap_or_else(|| g.nodes.zeros_like());
-                g.incoming = Some(incoming.select_assign(
-                    0,
-                    g.receivers[c].clone(),
-                    messages.clone(),
-                    IndexingUpdateOp::Add,
-                ));
+                let summed = messages
+                    .clone()
+                    .reshape([rows, k, width])
+                    .sum_dim(1)
+                    .reshape([rows, width]);
+                g.incoming = Some(match g.incoming.take() {
+                    Some(before) => Tensor::cat(vec![before, summed], 0),
+                    None => summed,
+                });
                 g.edges[c] = g.edges[c].clone() + messages;
                 g.touched[c] = true;
             }
@@ -392,7 +406,6 @@ struct Prepared {
     nodes: Vec<f32>,
     edges: Vec<f32>,
     senders: Vec<i64>,
-    receivers: Vec<i64>,
     targets: Vec<f32>,
 }
 
@@ -544,7 +557,7 @@ impl ParticleGnn {
     }
 
     /// Graphs, features and targets of a batch; `noise_seed` adds the training noise.
-    fn prepare(&self, batch: &Batch, noise_seed: Option<u64>) -> Result<Prepared> {
+    fn features(&self, batch: &Batch, noise_seed: Option<u64>) -> Result<Prepared> {
         let per = self.particles * 3;
         let (pos, vel, acc) = (
             f32_column(batch, "pos", per)?,
@@ -567,13 +580,23 @@ impl ParticleGnn {
         let per = n * 3;
         let samples = pos.len() / per;
         let norm = self.norm;
-        // Per state: node features, edge features, senders, receivers.
-        type Parts = (Vec<f32>, Vec<f32>, Vec<i64>, Vec<i64>);
+        // Per state: node features, edge features, senders.
+        type Parts = (Vec<f32>, Vec<f32>, Vec<i64>);
         let graphs: Vec<Parts> = (0..samples)
             .into_par_iter()
             .map(|b| {
                 let p = as_points(&pos[b * per..(b + 1) * per]);
                 let g = frugal_sim::knn_graph(&p, k, false).map_err(TrainError::Invalid)?;
+                // The network sums messages by reshaping: edge e must lead to particle e / k.
+                if g.receivers
+                    .iter()
+                    .enumerate()
+                    .any(|(e, &r)| r as usize != e / k)
+                {
+                    return Err(TrainError::Invalid(
+                        "the neighbour graph is not ordered by receiving particle".into(),
+                    ));
+                }
                 let (rel, field) = centred_and_field(&p, norm.softening);
                 let mut nodes = Vec::with_capacity(n * NODE_FEATURES);
                 for (i, v) in vel[b * per..(b + 1) * per].chunks_exact(3).enumerate() {
@@ -593,17 +616,14 @@ impl ParticleGnn {
                 }
                 let offset = (b * n) as i64;
                 let senders = g.senders.iter().map(|&s| i64::from(s) + offset).collect();
-                let receivers = g.receivers.iter().map(|&r| i64::from(r) + offset).collect();
-                Ok((nodes, edges, senders, receivers))
+                Ok((nodes, edges, senders))
             })
             .collect::<Result<_>>()?;
-        let (mut nodes, mut edges, mut senders, mut receivers) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (v, e, s, r) in graphs {
+        let (mut nodes, mut edges, mut senders) = (Vec::new(), Vec::new(), Vec::new());
+        for (v, e, s) in graphs {
             nodes.extend(v);
             edges.extend(e);
             senders.extend(s);
-            receivers.extend(r);
         }
         if let (Some(seed), true) = (noise_seed, self.noise > 0.0) {
             let mut rng = frugal_sim::Rng::new(seed);
@@ -625,12 +645,12 @@ impl ParticleGnn {
             nodes,
             edges,
             senders,
-            receivers,
             targets,
         })
     }
 
-    /// The graph, its edges cut into `chunks` near-equal chunks, and the targets.
+    /// The graph, its edges cut into `chunks` near-equal chunks of whole receivers, and
+    /// the targets.
     fn tensors(
         &self,
         p: Prepared,
@@ -638,7 +658,8 @@ impl ParticleGnn {
         precision: Precision,
         device: &Device,
     ) -> (Graph, Tensor<2>) {
-        let edges = p.senders.len();
+        let k = self.neighbours;
+        let rows = p.nodes.len() / NODE_FEATURES;
         let float = |v: &[f32], cols: usize| {
             precision.cast(Tensor::<2>::from_data(
                 TensorData::new(v.to_vec(), [v.len() / cols, cols]),
@@ -647,31 +668,32 @@ impl ParticleGnn {
         };
         let int =
             |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
-        let chunks = chunks.clamp(1, edges.max(1));
-        let bounds: Vec<(usize, usize)> = (0..chunks)
-            .map(|c| (c * edges / chunks, (c + 1) * edges / chunks))
+        let chunks = chunks.clamp(1, rows.max(1));
+        let receivers: Vec<(usize, usize)> = (0..chunks)
+            .map(|c| (c * rows / chunks, (c + 1) * rows / chunks))
             .collect();
         let graph = Graph {
             nodes: float(&p.nodes, NODE_FEATURES),
-            edges: bounds
+            edges: receivers
                 .iter()
                 .map(|&(a, b)| {
                     float(
-                        &p.edges[a * EDGE_FEATURES..b * EDGE_FEATURES],
+                        &p.edges[a * k * EDGE_FEATURES..b * k * EDGE_FEATURES],
                         EDGE_FEATURES,
                     )
                 })
                 .collect(),
-            senders: bounds.iter().map(|&(a, b)| int(&p.senders[a..b])).collect(),
-            receivers: bounds
+            senders: receivers
                 .iter()
-                .map(|&(a, b)| int(&p.receivers[a..b]))
+                .map(|&(a, b)| int(&p.senders[a * k..b * k]))
                 .collect(),
+            receivers,
+            neighbours: k,
             incoming: None,
             touched: vec![false; chunks],
         };
-        let rows = p.targets.len() / 3;
-        let targets = Tensor::<2>::from_data(TensorData::new(p.targets, [rows, 3]), device);
+        let targeted = p.targets.len() / 3;
+        let targets = Tensor::<2>::from_data(TensorData::new(p.targets, [targeted, 3]), device);
         (graph, targets)
     }
 
@@ -695,7 +717,7 @@ impl ParticleGnn {
     /// Normalised accelerations predicted for a batch of states (evaluation, no autodiff):
     /// one row per particle, in the batch's order.
     pub fn predict(&self, model: &Gnn, batch: &Batch, device: &Device) -> Result<Tensor<2>> {
-        let h = self.latents(model, self.prepare(batch, None)?, device);
+        let h = self.latents(model, self.features(batch, None)?, device);
         Ok(model.decoder.forward(h))
     }
 }
@@ -739,6 +761,8 @@ fn mse(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
 
 impl Task for ParticleGnn {
     type Model = Gnn;
+    /// The batch's graph (features uploaded, edges chunked) and its normalised targets.
+    type Input = (Graph, Tensor<2>);
 
     fn init(&self, device: &Device) -> Gnn {
         let h = self.hidden;
@@ -759,30 +783,43 @@ impl Task for ParticleGnn {
         }
     }
 
-    fn step(&self, model: &Gnn, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput> {
-        let prepared = self.prepare(batch, Some(input.seed))?;
+    fn prepare(&self, batch: &Batch, input: StepInput<'_>) -> Result<Self::Input> {
+        let features = self.features(batch, Some(input.seed))?;
         // Chunking edges pays only when blocks are recomputed one at a time.
         let chunks = if input.segments.is_some() {
             self.edge_chunks
         } else {
             1
         };
-        let (graph, targets) = self.tensors(prepared, chunks, input.precision, input.device);
-        let blocks = model.stack(chunks);
-        let scale = input.loss_scale;
+        Ok(self.tensors(features, chunks, input.precision, input.device))
+    }
+
+    fn step(
+        &self,
+        model: &Gnn,
+        (graph, targets): Self::Input,
+        input: StepInput<'_>,
+        loss_scale: f64,
+    ) -> Result<StepOutput> {
+        let samples = targets.dims()[0] / self.particles.max(1);
+        let blocks = model.stack(graph.edges.len());
         let loss = |decoder: &Mlp, g: Graph| {
-            let l = mse(decoder.forward(g.nodes), targets.clone());
-            if scale == 1.0 { l } else { l * scale }
+            let l = mse(decoder.forward(g.nodes), targets);
+            if loss_scale == 1.0 { l } else { l * loss_scale }
         };
         let g = match input.segments {
             Some(s) => segmented_backward(&blocks, &model.decoder, graph, s, input.seed, loss),
             None => plain_backward(&blocks, &model.decoder, graph, input.seed, loss),
         };
         Ok(StepOutput {
-            loss: g.loss / scale,
+            loss: if loss_scale == 1.0 {
+                g.loss
+            } else {
+                g.loss / loss_scale
+            },
             grads: g.grads,
             correct: None,
-            samples: batch.samples,
+            samples,
         })
     }
 
@@ -793,13 +830,87 @@ impl Task for ParticleGnn {
 
     fn eval(&self, model: &Gnn, batch: &Batch, device: &Device) -> Result<EvalOutput> {
         let plain = device.clone().without_autodiff();
-        let (_, targets) = self.tensors(self.prepare(batch, None)?, 1, Precision::F32, &plain);
+        let (_, targets) = self.tensors(self.features(batch, None)?, 1, Precision::F32, &plain);
         let pred = self.predict(model, batch, device)?;
         let loss = mse(pred, targets);
         Ok(EvalOutput {
-            loss_sum: f64::from(loss.into_scalar::<f32>()) * batch.samples as f64,
+            loss_sum: loss * batch.samples as f64,
             correct: None,
             samples: batch.samples,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, IndexingUpdateOp};
+
+    /// The reshape-and-sum aggregation over chunks of whole receivers is the scatter-add
+    /// of every message to its receiving particle.
+    #[test]
+    fn messages_are_summed_per_receiving_particle() {
+        let device = Device::flex();
+        device.seed(7);
+        let (rows, k, h) = (10, 3, 8);
+        let layer = Interaction {
+            edge: Mlp::new(h, h, h, true, &device),
+            sender: LinearConfig::new(h, h).with_bias(false).init(&device),
+            receiver: LinearConfig::new(h, h).with_bias(false).init(&device),
+            node: Mlp::new(2 * h, h, h, true, &device),
+        };
+        let nodes = Tensor::<2>::random([rows, h], Distribution::Normal(0.0, 1.0), &device);
+        let edges = Tensor::<2>::random([rows * k, h], Distribution::Normal(0.0, 1.0), &device);
+        // Two states of five particles; senders within each state.
+        let senders: Vec<i64> = (0..rows * k)
+            .map(|e| {
+                let r = e / k;
+                let state = r / 5 * 5;
+                (state + (r + 1 + e % k) % 5) as i64
+            })
+            .collect();
+        let int = |v: &[i64]| {
+            Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+        };
+        let chunks = [(0, 4), (4, 10)];
+        let mut g = Graph {
+            nodes: nodes.clone(),
+            edges: chunks
+                .iter()
+                .map(|&(a, b)| edges.clone().slice(a * k..b * k))
+                .collect(),
+            senders: chunks
+                .iter()
+                .map(|&(a, b)| int(&senders[a * k..b * k]))
+                .collect(),
+            receivers: chunks.to_vec(),
+            neighbours: k,
+            incoming: None,
+            touched: vec![false; 2],
+        };
+        for chunk in 0..2 {
+            g = GnnBlock::Edges(EdgeUpdate {
+                layer: layer.clone(),
+                chunk,
+            })
+            .forward(g, &Ctx::eval());
+        }
+        let receivers: Vec<i64> = (0..rows * k).map(|e| (e / k) as i64).collect();
+        let ends = layer.sender.forward(nodes.clone()).select(0, int(&senders))
+            + layer
+                .receiver
+                .forward(nodes.clone())
+                .select(0, int(&receivers));
+        let messages = layer.edge.forward_plus(edges, Some(ends));
+        let expected =
+            nodes
+                .zeros_like()
+                .select_assign(0, int(&receivers), messages, IndexingUpdateOp::Add);
+        let got: Vec<f32> = g.incoming.unwrap().into_data().try_to_vec().unwrap();
+        let want: Vec<f32> = expected.into_data().try_to_vec().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 }

@@ -12,7 +12,9 @@ use frugal_store::{
     Batch, Column, DType, Dataset, DatasetWriter, Order, OrderSpec, Schema, StreamOptions,
     WriterOptions,
 };
-use frugal_train::{Precision, StepInput, Task};
+use frugal_train::checkpoint::scalar;
+use frugal_train::trainer::{init_on_cpu, move_to};
+use frugal_train::{Precision, StepInput, Task, run_step};
 
 const PARTICLES: usize = 64;
 
@@ -116,12 +118,13 @@ fn checkpointing_across_message_passing_gives_the_plain_gradients() {
         precision: Precision::F32,
         segments,
         seed: 9,
-        loss_scale: 1.0,
     };
-    let plain = task.step(&model, &batch, input(None)).unwrap();
+    let plain = run_step(&task, &model, &batch, input(None), 1.0).unwrap();
+    let plain_loss = scalar(&plain.loss);
     for segments in [2, 5, task.blocks()] {
-        let checkpointed = task.step(&model, &batch, input(Some(segments))).unwrap();
-        assert!((plain.loss - checkpointed.loss).abs() <= 1e-6 * plain.loss.abs().max(1.0));
+        let checkpointed = run_step(&task, &model, &batch, input(Some(segments)), 1.0).unwrap();
+        let loss = scalar(&checkpointed.loss);
+        assert!((plain_loss - loss).abs() <= 1e-6 * plain_loss.abs().max(1.0));
         let err = max_relative_error(&model, &checkpointed.grads, &plain.grads);
         assert!(err <= 1e-5, "{segments} segments: relative error {err}");
     }
@@ -141,7 +144,7 @@ fn the_network_learns_accelerations() {
         let (mut sum, mut n) = (0.0, 0);
         for b in batches(&ds, 40, 99) {
             let out = task.eval(&valid, &b, &device).unwrap();
-            sum += out.loss_sum;
+            sum += scalar(&out.loss_sum);
             n += out.samples;
         }
         sum / n as f64
@@ -150,19 +153,13 @@ fn the_network_learns_accelerations() {
     let mut step = 0;
     'train: for epoch in 0..40 {
         for batch in batches(&ds, 4, epoch) {
-            let out = task
-                .step(
-                    &model,
-                    &batch,
-                    StepInput {
-                        device: &device,
-                        precision: Precision::F32,
-                        segments: Some(2),
-                        seed: step,
-                        loss_scale: 1.0,
-                    },
-                )
-                .unwrap();
+            let input = StepInput {
+                device: &device,
+                precision: Precision::F32,
+                segments: Some(2),
+                seed: step,
+            };
+            let out = run_step(&task, &model, &batch, input, 1.0).unwrap();
             model = optim.step(1e-3, model, out.grads);
             step += 1;
             if step == 300 {
@@ -177,4 +174,54 @@ fn the_network_learns_accelerations() {
         after < 0.25 * before,
         "mean squared error {before} → {after}"
     );
+}
+
+/// On a GPU (a software Vulkan driver counts) a training step gives the CPU backend's
+/// loss and gradients: the graph's gathers, its reshape-and-sum aggregation and the
+/// checkpointed chunks are the same function on every device. Skipped without a GPU
+/// unless `FRUGAL_REQUIRE_GPU` is set.
+#[test]
+fn a_step_on_the_gpu_gives_the_cpu_gradients() {
+    use frugal_train::device::{DeviceChoice, pick};
+    let gpu = match pick(DeviceChoice::Gpu) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(
+                std::env::var_os("FRUGAL_REQUIRE_GPU").is_none(),
+                "FRUGAL_REQUIRE_GPU is set but {e}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "skipped: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 2, 4);
+    let task = task(&ds);
+    let cpu = Device::flex().autodiff();
+    let model = init_on_cpu(&task, 5, &cpu);
+    let on_gpu = gpu.device.clone().autodiff();
+    let gpu_model = move_to(model.clone(), &on_gpu);
+    let batch = batches(&ds, 2, 1).next().unwrap();
+    for segments in [None, Some(task.blocks())] {
+        let input = |device| StepInput {
+            device,
+            precision: Precision::F32,
+            segments,
+            seed: 4,
+        };
+        let a = run_step(&task, &gpu_model, &batch, input(&on_gpu), 1.0).unwrap();
+        let b = run_step(&task, &model, &batch, input(&cpu), 1.0).unwrap();
+        let (la, lb) = (scalar(&a.loss), scalar(&b.loss));
+        assert!(
+            (la - lb).abs() <= 1e-4 * lb.abs(),
+            "{segments:?}: gpu {la}, cpu {lb}"
+        );
+        let err = max_relative_error(&model, &a.grads, &b.grads);
+        assert!(
+            err <= 1e-3,
+            "{segments:?} on {}: relative error {err}",
+            gpu.name
+        );
+    }
 }

@@ -7,16 +7,18 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::StepOutput;
 use crate::checkpoint::StepGrads;
 
-/// Sums micro-batch gradients, weighted by sample count.
+/// Sums micro-batch gradients, weighted by sample count. Losses and right answers stay on
+/// the device: nothing here waits for it.
 #[derive(Debug, Default)]
 pub struct Accumulator {
     total: GradientsParams,
-    loss: f64,
+    losses: Vec<(Tensor<1>, usize)>,
+    correct: Option<Tensor<1, Int>>,
     samples: usize,
 }
 
@@ -69,12 +71,19 @@ impl Accumulator {
     /// holds).
     pub fn add<M: Module>(&mut self, model: &M, mut step: StepGrads, samples: usize) {
         add_scaled(model, &mut self.total, &mut step.grads, samples as f64);
-        self.loss += step.loss * samples as f64;
+        self.losses.push((step.loss, samples));
         self.samples += samples;
     }
 
-    /// Adds a micro-batch step's output (its loss, gradients and sample count).
+    /// Adds a micro-batch step's output (its loss, gradients, right answers and sample
+    /// count).
     pub fn add_output<M: Module>(&mut self, model: &M, out: StepOutput) {
+        if let Some(c) = out.correct {
+            self.correct = Some(match self.correct.take() {
+                Some(sum) => sum + c,
+                None => c,
+            });
+        }
         let step = StepGrads {
             loss: out.loss,
             grads: out.grads,
@@ -87,14 +96,28 @@ impl Accumulator {
         self.samples
     }
 
+    /// Right answers so far, summed on the device; `None` for a task without classes.
+    pub fn correct(&self) -> Option<Tensor<1, Int>> {
+        self.correct.clone()
+    }
+
     /// The gradients and mean loss of the whole batch.
+    ///
+    /// # Panics
+    ///
+    /// If no micro-batch was added.
     pub fn finish<M: Module>(self, model: &M) -> StepGrads {
         let n = self.samples.max(1) as f64;
         let mut grads = self.total;
         crate::scaler::scale_grads(model, &mut grads, 1.0 / n);
-        StepGrads {
-            loss: self.loss / n,
-            grads,
-        }
+        // One micro-batch (the usual case) is its own mean: no arithmetic, same value.
+        let loss = if let [(loss, _)] = self.losses.as_slice() {
+            loss.clone()
+        } else {
+            let mut parts = self.losses.into_iter().map(|(l, s)| l * (s as f64 / n));
+            let first = parts.next().expect("a step has at least one micro-batch");
+            parts.fold(first, |sum, l| sum + l)
+        };
+        StepGrads { loss, grads }
     }
 }

@@ -297,14 +297,15 @@ fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsPar
     module.visit(&mut Collect { grads, into });
 }
 
-/// Backward from the loss `l`: its value, what is left of the gradients (those of
+/// Backward from the loss `l`: its value (on the device, unread: reading it would make
+/// the host wait for the device every step), what is left of the gradients (those of
 /// non-parameter leaves), and the parameter gradients of `head` and `blocks`.
 fn loss_backward<A: Carry, H: Module, B: Block<A>>(
     l: Tensor<1>,
     head: &H,
     blocks: &[B],
-) -> (f64, Gradients, GradientsParams) {
-    let loss = f64::from(l.clone().into_scalar::<f32>());
+) -> (Tensor<1>, Gradients, GradientsParams) {
+    let loss = l.clone().without_autodiff();
     let mut grads = l.backward();
     let mut params = GradientsParams::new();
     collect(head, &mut grads, &mut params);
@@ -317,10 +318,27 @@ fn loss_backward<A: Carry, H: Module, B: Block<A>>(
 /// The result of one forward and backward pass.
 #[derive(Debug)]
 pub struct StepGrads {
-    /// The loss.
-    pub loss: f64,
+    /// The loss, a one-element tensor left on the device: training reads losses back in
+    /// batches (see [`crate::Deferred`]), not once a step.
+    pub loss: Tensor<1>,
     /// Gradients of the blocks' and the head's parameters.
     pub grads: GradientsParams,
+}
+
+impl StepGrads {
+    /// The loss as a number (waits for the device).
+    pub fn loss_value(&self) -> f64 {
+        scalar(&self.loss)
+    }
+}
+
+/// A one-element float tensor's value, in f64 (waits for the device).
+pub fn scalar(t: &Tensor<1>) -> f64 {
+    f64::from(
+        t.clone()
+            .cast(burn::tensor::FloatDType::F32)
+            .into_scalar::<f32>(),
+    )
 }
 
 /// One training forward and backward pass over `blocks` then `head`, with `loss` turning

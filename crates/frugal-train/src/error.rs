@@ -27,6 +27,13 @@ pub enum TrainError {
     /// Settings or data that do not fit together.
     #[error("{0}")]
     Invalid(String),
+    /// A setting the device cannot run: a precision it has no arithmetic for, a GPU
+    /// where none answers.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The compute device failed (a kernel that would not compile or run, a lost device).
+    #[error("{0}")]
+    Device(String),
 }
 
 impl TrainError {

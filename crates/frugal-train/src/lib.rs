@@ -7,6 +7,7 @@
 
 pub mod accumulate;
 pub mod checkpoint;
+mod deferred;
 pub mod device;
 mod error;
 pub mod memory;
@@ -20,7 +21,10 @@ pub mod trainer;
 
 pub use accumulate::Accumulator;
 pub use checkpoint::{Block, Carry, Ctx, StepGrads, segment_ranges};
+pub use deferred::{Deferred, StepResult};
 pub use error::{Result, TrainError};
 pub use precision::Precision;
 pub use scaler::{LossScaler, ScaledStep};
-pub use trainer::{EvalOutput, StepInput, StepOutput, Task, TrainData, TrainSpec, train};
+pub use trainer::{
+    EvalOutput, Evaluation, StepInput, StepOutput, Task, TrainData, TrainSpec, run_step, train,
+};

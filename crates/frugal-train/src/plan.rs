@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use crate::accumulate::Accumulator;
 use crate::checkpoint::{StepGrads, segment_ranges, with_block_probe};
+use crate::device::DevicePeak;
 use crate::memory::{counting, heap_live, heap_peak, reset_heap_peak};
 use crate::precision::{compute_copy, grads_to_f32};
 use crate::snapshot::LoopState;
-use crate::trainer::{AdamWSpec, READ_AHEAD_WINDOWS, make_snapshot};
+use crate::trainer::{AdamWSpec, READ_AHEAD_WINDOWS, make_snapshot, run_step};
 use crate::{Precision, Result, StepInput, Task, TrainError};
 
 /// Bytes held per f32 AdamW moment, per parameter; AdamW keeps two.
@@ -82,17 +83,13 @@ pub fn profile_step<T: Task>(
         let marks = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = marks.clone();
         let step = || {
-            task.step(
-                &compute,
-                batch,
-                StepInput {
-                    device: &ad,
-                    precision,
-                    segments,
-                    seed: round,
-                    loss_scale: 1.0,
-                },
-            )
+            let input = StepInput {
+                device: &ad,
+                precision,
+                segments,
+                seed: round,
+            };
+            run_step(task, &compute, batch, input, 1.0)
         };
         // Per-block figures only mean "kept for backward" without checkpointing (a
         // checkpointed pass runs its blocks several times, without and with a graph).
@@ -136,41 +133,57 @@ pub fn profile_step<T: Task>(
 }
 
 /// What one whole optimizer step held and took, measured.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepMeasure {
     /// The most heap bytes held at once during the step over what was held before the
     /// model was created: weights, optimizer moments, the compute copy, activations kept
     /// for backward, gradients and their accumulation.
     pub peak_bytes: u64,
-    /// Wall time of the step: every micro-batch's forward and backward, and the update.
+    /// The most the device's allocator reserved during the steps (see
+    /// [`crate::device::DevicePeak`]); `None` on the CPU backend.
+    pub peak_device_bytes: Option<u64>,
+    /// Wall time of a step, every micro-batch's forward and backward and the update, until
+    /// the device finished: the median of the timed steps.
     pub seconds: f64,
+    /// Wall time of every timed step.
+    pub step_seconds: Vec<f64>,
 }
 
 /// Runs whole optimizer steps of a fresh model of `task` — every batch of `micro_batches`
-/// as one micro-batch, gradients accumulated, then the AdamW update — and measures the
-/// second (the first creates lazily allocated state: packing buffers, optimizer moments).
+/// as one micro-batch, gradients accumulated, then the AdamW update: one to warm up (it
+/// creates lazily allocated state: packing buffers, optimizer moments, compiled kernels),
+/// then `timed` more (at least one), and measures them.
 pub fn measure_step<T: Task>(
     task: &T,
     micro_batches: &[Batch],
     device: &Device,
     precision: Precision,
     segments: Option<usize>,
+    timed: usize,
 ) -> Result<StepMeasure> {
     if !counting() {
         return Err(TrainError::Invalid(
             "measuring a step needs the counting allocator (frugal_train::memory::CountingAlloc) installed as the program's global allocator".into(),
         ));
     }
+    if !device.supports_dtype(precision.dtype()) {
+        return Err(TrainError::Unsupported(format!(
+            "the device has no {} arithmetic; choose another precision",
+            precision.name()
+        )));
+    }
+    // What earlier measurements left in the allocator's pools is not this step's.
+    device.memory_cleanup();
     let baseline = heap_live();
     let ad = device.clone().autodiff();
     ad.seed(0);
     let mut model = task.init(&ad);
     let mut optim = AdamWSpec::default().init();
-    let mut measured = StepMeasure {
-        peak_bytes: 0,
-        seconds: 0.0,
-    };
-    for round in 0..2u64 {
+    let mut device_peak = DevicePeak::new(device);
+    let mut peak_bytes = 0;
+    let mut step_seconds = Vec::new();
+    let timed = timed.max(1);
+    for round in 0..=timed as u64 {
         reset_heap_peak();
         let began = std::time::Instant::now();
         let compute = compute_copy(&model, precision);
@@ -181,20 +194,38 @@ pub fn measure_step<T: Task>(
                 precision,
                 segments,
                 seed: round * 1000 + micro as u64,
-                loss_scale: 1.0,
             };
-            acc.add_output(&compute, task.step(&compute, batch, input)?);
+            acc.add_output(&compute, run_step(task, &compute, batch, input, 1.0)?);
+            device_peak.sample();
         }
         let StepGrads { mut grads, .. } = acc.finish(&compute);
         drop(compute);
         grads_to_f32(&model, &mut grads);
         model = optim.step(1e-3, model, grads);
-        measured = StepMeasure {
-            peak_bytes: heap_peak().saturating_sub(baseline),
-            seconds: began.elapsed().as_secs_f64(),
-        };
+        // The device runs asynchronously: the step has taken its time once it is done.
+        device
+            .sync()
+            .map_err(|e| TrainError::Device(format!("running a training step: {e}")))?;
+        let seconds = began.elapsed().as_secs_f64();
+        device_peak.sample();
+        if round > 0 {
+            peak_bytes = peak_bytes.max(heap_peak().saturating_sub(baseline));
+            step_seconds.push(seconds);
+        }
     }
-    Ok(measured)
+    let mut sorted = step_seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let seconds = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    Ok(StepMeasure {
+        peak_bytes,
+        peak_device_bytes: device_peak.peak(),
+        seconds,
+        step_seconds,
+    })
 }
 
 /// The first `n` samples of `data` as one batch, read without a read-ahead window larger
@@ -546,5 +577,47 @@ mod tests {
         assert_eq!(max_batch(50, 2_000, peak), Some(50));
         assert_eq!(max_batch(50, 1_005, peak), None);
         assert_eq!(max_batch(0, 2_000, peak), None);
+    }
+}
+
+/// The device memory of a GPU run, predicted from short runs at two smaller micro-batches.
+///
+/// On a GPU, activations, weights, optimizer moments and workspace live in the device's
+/// memory, whose allocator the host heap profile does not see. Each probe is the caller's
+/// short run of the real loop at a micro-batch (its steps, the batch prepared ahead, an
+/// evaluation and a checkpoint), its device peak read from the allocator's reservation
+/// ([`crate::device::DevicePeak`]); that peak is linear in the micro-batch, so the line
+/// through the two probes is extended to the configured batch. The probes are a quarter
+/// and half of it, so an evaluation batch that follows the training batch grows in them as
+/// it will in the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DevicePlan {
+    /// The micro-batches probed and the device peak each reserved.
+    pub probes: Vec<(usize, u64)>,
+    /// The line through the probes.
+    pub line: Linear,
+    /// The micro-batch planned for.
+    pub batch: usize,
+    /// The predicted device peak at `batch`.
+    pub predicted_peak_device_bytes: u64,
+}
+
+impl DevicePlan {
+    /// Probes at a quarter and half of `batch` (distinct, at least 1 and 2) with
+    /// `probe(micro_batch)`, which returns a short run's device peak, and predicts the peak
+    /// at `batch`.
+    pub fn measure(batch: usize, mut probe: impl FnMut(usize) -> Result<u64>) -> Result<Self> {
+        let batch = batch.max(1);
+        let small = (batch / 4).max(1);
+        let large = (batch / 2).max(small + 1);
+        let probes = vec![(small, probe(small)?), (large, probe(large)?)];
+        let ((b1, v1), (b2, v2)) = (probes[0], probes[1]);
+        let line = Linear::through(b1, v1, b2, v2);
+        Ok(Self {
+            probes,
+            line,
+            batch,
+            predicted_peak_device_bytes: line.at(batch),
+        })
     }
 }

@@ -6,8 +6,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
 
 /// What to do with a step's gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,28 +69,34 @@ impl LossScaler {
 
 struct Check<'a> {
     grads: &'a GradientsParams,
-    finite: bool,
+    finite: Vec<Tensor<1, Bool>>,
 }
 
 impl ModuleVisitor for Check<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.finite
-            && let Some(g) = self.grads.get::<D>(param.id)
-            && !g.is_finite().all().into_scalar::<bool>()
-        {
-            self.finite = false;
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            self.finite.push(g.is_finite().all());
         }
     }
 }
 
-/// True when every gradient of `model`'s parameters in `grads` is finite.
-pub fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> bool {
+/// True when every gradient of `model`'s parameters in `grads` is finite. The checks are
+/// combined on the device and read once: one wait for the device per step, not one per
+/// parameter.
+pub fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> Result<bool> {
     let mut check = Check {
         grads,
-        finite: true,
+        finite: Vec::new(),
     };
     model.visit(&mut check);
-    check.finite
+    if check.finite.is_empty() {
+        return Ok(true);
+    }
+    let all = Tensor::cat(check.finite, 0).all();
+    let values = all
+        .try_into_vec_as::<bool>()
+        .map_err(|e| TrainError::Device(format!("checking the gradients for inf/NaN: {e}")))?;
+    Ok(values.first().copied().unwrap_or(true))
 }
 
 /// Multiplies every gradient of `model`'s parameters by `factor` (`1 / scale` unscales).

@@ -5,17 +5,20 @@
 //! uninterrupted one would.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device, Int, Tensor};
 use frugal_store::{Batch, Dataset, OrderSpec, ReadState, Stream, StreamOptions, Verify};
 use serde::{Deserialize, Serialize};
 
 use crate::accumulate::Accumulator;
 use crate::checkpoint::StepGrads;
+use crate::deferred::Deferred;
+use crate::device::{DevicePeak, catch_panics};
 use crate::error::{Result, TrainError};
 use crate::metrics::{MetricsLog, Record, Split};
 use crate::precision::{Precision, compute_copy, grads_to_f32};
@@ -23,7 +26,7 @@ use crate::scaler::{LossScaler, ScaledStep, grads_finite, scale_grads};
 use crate::schedule::LrSchedule;
 use crate::snapshot::{LogWindow, LoopState, Snapshot};
 
-/// What one micro-batch step needs besides the model and the batch.
+/// What preparing and running one micro-batch need besides the model and the batch.
 #[derive(Debug, Clone, Copy)]
 pub struct StepInput<'a> {
     /// The autodiff device the model lives on.
@@ -32,45 +35,73 @@ pub struct StepInput<'a> {
     pub precision: Precision,
     /// Checkpoint segments, `None` for no checkpointing.
     pub segments: Option<usize>,
-    /// Seed of this micro-batch's dropout streams.
+    /// Seed of this micro-batch's random streams (dropout, input noise).
     pub seed: u64,
-    /// Factor to multiply the loss by before backward (1 unless f16).
-    pub loss_scale: f64,
 }
 
-/// What a micro-batch step returns.
+/// What a micro-batch step returns. Its numbers stay on the device (one-element tensors):
+/// the loop reads them back every `log_every` steps, not every step.
 #[derive(Debug)]
 pub struct StepOutput {
-    /// Mean loss over the micro-batch, unscaled.
-    pub loss: f64,
+    /// Mean loss over the micro-batch, unscaled, as a one-element f32 tensor.
+    pub loss: Tensor<1>,
     /// Gradients of the (scaled) mean loss.
     pub grads: GradientsParams,
-    /// Samples classified right, for tasks with classes.
-    pub correct: Option<u64>,
+    /// Samples classified right (a one-element integer tensor), for tasks with classes.
+    pub correct: Option<Tensor<1, Int>>,
     /// Samples in the micro-batch.
     pub samples: usize,
 }
 
-/// What evaluating one batch returns.
-#[derive(Debug, Clone, Copy, Default)]
+/// What evaluating one batch returns, still on the device.
+#[derive(Debug)]
 pub struct EvalOutput {
-    /// Sum of the per-sample losses.
-    pub loss_sum: f64,
-    /// Samples classified right, for tasks with classes.
-    pub correct: Option<u64>,
+    /// Sum of the per-sample losses, a one-element f32 tensor.
+    pub loss_sum: Tensor<1>,
+    /// Samples classified right (a one-element integer tensor), for tasks with classes.
+    pub correct: Option<Tensor<1, Int>>,
     /// Samples in the batch.
     pub samples: usize,
 }
 
+/// The result of evaluating a model on a dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Evaluation {
+    /// Sum of the per-sample losses.
+    pub loss_sum: f64,
+    /// Samples classified right, for tasks with classes.
+    pub correct: Option<u64>,
+    /// Samples evaluated.
+    pub samples: usize,
+}
+
 /// A model family and its loss: what the loop trains.
-pub trait Task {
+///
+/// A micro-batch goes through two calls: [`Task::prepare`] turns the stored batch into
+/// the model's inputs on the device (host-side work such as building graphs, and the
+/// upload), [`Task::step`] runs forward and backward on them. The loop prepares the next
+/// micro-batch on another thread while the current one computes, so the device does not
+/// wait for the host's share of the work.
+pub trait Task: Sync {
     /// The model.
     type Model: Module;
+    /// A micro-batch made ready for [`Task::step`]: its tensors, on the device.
+    type Input: Send;
     /// A freshly initialized model on `device` (an autodiff device), drawing from the
     /// device's generator (seeded by the loop).
     fn init(&self, device: &Device) -> Self::Model;
-    /// Forward and backward over one micro-batch.
-    fn step(&self, model: &Self::Model, batch: &Batch, input: StepInput<'_>) -> Result<StepOutput>;
+    /// The model's inputs for one micro-batch, on `input.device`. Must not depend on
+    /// anything but its arguments: it runs ahead of the step that uses it.
+    fn prepare(&self, batch: &Batch, input: StepInput<'_>) -> Result<Self::Input>;
+    /// Forward and backward over one prepared micro-batch, the loss multiplied by
+    /// `loss_scale` before backward (1 unless f16).
+    fn step(
+        &self,
+        model: &Self::Model,
+        prepared: Self::Input,
+        input: StepInput<'_>,
+        loss_scale: f64,
+    ) -> Result<StepOutput>;
     /// Evaluates one batch, without autodiff and without dropout.
     fn eval(&self, model: &Self::Model, batch: &Batch, device: &Device) -> Result<EvalOutput>;
     /// Samples per evaluation batch for a training batch of `batch_size`: by default a
@@ -79,6 +110,18 @@ pub trait Task {
     fn eval_batch(&self, batch_size: usize) -> usize {
         eval_batch(batch_size)
     }
+}
+
+/// Prepares and runs one micro-batch at once: for callers that do not overlap the two.
+pub fn run_step<T: Task>(
+    task: &T,
+    model: &T::Model,
+    batch: &Batch,
+    input: StepInput<'_>,
+    loss_scale: f64,
+) -> Result<StepOutput> {
+    let prepared = task.prepare(batch, input)?;
+    task.step(model, prepared, input, loss_scale)
 }
 
 /// AdamW's settings.
@@ -170,12 +213,10 @@ pub enum Event<'a> {
         /// Steps completed before this process started.
         done: u64,
     },
-    /// After every optimizer step.
+    /// After every optimizer step (its loss is read with the next train record).
     Step {
         /// Steps completed.
         step: u64,
-        /// Loss of this step.
-        loss: f64,
     },
     /// A record was written to the metrics files.
     Record(&'a Record),
@@ -213,6 +254,9 @@ pub struct Summary {
     pub samples_per_s: f64,
     /// f16 steps skipped for overflow.
     pub skipped_steps: u64,
+    /// The most the device's allocator reserved during this process's part of the run
+    /// (see [`crate::device::DevicePeak`]); `None` on the CPU backend.
+    pub peak_device_bytes: Option<u64>,
     /// The final model's burn record.
     pub model_file: PathBuf,
     /// Every metrics record of the run, resumed ones included (also in the metrics files).
@@ -324,6 +368,106 @@ impl Reader<'_> {
     }
 }
 
+/// Where a micro-batch sits in the run, and where the reader stood after taking it.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The optimizer step it belongs to (0 for the first).
+    step: u64,
+    /// Its index among the step's micro-batches.
+    micro: usize,
+    /// Whether it is the step's last.
+    last: bool,
+    /// The reader's epoch and samples of it consumed after it.
+    epoch: u64,
+    consumed: u64,
+    /// Whether it ended its epoch.
+    epoch_done: bool,
+}
+
+/// The run's micro-batches in order: `grad_accum` to a step, fewer when an epoch ends.
+struct Schedule<'a> {
+    reader: Reader<'a>,
+    grad_accum: usize,
+    step: u64,
+    micro: usize,
+    stop: u64,
+}
+
+impl Schedule<'_> {
+    fn next(&mut self) -> Option<Result<(Place, Batch)>> {
+        if self.step >= self.stop {
+            return None;
+        }
+        Some(self.take())
+    }
+
+    fn take(&mut self) -> Result<(Place, Batch)> {
+        if self.micro == 0 {
+            self.reader.roll()?;
+        }
+        let Some(batch) = self.reader.next()? else {
+            return Err(TrainError::Invalid(format!(
+                "the training dataset {} yielded no samples",
+                self.reader.data.dir().display()
+            )));
+        };
+        let epoch_done = self.reader.epoch_done();
+        let place = Place {
+            step: self.step,
+            micro: self.micro,
+            last: self.micro + 1 == self.grad_accum || epoch_done,
+            epoch: self.reader.epoch,
+            consumed: self.reader.consumed,
+            epoch_done,
+        };
+        if place.last {
+            self.step += 1;
+            self.micro = 0;
+        } else {
+            self.micro += 1;
+        }
+        Ok((place, batch))
+    }
+}
+
+/// burn creates a parameter's values lazily, on first use, on the device the parameter
+/// is on by then; visiting them creates them now.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Moves every parameter to a device as a fresh leaf (no graph back to where it was).
+struct MoveTo<'a>(&'a Device);
+
+impl ModuleMapper for MoveTo<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let device = self.0;
+        param.map(|t| t.to_device(device).detach().require_grad())
+    }
+}
+
+/// A fresh model of `task` drawn on the CPU from `seed`, its values created there, then
+/// moved to `device` (an autodiff device): the same weights for the same seed whatever
+/// device the run trains on.
+pub fn init_on_cpu<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
+    let cpu = Device::flex().autodiff();
+    cpu.seed(seed);
+    let model = task.init(&cpu);
+    model.visit(&mut Materialize);
+    move_to(model, device)
+}
+
+/// `model` on `device` (an autodiff device), each parameter a fresh leaf keeping its id.
+/// burn's `Module::to_device` keeps autodiff's link back to the source device, whose
+/// graph the first backward pass then consumes.
+pub fn move_to<M: Module>(model: M, device: &Device) -> M {
+    model.map(&mut MoveTo(device))
+}
+
 /// Renumbers parameters 1, 2, … in visiting order (a parameter met twice, as with tied
 /// weights, keeps one number). burn draws parameter ids at random, and they are written
 /// into records; numbered ids make the same training produce byte-identical files.
@@ -385,6 +529,7 @@ pub fn load_model<M: Module>(model: M, bytes: Vec<u8>, path: &Path) -> Result<M>
 }
 
 /// Evaluates `model` on all of `data`, in order, reading windows of `window` samples.
+/// The sums stay on the device until the last batch: one wait for the device in all.
 pub fn evaluate<T: Task>(
     task: &T,
     model: &T::Model,
@@ -392,7 +537,7 @@ pub fn evaluate<T: Task>(
     batch_size: usize,
     window: u64,
     device: &Device,
-) -> Result<EvalOutput> {
+) -> Result<Evaluation> {
     let inference = model.clone().valid();
     let spec = OrderSpec {
         order: frugal_store::Order::Sequential,
@@ -401,14 +546,20 @@ pub fn evaluate<T: Task>(
     };
     let mut options = StreamOptions::new(spec, 0, 0, batch_size);
     options.prefetch = READ_AHEAD_WINDOWS - 1;
-    let (mut loss_sum, mut samples, mut correct) = (0.0, 0, Some(0));
+    let mut pending = Deferred::new();
+    let mut samples = 0;
     for batch in data.stream(options)? {
         let out = task.eval(&inference, &batch?, device)?;
-        loss_sum += out.loss_sum;
         samples += out.samples;
-        correct = correct.zip(out.correct).map(|(a, b)| a + b);
+        pending.push(out.loss_sum, out.correct, out.samples as u64);
     }
-    Ok(EvalOutput {
+    let mut loss_sum = 0.0;
+    let mut correct = Some(0);
+    for r in pending.read()? {
+        loss_sum += r.loss;
+        correct = correct.zip(r.correct).map(|(a, b)| a + b);
+    }
+    Ok(Evaluation {
         loss_sum,
         correct,
         samples,
@@ -431,11 +582,18 @@ pub fn train<T: Task>(
             "batch size and accumulation must be at least 1".into(),
         ));
     }
+    if !device.supports_dtype(spec.precision.dtype()) {
+        return Err(TrainError::Unsupported(format!(
+            "the device has no {} arithmetic; choose another precision",
+            spec.precision.name()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let ad = device.clone().autodiff();
+    let mut device_peak = DevicePeak::new(device);
     let per_epoch = steps_per_epoch(data.train.len(), spec.batch_size, spec.grad_accum);
     let total = spec.steps.unwrap_or(per_epoch * spec.epochs.max(1));
-    let schedule = LrSchedule {
+    let schedule_lr = LrSchedule {
         total,
         ..spec.schedule
     };
@@ -454,10 +612,11 @@ pub fn train<T: Task>(
         )));
     }
 
+    // Initialized on the CPU whatever the device, so a run's weights do not depend on a
+    // backend's random generator.
     ad.seed(spec.seed);
-    let mut model = task
-        .init(&ad)
-        .map(&mut NumberParams(std::collections::HashMap::new()));
+    let mut model =
+        init_on_cpu(task, spec.seed, &ad).map(&mut NumberParams(std::collections::HashMap::new()));
     let mut optim = spec.adamw.init();
     let mut state = LoopState {
         fingerprint: spec.fingerprint.clone(),
@@ -494,7 +653,7 @@ pub fn train<T: Task>(
     };
     let mut log = MetricsLog::open(dir, resumed_from).map_err(|e| TrainError::io(dir, e))?;
 
-    let mut reader = Reader {
+    let reader = Reader {
         data: &data.train,
         spec: spec.order,
         seed: mix(spec.seed, 0x0da7a),
@@ -508,142 +667,185 @@ pub fn train<T: Task>(
         done: state.step,
     });
 
-    let mut window_seconds = 0.0;
-    let mut window_samples = 0u64;
     let stop = spec.stop_after.unwrap_or(u64::MAX).min(total);
+    let mut schedule = Schedule {
+        reader,
+        grad_accum: spec.grad_accum,
+        step: state.step,
+        micro: 0,
+        stop,
+    };
+    let ad = &ad;
+    let input_for = move |place: &Place| StepInput {
+        device: ad,
+        precision: spec.precision,
+        segments: spec.segments,
+        seed: mix(mix(spec.seed, place.step), place.micro as u64),
+    };
 
-    while state.step < stop {
-        reader.roll()?;
-        let step = state.step;
-        let began = Instant::now();
-        let scale = if spec.precision.scales_loss() {
-            state.scaler.scale
-        } else {
-            1.0
+    let model = std::thread::scope(|scope| -> Result<T::Model> {
+        let mut model = model;
+        // One micro-batch is prepared (graphs built, tensors uploaded) on this thread while
+        // the previous one computes: a double buffer between the reader and the device.
+        let (jobs, next_job) = mpsc::sync_channel::<Result<(Place, Batch)>>(1);
+        let (prepared, next_prepared) = mpsc::sync_channel::<Result<(Place, T::Input)>>(1);
+        std::thread::Builder::new()
+            .name("frugal-prepare".into())
+            .spawn_scoped(scope, move || {
+                for job in next_job {
+                    let ready = job.and_then(|(place, batch)| {
+                        catch_panics(
+                            || format!("preparing the batch of step {}", place.step + 1),
+                            || task.prepare(&batch, input_for(&place)),
+                        )
+                        .map(|x| (place, x))
+                    });
+                    if prepared.send(ready).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| TrainError::Invalid(format!("cannot start a thread: {e}")))?;
+        let submit = |schedule: &mut Schedule<'_>| {
+            if let Some(job) = schedule.next() {
+                // A closed channel means the thread ended; the next receive reports it.
+                let _ = jobs.send(job);
+            }
         };
-        let compute = compute_copy(&model, spec.precision);
-        let mut acc = Accumulator::new();
-        let mut correct = None::<u64>;
-        for micro in 0..spec.grad_accum {
-            let Some(batch) = reader.next()? else { break };
-            let input = StepInput {
-                device: &ad,
-                precision: spec.precision,
-                segments: spec.segments,
-                seed: mix(mix(spec.seed, step), micro as u64),
-                loss_scale: scale,
+        submit(&mut schedule);
+
+        let mut pending = Deferred::new();
+        let mut window_seconds = 0.0;
+        let mut window_samples = 0u64;
+        while state.step < stop {
+            let step = state.step;
+            let began = Instant::now();
+            let scale = if spec.precision.scales_loss() {
+                state.scaler.scale
+            } else {
+                1.0
             };
-            let out = task.step(&compute, &batch, input)?;
-            correct = match (correct, out.correct) {
-                (None, c) => c,
-                (Some(a), Some(b)) => Some(a + b),
-                (Some(a), None) => Some(a),
+            let compute = compute_copy(&model, spec.precision);
+            let mut acc = Accumulator::new();
+            let place = loop {
+                let (place, input) = next_prepared.recv().map_err(|_| {
+                    TrainError::Invalid("the thread preparing batches stopped".into())
+                })??;
+                submit(&mut schedule);
+                let out = task.step(&compute, input, input_for(&place), scale)?;
+                device_peak.sample();
+                acc.add_output(&compute, out);
+                if place.last {
+                    break place;
+                }
             };
-            acc.add_output(&compute, out);
-            if reader.epoch_done() {
-                break;
+            let samples = acc.samples() as u64;
+            let correct = acc.correct();
+            let StepGrads { loss, mut grads } = acc.finish(&compute);
+            drop(compute);
+            grads_to_f32(&model, &mut grads);
+            let apply = if spec.precision.scales_loss() {
+                scale_grads(&model, &mut grads, 1.0 / scale);
+                state.scaler.update(grads_finite(&model, &grads)?) == ScaledStep::Apply
+            } else {
+                true
+            };
+            let lr = schedule_lr.at(step);
+            if apply {
+                model = optim.step(lr, model, grads);
+            }
+            pending.push(loss, correct, samples);
+            state.step += 1;
+            state.samples_total += samples;
+            state.epoch = place.epoch;
+            state.consumed = place.consumed;
+            let mut spent = began.elapsed().as_secs_f64();
+            observe(Event::Step { step: state.step });
+
+            let epoch_end = place.epoch_done;
+            let last = state.step == total;
+            let log_due = state.step.is_multiple_of(spec.log_every.max(1)) || last || epoch_end;
+            let eval_due = data.test.is_some()
+                && (last
+                    || if spec.eval_every > 0 {
+                        state.step.is_multiple_of(spec.eval_every)
+                    } else {
+                        epoch_end
+                    });
+            let checkpoint_due = (spec.checkpoint_every > 0
+                && state.step.is_multiple_of(spec.checkpoint_every))
+                || state.step == stop;
+            if log_due || eval_due || checkpoint_due {
+                // Waits for the device to finish the steps queued so far: training time.
+                let began = Instant::now();
+                for r in pending.read()? {
+                    state.window.loss_sum += r.loss * r.samples as f64;
+                    state.window.samples += r.samples;
+                    if let Some(c) = r.correct {
+                        state.window.correct += c;
+                        state.window.has_accuracy = true;
+                    }
+                }
+                spent += began.elapsed().as_secs_f64();
+            }
+            state.train_seconds += spent;
+            window_seconds += spent;
+            window_samples += samples;
+
+            if log_due {
+                let w = std::mem::take(&mut state.window);
+                let record = Record {
+                    split: Split::Train,
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: w.loss_sum / w.samples.max(1) as f64,
+                    accuracy: w
+                        .has_accuracy
+                        .then(|| w.correct as f64 / w.samples.max(1) as f64),
+                    lr: Some(lr),
+                    loss_scale: spec.precision.scales_loss().then_some(state.scaler.scale),
+                    samples_per_s: Some(window_samples as f64 / window_seconds.max(1e-9)),
+                };
+                window_seconds = 0.0;
+                window_samples = 0;
+                log.push(record.clone())
+                    .map_err(|e| TrainError::io(log.path(), e))?;
+                observe(Event::Record(&record));
+            }
+            if let Some(test) = &data.test
+                && eval_due
+            {
+                let out = evaluate(
+                    task,
+                    &model,
+                    test,
+                    task.eval_batch(spec.batch_size),
+                    spec.order.window,
+                    ad,
+                )?;
+                let n = out.samples.max(1) as f64;
+                let record = Record {
+                    split: Split::Eval,
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: out.loss_sum / n,
+                    accuracy: out.correct.map(|c| c as f64 / n),
+                    lr: None,
+                    loss_scale: None,
+                    samples_per_s: None,
+                };
+                log.push(record.clone())
+                    .map_err(|e| TrainError::io(log.path(), e))?;
+                observe(Event::Record(&record));
+            }
+            if checkpoint_due {
+                log.sync().map_err(|e| TrainError::io(log.path(), e))?;
+                make_snapshot(&state, &model, &optim)?.save(&checkpoint_path)?;
+                observe(Event::Checkpoint { step: state.step });
             }
         }
-        let samples = acc.samples() as u64;
-        if samples == 0 {
-            return Err(TrainError::Invalid(format!(
-                "the training dataset {} yielded no samples",
-                data.train.dir().display()
-            )));
-        }
-        let StepGrads { loss, mut grads } = acc.finish(&compute);
-        drop(compute);
-        grads_to_f32(&model, &mut grads);
-        let apply = if spec.precision.scales_loss() {
-            scale_grads(&model, &mut grads, 1.0 / scale);
-            state.scaler.update(grads_finite(&model, &grads)) == ScaledStep::Apply
-        } else {
-            true
-        };
-        let lr = schedule.at(step);
-        if apply {
-            model = optim.step(lr, model, grads);
-        }
-        state.step += 1;
-        state.samples_total += samples;
-        state.epoch = reader.epoch;
-        state.consumed = reader.consumed;
-        state.window.loss_sum += loss * samples as f64;
-        state.window.samples += samples;
-        if let Some(c) = correct {
-            state.window.correct += c;
-            state.window.has_accuracy = true;
-        }
-        let spent = began.elapsed().as_secs_f64();
-        state.train_seconds += spent;
-        window_seconds += spent;
-        window_samples += samples;
-        observe(Event::Step {
-            step: state.step,
-            loss,
-        });
-
-        let epoch_end = reader.epoch_done();
-        let last = state.step == total;
-        if state.step.is_multiple_of(spec.log_every.max(1)) || last || epoch_end {
-            let w = std::mem::take(&mut state.window);
-            let record = Record {
-                split: Split::Train,
-                step: state.step,
-                epoch: state.epoch,
-                loss: w.loss_sum / w.samples.max(1) as f64,
-                accuracy: w
-                    .has_accuracy
-                    .then(|| w.correct as f64 / w.samples.max(1) as f64),
-                lr: Some(lr),
-                loss_scale: spec.precision.scales_loss().then_some(state.scaler.scale),
-                samples_per_s: Some(window_samples as f64 / window_seconds.max(1e-9)),
-            };
-            window_seconds = 0.0;
-            window_samples = 0;
-            log.push(record.clone())
-                .map_err(|e| TrainError::io(log.path(), e))?;
-            observe(Event::Record(&record));
-        }
-        let eval_due = if spec.eval_every > 0 {
-            state.step.is_multiple_of(spec.eval_every)
-        } else {
-            epoch_end
-        };
-        if let Some(test) = &data.test
-            && (eval_due || last)
-        {
-            let out = evaluate(
-                task,
-                &model,
-                test,
-                task.eval_batch(spec.batch_size),
-                spec.order.window,
-                &ad,
-            )?;
-            let n = out.samples.max(1) as f64;
-            let record = Record {
-                split: Split::Eval,
-                step: state.step,
-                epoch: state.epoch,
-                loss: out.loss_sum / n,
-                accuracy: out.correct.map(|c| c as f64 / n),
-                lr: None,
-                loss_scale: None,
-                samples_per_s: None,
-            };
-            log.push(record.clone())
-                .map_err(|e| TrainError::io(log.path(), e))?;
-            observe(Event::Record(&record));
-        }
-        let checkpoint_due =
-            spec.checkpoint_every > 0 && state.step.is_multiple_of(spec.checkpoint_every);
-        if checkpoint_due || state.step == stop {
-            log.sync().map_err(|e| TrainError::io(log.path(), e))?;
-            make_snapshot(&state, &model, &optim)?.save(&checkpoint_path)?;
-            observe(Event::Checkpoint { step: state.step });
-        }
-    }
+        Ok(model)
+    })?;
     log.sync().map_err(|e| TrainError::io(log.path(), e))?;
     let model_file = dir.join(MODEL_FILE);
     let finished = state.step == total;
@@ -666,6 +868,7 @@ pub fn train<T: Task>(
         train_seconds: state.train_seconds,
         samples_per_s: state.samples_total as f64 / state.train_seconds.max(1e-9),
         skipped_steps: state.scaler.skipped,
+        peak_device_bytes: device_peak.peak(),
         model_file,
         records,
     })

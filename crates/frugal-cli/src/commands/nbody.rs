@@ -889,7 +889,7 @@ fn rollout_with(
         edge_chunks: ParticleGnn::EDGE_CHUNKS,
         norm,
     };
-    let picked = frugal_train::device::pick(config.compute.device).map_err(anyhow::Error::msg)?;
+    let picked = frugal_train::device::pick(config.compute.device)?;
     let path = checkpoint
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| config.output_dir.join(frugal_train::trainer::MODEL_FILE));

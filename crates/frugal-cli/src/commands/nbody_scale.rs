@@ -40,11 +40,20 @@ impl Techniques {
         }
     }
 
-    fn describe(self, batch: usize) -> String {
+    /// The precision it computes in, unless one is given for both.
+    fn precision(self, given: Option<Precision>) -> Precision {
+        given.unwrap_or(match self {
+            Techniques::Off => Precision::F32,
+            Techniques::On => Precision::Bf16,
+        })
+    }
+
+    fn describe(self, batch: usize, precision: Precision) -> String {
+        let p = precision.name();
         match self {
-            Techniques::Off => format!("f32, all activations kept, batch {batch} at once"),
+            Techniques::Off => format!("{p}, all activations kept, batch {batch} at once"),
             Techniques::On => format!(
-                "bf16, one block (a chunk of edges) recomputed at a time, {batch} micro-batches of 1 accumulated"
+                "{p}, one block (a chunk of edges) recomputed at a time, {batch} micro-batches of 1 accumulated"
             ),
         }
     }
@@ -55,16 +64,25 @@ impl Techniques {
 struct Point {
     particles: usize,
     techniques: Techniques,
+    precision: Precision,
     /// `measured`, or `estimated` (not run: the estimate exceeds this machine's memory).
     how: &'static str,
+    /// The peak that counts against the budget: the device allocator's on a GPU, the
+    /// heap's on the CPU.
     peak_bytes: u64,
-    /// Wall time of one optimizer step (measured points only).
+    /// The heap's peak (measured points only).
+    peak_heap_bytes: Option<u64>,
+    /// The device allocator's peak reservation (measured GPU points only).
+    peak_device_bytes: Option<u64>,
+    /// Wall time of one optimizer step, the median of the timed steps (measured points
+    /// only).
     step_seconds: Option<f64>,
     fits: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct ScaleSummary {
+    device: String,
     budget_bytes: u64,
     hidden: usize,
     layers: usize,
@@ -141,24 +159,43 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
     let threads = rayon::current_num_threads();
     let machine = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
         .context("reading the machine's memory budget")?;
-    let budget = args.budget.unwrap_or(machine.budget_bytes);
-    // Points over the budget are still measured while this machine can hold them (the
+    let picked = frugal_train::device::pick(args.device)?;
+    crate::commands::train::warn_if_software(&picked)?;
+    // On a card, its memory is the limit (a software driver's is the machine's).
+    let card = (picked.gpu && !picked.software)
+        .then(|| {
+            frugal_hw::GpuReport::detect()
+                .gpus
+                .first()
+                .map(|g| (g.memory_total_bytes, g.memory_free_bytes))
+        })
+        .flatten()
+        .filter(|&(total, _)| total > 0);
+    let budget = args
+        .budget
+        .unwrap_or(card.map_or(machine.budget_bytes, |(total, _)| total));
+    // Points over the budget are still measured while the device can hold them (the
     // table shows what each technique costs); none is started that it could not.
-    let runnable = machine.available_bytes / 10 * 9;
-    let device = frugal_train::device::pick(frugal_train::device::DeviceChoice::Cpu)
-        .map_err(anyhow::Error::msg)?
-        .device;
+    let runnable = card.map_or(machine.available_bytes, |(_, free)| free) / 10 * 9;
+    let device = picked.device.clone();
     let mut particles = args.particles.clone();
     particles.sort_unstable();
     particles.dedup();
     let batch = args.batch.max(1);
     let err = &mut std::io::stderr().lock();
     let mut points = Vec::new();
-    for techniques in [Techniques::Off, Techniques::On] {
+    let configurations: Vec<Techniques> = [Techniques::Off, Techniques::On]
+        .into_iter()
+        .filter(|t| args.only.as_deref().is_none_or(|o| o == t.name()))
+        .collect();
+    for &techniques in &configurations {
+        let precision = techniques.precision(args.precision);
+        picked.check_precision(precision)?;
         writeln!(
             err,
-            "techniques {techniques:?}: {}",
-            techniques.describe(batch)
+            "techniques {techniques:?} on {}: {}",
+            picked.name,
+            techniques.describe(batch, precision)
         )?;
         let mut measured: Vec<(usize, u64)> = Vec::new();
         for &n in &particles {
@@ -172,8 +209,11 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
                 points.push(Point {
                     particles: n,
                     techniques,
+                    precision,
                     how: "estimated",
                     peak_bytes: guess,
+                    peak_heap_bytes: None,
+                    peak_device_bytes: None,
                     step_seconds: None,
                     fits: guess <= budget,
                 });
@@ -197,33 +237,53 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
                     SOFTENING as f32,
                 )?,
             };
-            let m = match techniques {
-                Techniques::Off => measure_step(&task, &[whole], &device, Precision::F32, None)?,
-                Techniques::On => measure_step(
-                    &task,
-                    &states
+            let (micro_batches, segments) = match techniques {
+                Techniques::Off => (vec![whole], None),
+                Techniques::On => (
+                    states
                         .chunks(1)
                         .map(|one| batch_of(one, n))
                         .collect::<Result<Vec<_>>>()?,
-                    &device,
-                    Precision::Bf16,
                     Some(task.blocks()),
-                )?,
+                ),
             };
+            let m = frugal_train::device::catch_backend_panics(
+                &format!("a training step at {n} particles"),
+                &picked,
+                || {
+                    measure_step(
+                        &task,
+                        &micro_batches,
+                        &device,
+                        precision,
+                        segments,
+                        args.steps,
+                    )
+                },
+            )?;
+            let peak = m.peak_device_bytes.unwrap_or(m.peak_bytes);
             writeln!(
                 err,
-                "  {n:>6} particles: peak {}, {:.2} s a step",
-                Bytes(m.peak_bytes),
+                "  {n:>6} particles: peak {}{}, {:.3} s a step",
+                Bytes(peak),
+                if m.peak_device_bytes.is_some() {
+                    format!(" on the device, heap {}", Bytes(m.peak_bytes))
+                } else {
+                    String::new()
+                },
                 m.seconds
             )?;
-            measured.push((n, m.peak_bytes));
+            measured.push((n, peak));
             points.push(Point {
                 particles: n,
                 techniques,
+                precision,
                 how: "measured",
-                peak_bytes: m.peak_bytes,
+                peak_bytes: peak,
+                peak_heap_bytes: Some(m.peak_bytes),
+                peak_device_bytes: m.peak_device_bytes,
                 step_seconds: Some(m.seconds),
-                fits: m.peak_bytes <= budget,
+                fits: peak <= budget,
             });
         }
     }
@@ -238,14 +298,20 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let table = args.out.join("scale.csv");
-    let mut csv = String::from("particles,techniques,how,peak_bytes,step_seconds,fits\n");
+    let mut csv = String::from(
+        "particles,techniques,precision,how,peak_bytes,peak_device_bytes,step_seconds,fits\n",
+    );
     for p in &points {
         csv.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{}\n",
             p.particles,
             p.techniques.name(),
+            p.precision.name(),
             p.how,
             p.peak_bytes,
+            p.peak_device_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
             p.step_seconds
                 .map(|s| format!("{s:.3}"))
                 .unwrap_or_default(),
@@ -273,6 +339,7 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
         &plot,
     )?;
     let summary = ScaleSummary {
+        device: picked.name.clone(),
         budget_bytes: budget,
         hidden: args.hidden,
         layers: args.layers,
@@ -291,7 +358,8 @@ pub(crate) fn run(args: &NbodyScaleArgs, out: &mut dyn Write) -> Result<()> {
     }
     writeln!(
         out,
-        "graph network: hidden {}, {} layers, {} neighbours, batch {}; budget {}; {} threads",
+        "graph network on {}: hidden {}, {} layers, {} neighbours, batch {}; budget {}; {} threads",
+        summary.device,
         summary.hidden,
         summary.layers,
         summary.neighbours,

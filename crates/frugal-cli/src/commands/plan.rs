@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use frugal_hw::units::Bytes;
 use frugal_train::checkpoint::default_segments;
-use frugal_train::plan::{MemoryPlan, PlanInput, Profiles, max_batch};
+use frugal_train::plan::{DevicePlan, MemoryPlan, PlanInput, Profiles, max_batch};
 use frugal_train::trainer::{Event, data_bytes, train};
 use frugal_train::{Precision, StepInput, Task, TrainError};
 use serde::{Deserialize, Serialize};
@@ -37,9 +37,7 @@ struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     fn new(setup: &'a Setup) -> Result<Self> {
-        let device = frugal_train::device::pick(setup.config.compute.device)
-            .map_err(anyhow::Error::msg)?
-            .device;
+        let device = frugal_train::device::pick(setup.config.compute.device)?.device;
         // One tiny step first touches the code and starts the threads a step needs; what
         // is resident then, less the heap, is the runtime. Measured before the larger
         // profiling steps, whose freed memory the allocator may keep.
@@ -47,17 +45,13 @@ impl<'a> Planner<'a> {
         let spec = &setup.spec;
         let ad = device.clone().autodiff();
         let model = frugal_train::precision::compute_copy(&setup.task.init(&ad), spec.precision);
-        setup.task.step(
-            &model,
-            &one,
-            StepInput {
-                device: &ad,
-                precision: spec.precision,
-                segments: spec.segments,
-                seed: 0,
-                loss_scale: 1.0,
-            },
-        )?;
+        let input = StepInput {
+            device: &ad,
+            precision: spec.precision,
+            segments: spec.segments,
+            seed: 0,
+        };
+        frugal_train::run_step(&setup.task, &model, &one, input, 1.0)?;
         let params = model.num_params() as u64;
         drop((one, model));
         let mut planner = Self {
@@ -177,6 +171,17 @@ struct Measured {
     fits: bool,
 }
 
+/// The device side of a plan for a run on a GPU.
+#[derive(Debug, Serialize)]
+struct DeviceReport {
+    device: String,
+    #[serde(flatten)]
+    plan: DevicePlan,
+    /// `--device-budget`, else the card's memory; `None` where neither is known.
+    device_budget_bytes: Option<u64>,
+    device_fits: Option<bool>,
+}
+
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     config: PathBuf,
@@ -190,6 +195,9 @@ struct Report<'a> {
     predicted_max_batch: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     measured: Option<Vec<Measured>>,
+    /// For a run on a GPU: its device memory, predicted from probe steps on the device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceReport>,
 }
 
 pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
@@ -203,6 +211,7 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
     };
     let mut planner = Planner::new(&setup)?;
     let plan = planner.configured()?;
+    let device = device_report(&setup, &args)?;
     let predicted_max_batch =
         planner.max_batch(plan.precision, plan.segments, plan.grad_accum, budget);
     let measured = if args.measure {
@@ -223,11 +232,33 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
         max_batch: measured_max.unwrap_or(predicted_max_batch),
         predicted_max_batch,
         measured,
+        device,
     };
     if args.json {
         return super::print_json(out, &report);
     }
     write_table(out, &plan)?;
+    if let Some(d) = &report.device {
+        let probes = d
+            .plan
+            .probes
+            .iter()
+            .map(|(b, bytes)| format!("batch {b}: {}", Bytes(*bytes)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "on {}: predicted device peak {} at batch {} (measured {probes}){}",
+            d.device,
+            Bytes(d.plan.predicted_peak_device_bytes),
+            d.plan.batch,
+            match (d.device_budget_bytes, d.device_fits) {
+                (Some(b), Some(true)) => format!("; fits its {}", Bytes(b)),
+                (Some(b), Some(false)) => format!("; does NOT fit its {}", Bytes(b)),
+                _ => String::new(),
+            }
+        )?;
+    }
     let verdict = if report.fits { "fits" } else { "does NOT fit" };
     writeln!(
         out,
@@ -266,6 +297,60 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The device memory of the configured run, when it runs on a GPU: two short runs of
+/// the loop at a quarter and half of its micro-batch, extended to it.
+fn device_report(setup: &Setup, args: &PlanArgs) -> Result<Option<DeviceReport>> {
+    let picked = frugal_train::device::pick(setup.config.compute.device)?;
+    if !picked.gpu {
+        return Ok(None);
+    }
+    picked.check_precision(setup.spec.precision)?;
+    let probe = |batch: usize| -> frugal_train::Result<u64> {
+        let mut spec = setup.spec.clone();
+        spec.batch_size = batch;
+        spec.steps = Some(MEASURE_STEPS);
+        spec.stop_after = None;
+        spec.log_every = MEASURE_STEPS;
+        spec.eval_every = 0;
+        spec.checkpoint_every = 0;
+        let scratch = setup
+            .dir
+            .join(format!(".plan-device-{}-{batch}", std::process::id()));
+        // What earlier probes left in the allocator's pools is not this one's.
+        picked.device.memory_cleanup();
+        let run = frugal_train::device::catch_backend_panics("a probe run", &picked, || {
+            train(
+                &setup.task,
+                &setup.data,
+                &spec,
+                &picked.device,
+                &scratch,
+                false,
+                &mut |_: Event<'_>| {},
+            )
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(run?.peak_device_bytes.unwrap_or(0))
+    };
+    let plan = DevicePlan::measure(setup.spec.batch_size, probe)?;
+    let card = (!picked.software)
+        .then(|| {
+            frugal_hw::GpuReport::detect()
+                .gpus
+                .first()
+                .map(|g| g.memory_total_bytes)
+        })
+        .flatten()
+        .filter(|&b| b > 0);
+    let device_budget_bytes = args.device_budget.or(card);
+    Ok(Some(DeviceReport {
+        device: picked.name,
+        device_fits: device_budget_bytes.map(|b| plan.predicted_peak_device_bytes <= b),
+        plan,
+        device_budget_bytes,
+    }))
 }
 
 /// The breakdown as a table.
@@ -322,8 +407,7 @@ fn probe_batch(setup: &mut Setup, batch: usize, out: &mut dyn Write) -> Result<(
     let scratch = setup
         .dir
         .join(format!(".plan-measure-{}", std::process::id()));
-    let picked =
-        frugal_train::device::pick(setup.config.compute.device).map_err(anyhow::Error::msg)?;
+    let picked = frugal_train::device::pick(setup.config.compute.device)?;
     let result = train(
         &setup.task,
         &setup.data,

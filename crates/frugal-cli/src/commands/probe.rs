@@ -22,6 +22,10 @@ struct ProbeJson<'a> {
     gpus: &'a [GpuInfo],
     gpu_driver_version: Option<&'a str>,
     gpu_unavailable_reason: Option<&'a str>,
+    /// The GPU backends compiled into this binary.
+    compute_backends: &'static [&'static str],
+    /// Every device this binary can train on, the CPU last.
+    compute_devices: &'a [frugal_train::device::DeviceInfo],
     tier: Tier,
     tier_rule: &'a str,
     presets: BTreeMap<&'static str, PresetJson>,
@@ -62,6 +66,7 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
             },
         );
     }
+    let devices = frugal_train::device::list();
     if args.json {
         let doc = ProbeJson {
             cpu: &report.cpu,
@@ -73,13 +78,15 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
             gpus: &report.gpu.gpus,
             gpu_driver_version: report.gpu.driver_version.as_deref(),
             gpu_unavailable_reason: report.gpu.unavailable_reason.as_deref(),
+            compute_backends: frugal_train::device::gpu_backends(),
+            compute_devices: &devices,
             tier: report.tier.tier,
             tier_rule: &report.tier.rule,
             presets: chosen,
         };
         super::print_json(out, &doc)?;
     } else {
-        write_table(&report, &chosen, out)?;
+        write_table(&report, &chosen, &devices, out)?;
     }
     Ok(())
 }
@@ -87,6 +94,7 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
 fn write_table(
     r: &HardwareReport,
     presets: &BTreeMap<&'static str, PresetJson>,
+    devices: &[frugal_train::device::DeviceInfo],
     out: &mut dyn Write,
 ) -> Result<()> {
     let cpu = &r.cpu;
@@ -185,6 +193,32 @@ fn write_table(
         )?;
     }
 
+    let backends = frugal_train::device::gpu_backends();
+    for (i, d) in devices.iter().enumerate() {
+        let precisions: Vec<&str> = [("f32", true), ("bf16", d.bf16), ("f16", d.f16)]
+            .into_iter()
+            .filter_map(|(p, yes)| yes.then_some(p))
+            .collect();
+        writeln!(
+            out,
+            "{:<9}{}: {}{}",
+            if i == 0 { "Compute" } else { "" },
+            d.name,
+            precisions.join(", "),
+            if d.software {
+                " (software driver: `auto` passes over it)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    if backends.is_empty() {
+        writeln!(
+            out,
+            "{:<9}no GPU backend in this build (docs/gpu.md: scripts/build-cuda.sh for NVIDIA, --features vulkan for others)",
+            ""
+        )?;
+    }
     writeln!(out, "{:<9}{} ({})", "Tier", r.tier.tier, r.tier.rule)?;
     let mut first = true;
     for name in Workload::ALL.map(Workload::name) {

@@ -9,7 +9,7 @@ use frugal_models::classifier::Classifier;
 use frugal_store::synthetic::{self, SyntheticSpec};
 use frugal_store::{Dataset, OrderSpec, WriterOptions, import};
 use frugal_train::Precision;
-use frugal_train::device::pick;
+use frugal_train::device::{Picked, catch_backend_panics, pick};
 use frugal_train::metrics::Split;
 use frugal_train::schedule::LrSchedule;
 use frugal_train::trainer::{AdamWSpec, Event, Summary, TrainData, TrainSpec, train};
@@ -215,7 +215,9 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
 ) -> Result<()> {
     let precision = spec.precision;
     let segments = spec.segments;
-    let picked = pick(device).map_err(anyhow::Error::msg)?;
+    let picked = pick(device)?;
+    picked.check_precision(precision)?;
+    warn_if_software(&picked)?;
 
     let bar = progress::bar(0, "training", false);
     let mut observe = |event: Event<'_>| match event {
@@ -223,9 +225,9 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
             bar.set_length(total);
             bar.set_position(done);
         }
-        Event::Step { step, loss } => {
-            bar.set_position(step);
-            bar.set_message(format!("training · loss {loss:.4}"));
+        Event::Step { step } => bar.set_position(step),
+        Event::Record(r) if r.split == Split::Train => {
+            bar.set_message(format!("training · loss {:.4}", r.loss));
         }
         Event::Record(r) if r.split == Split::Eval => {
             if let Some(a) = r.accuracy {
@@ -240,7 +242,9 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
         }
         Event::Record(_) | Event::Checkpoint { .. } => {}
     };
-    let summary = train(task, data, spec, &picked.device, dir, resume, &mut observe)?;
+    let summary = catch_backend_panics("training", &picked, || {
+        train(task, data, spec, &picked.device, dir, resume, &mut observe)
+    })?;
     bar.finish_and_clear();
 
     plot::training_curves(&summary.records, dir).context("drawing the training curves")?;
@@ -295,10 +299,14 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
     )?;
     writeln!(
         out,
-        "  {:.0} samples/s over {:.1} s of training; peak memory {}",
+        "  {:.0} samples/s over {:.1} s of training; peak memory {}{}",
         summary.samples_per_s,
         summary.train_seconds,
-        frugal_hw::units::Bytes(peak_rss_bytes)
+        frugal_hw::units::Bytes(peak_rss_bytes),
+        summary.peak_device_bytes.map_or(String::new(), |b| format!(
+            ", device {}",
+            frugal_hw::units::Bytes(b)
+        ))
     )?;
     writeln!(
         out,
@@ -310,6 +318,18 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
             out,
             "  continue with: frugal train {} --resume",
             config_file.display()
+        )?;
+    }
+    Ok(())
+}
+
+/// Says on stderr when the GPU is a software driver: it runs, slowly.
+pub(crate) fn warn_if_software(picked: &Picked) -> Result<()> {
+    if picked.software {
+        writeln!(
+            std::io::stderr().lock(),
+            "warning: the only GPU is {}, a driver that runs on the CPU; it tests the GPU code paths but is slower than `compute.device = \"cpu\"`",
+            picked.name
         )?;
     }
     Ok(())
