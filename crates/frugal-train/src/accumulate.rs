@@ -70,7 +70,18 @@ impl Accumulator {
     /// those samples. `model` names the parameters (every module whose gradients `step`
     /// holds).
     pub fn add<M: Module>(&mut self, model: &M, mut step: StepGrads, samples: usize) {
-        add_scaled(model, &mut self.total, &mut step.grads, samples as f64);
+        // The first micro-batch's gradients are kept as they are: a step of one
+        // micro-batch (the usual case) is then its own mean, with no pass over the
+        // gradients. A second one weights the first by its samples before adding.
+        match self.losses.as_slice() {
+            [] => self.total = step.grads,
+            [(_, first)] => {
+                let mut first_grads = std::mem::take(&mut self.total);
+                add_scaled(model, &mut self.total, &mut first_grads, *first as f64);
+                add_scaled(model, &mut self.total, &mut step.grads, samples as f64);
+            }
+            _ => add_scaled(model, &mut self.total, &mut step.grads, samples as f64),
+        }
         self.losses.push((step.loss, samples));
         self.samples += samples;
     }
@@ -109,11 +120,11 @@ impl Accumulator {
     pub fn finish<M: Module>(self, model: &M) -> StepGrads {
         let n = self.samples.max(1) as f64;
         let mut grads = self.total;
-        crate::scaler::scale_grads(model, &mut grads, 1.0 / n);
-        // One micro-batch (the usual case) is its own mean: no arithmetic, same value.
+        // One micro-batch (the usual case) is its own mean: no arithmetic.
         let loss = if let [(loss, _)] = self.losses.as_slice() {
             loss.clone()
         } else {
+            crate::scaler::scale_grads(model, &mut grads, 1.0 / n);
             let mut parts = self.losses.into_iter().map(|(l, s)| l * (s as f64 / n));
             let first = parts.next().expect("a step has at least one micro-batch");
             parts.fold(first, |sum, l| sum + l)
