@@ -216,8 +216,6 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
     assert_eq!(summary_results(&whole), summary_results(&parts));
 }
 
-/// With a GPU backend built in (`--features vulkan`, `wgpu` or `cuda`) and a GPU present,
-/// the MLP trains on it; any other case is skipped with the reason on stderr.
 /// The summary's results (not its timings).
 fn summary_results(dir: &tempfile::TempDir) -> (Value, Value, Value) {
     let s: Value =

@@ -137,7 +137,7 @@ pub fn pick(choice: DeviceChoice) -> Result<Picked> {
         DeviceChoice::Auto => Ok(gpus().into_iter().find(|g| !g.software).unwrap_or_else(cpu)),
         DeviceChoice::Gpu => {
             if gpu_backends().is_empty() {
-                return Err(TrainError::Unsupported("`compute.device = \"gpu\"` but this build has no GPU backend: rebuild with `--features cuda` (NVIDIA) or `--features vulkan` (other cards), or set `compute.device = \"cpu\"`".into()));
+                return Err(TrainError::Unsupported("`compute.device = \"gpu\"` but this build has no GPU backend: rebuild with scripts/build-cuda.sh (NVIDIA) or `--features vulkan` (other cards; docs/gpu.md), or set `compute.device = \"cpu\"`".into()));
             }
             let all = gpus();
             let real = all.iter().position(|g| !g.software);
