@@ -179,16 +179,11 @@ impl Picked {
             others.join(" or ")
         )))
     }
-
-    /// The device's allocator reservation now, in bytes: what the card holds for this
-    /// process, like PyTorch's `memory_reserved`. `None` on the CPU backend, whose
-    /// tensors are heap memory.
-    pub fn reserved_bytes(&self) -> Option<u64> {
-        reserved_bytes(&self.device)
-    }
 }
 
-/// The device's allocator reservation now, in bytes; `None` on the CPU backend.
+/// The device's allocator reservation now, in bytes: what the card holds for this process,
+/// like PyTorch's `memory_reserved`. `None` on the CPU backend, whose tensors are heap
+/// memory.
 pub fn reserved_bytes(device: &Device) -> Option<u64> {
     device.memory_pool_usage().map(|u| u.bytes_reserved)
 }
@@ -288,7 +283,7 @@ mod tests {
         for p in [Precision::F32, Precision::Bf16, Precision::F16] {
             cpu.check_precision(p).unwrap();
         }
-        assert_eq!(cpu.reserved_bytes(), None);
+        assert_eq!(reserved_bytes(&cpu.device), None);
         assert_eq!(DevicePeak::new(&cpu.device).peak(), None);
     }
 

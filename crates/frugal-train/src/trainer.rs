@@ -88,7 +88,8 @@ pub trait Task: Sync {
     /// A micro-batch made ready for [`Task::step`]: its tensors, on the device.
     type Input: Send;
     /// A freshly initialized model on `device` (an autodiff device), drawing from the
-    /// device's generator (seeded by the loop).
+    /// device's generator. The loop calls it on the CPU, seeded, and moves the model to
+    /// the run's device ([`init_on_cpu`]).
     fn init(&self, device: &Device) -> Self::Model;
     /// The model's inputs for one micro-batch, on `input.device`. Must not depend on
     /// anything but its arguments: it runs ahead of the step that uses it.
