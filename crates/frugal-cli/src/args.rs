@@ -202,7 +202,7 @@ pub(crate) enum NbodyCommand {
     },
     /// Train the graph network on the simulations (generating those still missing),
     /// holding the last `sim.held_out` simulations out for evaluation.
-    Train(NbodyTrainArgs),
+    Train(TrainArgs),
     /// Roll the trained network out on the held-out simulations against the simulator and a
     /// constant-velocity baseline: one-step and rollout position errors, energy drift, and
     /// `rollout.png`.
@@ -281,14 +281,6 @@ pub(crate) struct NbodyRolloutArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct NbodyTrainArgs {
-    #[command(flatten)]
-    pub(crate) config: ConfigArgs,
-    #[command(flatten)]
-    pub(crate) run: RunArgs,
 }
 
 /// What every training command takes besides its configuration.
@@ -517,7 +509,7 @@ pub(crate) struct PresetDirArg {
 }
 
 /// A configuration file and overrides of its keys: shared by every command that takes one.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ConfigArgs {
     /// The TOML configuration file.
     #[arg(value_name = "FILE")]

@@ -35,8 +35,8 @@ fn main() -> ExitCode {
         Command::Probe(args) => commands::probe::run(args, &mut out),
         Command::Config(command) => commands::config::run(command, &mut out),
         Command::Data(command) => commands::data::run(command, &mut out),
-        Command::Train(args) => commands::train::run(args, &mut out),
-        Command::Plan(args) => commands::plan::run(args, &mut out),
+        Command::Train(args) => commands::workloads::train(args, &mut out),
+        Command::Plan(args) => commands::workloads::plan(args, &mut out),
         Command::Nbody(command) => commands::nbody::run(command, &mut out),
         Command::Evolve(args) => commands::evolve::run(args, &mut out),
         Command::Worker(args) => commands::evolve::worker(args, &mut out),
@@ -96,6 +96,7 @@ fn is_user_error(e: &anyhow::Error) -> bool {
                     frugal_train::TrainError::Invalid(_)
                         | frugal_train::TrainError::Unsupported(_)
                         | frugal_train::TrainError::Snapshot { .. }
+                        | frugal_train::TrainError::OverBudget { .. }
                 )
             )
             || matches!(

@@ -207,3 +207,82 @@ fn measure_runs_growing_batches_in_their_own_processes() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A particles configuration of `particles` particles writing into `out`: a few short
+/// simulations, a few training steps.
+fn particles(dir: &Path, out: &Path, particles: u32) -> std::path::PathBuf {
+    let path = dir.join(format!("nbody-{particles}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "workload = \"particles\"\noutput_dir = \"{}\"\nseed = 5\n\n[compute]\ndevice = \"cpu\"\nbatch_size = 2\n\n[model]\nparticles = {particles}\nhidden = 64\nlayers = 2\nneighbours = 16\n\n[sim]\nsimulations = 4\nsteps = 12\nheld_out = 1\n\n[train]\nsteps = 4\nlog_every = 2\neval_every = 4\ncheckpoint_every = 2\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_particles_plan_is_within_15_percent_at_two_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, checkpointing) in [(400, false), (1200, false), (1200, true)] {
+        let out = dir.path().join(format!("run-{n}-{checkpointing}"));
+        let cfg = particles(dir.path(), &out, n);
+        let set = format!("compute.checkpointing={checkpointing}");
+        // The simulations are recorded by the plan (as training would), then reused.
+        let plan = json(frugal().arg("plan").arg(&cfg).args(["--set", &set]));
+        let predicted = plan["predicted_peak_bytes"].as_f64().unwrap();
+        let summary = json(frugal().arg("train").arg(&cfg).args(["--set", &set]));
+        assert_eq!(summary["steps"], 4);
+        assert_eq!(
+            summary["checkpoint_segments"], plan["segments"],
+            "checkpointing recomputes one block at a time"
+        );
+        let measured = summary["peak_rss_bytes"].as_f64().unwrap();
+        let ratio = predicted / measured;
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{n} particles, checkpointing {checkpointing}: predicted {predicted} B, measured {measured} B (ratio {ratio:.3})\n{plan:#}"
+        );
+    }
+}
+
+#[test]
+fn auto_fit_fits_a_particles_run_by_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = particles(dir.path(), &out, 1200);
+    let plan = json(frugal().arg("plan").arg(&cfg));
+    let predicted = plan["predicted_peak_bytes"].as_u64().unwrap();
+    let budget = (predicted as f64 * 0.6) as u64;
+    // Refused without --auto-fit, before anything is trained.
+    frugal()
+        .args(["nbody", "train"])
+        .arg(&cfg)
+        .args(["--max-memory", &budget.to_string()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("nothing was trained"));
+    assert!(!out.join("metrics.jsonl").exists());
+    let run = frugal()
+        .args(["nbody", "train"])
+        .arg(&cfg)
+        .args(["--max-memory", &budget.to_string(), "--auto-fit", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("auto-fit:"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(!summary["checkpoint_segments"].is_null(), "{summary}");
+    assert_eq!(
+        summary["batch_size"].as_u64().unwrap() * summary["grad_accum"].as_u64().unwrap(),
+        2
+    );
+    let peak = summary["peak_rss_bytes"].as_f64().unwrap();
+    assert!(
+        peak <= budget as f64 * 1.15,
+        "peak {peak} B, budget {budget} B"
+    );
+}

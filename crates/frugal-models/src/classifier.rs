@@ -206,11 +206,6 @@ impl Classifier {
         self.hidden.last().copied().unwrap_or(1) * h * w
     }
 
-    /// Blocks in the stack.
-    pub fn blocks(&self) -> usize {
-        self.hidden.len()
-    }
-
     fn inputs(&self, batch: &Batch, precision: Precision, device: &Device) -> Result<Tensor<2>> {
         let col = batch
             .column(&self.input)
@@ -343,6 +338,11 @@ impl Task for Classifier {
     type Model = Net;
     /// Inputs (cast to the compute precision) and labels.
     type Input = (Tensor<2>, Tensor<1, Int>);
+
+    /// One per hidden layer.
+    fn blocks(&self) -> usize {
+        self.hidden.len()
+    }
 
     fn init(&self, device: &Device) -> Net {
         match self.arch {

@@ -697,14 +697,6 @@ impl ParticleGnn {
         (graph, targets)
     }
 
-    /// Blocks in the checkpointed stack (with [`ParticleGnn::edge_chunks`] chunks): the
-    /// node encoder, the edge encoder per chunk, and per layer an edge update per chunk
-    /// and a node update.
-    pub fn blocks(&self) -> usize {
-        let c = self.edge_chunks.max(1);
-        1 + c + self.layers * (c + 1)
-    }
-
     /// The network's forward pass without autodiff: the decoder's input.
     fn latents(&self, model: &Gnn, p: Prepared, device: &Device) -> Tensor<2> {
         let device = device.clone().without_autodiff();
@@ -763,6 +755,19 @@ impl Task for ParticleGnn {
     type Model = Gnn;
     /// The batch's graph (features uploaded, edges chunked) and its normalised targets.
     type Input = (Graph, Tensor<2>);
+
+    /// With [`ParticleGnn::edge_chunks`] chunks: the node encoder, the edge encoder per
+    /// chunk, and per layer an edge update per chunk and a node update.
+    fn blocks(&self) -> usize {
+        let c = self.edge_chunks.max(1);
+        1 + c + self.layers * (c + 1)
+    }
+
+    /// Every block: the stack is made to be recomputed one block (one chunk of edges) at
+    /// a time, and ⌈√blocks⌉ segments would recompute whole layers at once.
+    fn checkpoint_segments(&self) -> usize {
+        self.blocks()
+    }
 
     fn init(&self, device: &Device) -> Gnn {
         let h = self.hidden;

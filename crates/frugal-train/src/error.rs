@@ -2,8 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use frugal_hw::units::Bytes;
+
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// Reading or writing a dataset or an atomic file.
     #[error(transparent)]
@@ -34,6 +37,21 @@ pub enum TrainError {
     /// The compute device failed (a kernel that would not compile or run, a lost device).
     #[error("{0}")]
     Device(String),
+    /// The memory plan of a run exceeds its budget ([`crate::fit::fit`]).
+    #[error(
+        "the predicted peak {} exceeds the memory budget of {}{}",
+        Bytes(plan.predicted_peak_bytes),
+        Bytes(*budget_bytes),
+        if *searched { ", and no checkpointing, micro-batch and precision were found that fit it" } else { "" }
+    )]
+    OverBudget {
+        /// The plan of the run as configured.
+        plan: Box<crate::plan::MemoryPlan>,
+        /// The budget.
+        budget_bytes: u64,
+        /// Whether other settings were searched for.
+        searched: bool,
+    },
 }
 
 impl TrainError {

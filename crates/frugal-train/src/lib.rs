@@ -10,6 +10,7 @@ pub mod checkpoint;
 mod deferred;
 pub mod device;
 mod error;
+pub mod fit;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
@@ -23,6 +24,7 @@ pub use accumulate::Accumulator;
 pub use checkpoint::{Block, Carry, Ctx, StepGrads, segment_ranges};
 pub use deferred::{Deferred, StepResult};
 pub use error::{Result, TrainError};
+pub use fit::{Fit, Fitted, Planner, fit};
 pub use precision::Precision;
 pub use scaler::{LossScaler, ScaledStep};
 pub use trainer::{

@@ -300,7 +300,9 @@ pub struct Profiles {
 impl Profiles {
     /// Profiles `task` at 8 and 16 samples, then at `b/2` and `b`, where `b` makes the
     /// activations about four times the model state (64 ≤ `b` ≤ 4096), but no more than
-    /// the run's own `batch` (or 64): planning never needs more memory than the run.
+    /// the run's own `batch`: planning never needs more memory than the run. A run of
+    /// fewer than 16 samples per micro-batch (large samples, such as the states of a
+    /// particle system) is profiled at half its batch and its batch (at least 1 and 2).
     pub fn measure<T: Task>(
         task: &T,
         data: &Dataset,
@@ -319,7 +321,7 @@ impl Profiles {
                 profile_step(task, &first_batch(data, b2)?, device, precision, segments)?,
             ])
         };
-        let small = pair(16)?;
+        let small = pair(batch.clamp(2, 16))?;
         // What grows with the batch: the activations kept where the blocks were probed,
         // else the step's peak (which understates it at small batches).
         let kept = |p: &StepProfile| match segments {
@@ -337,7 +339,7 @@ impl Profiles {
         let model_state = (16 * params) as f64;
         let b = ((4.0 * model_state / per_sample).ceil() as usize)
             .clamp(64, 4096)
-            .min(batch.max(64));
+            .min(batch.max(2));
         let large = pair(b)?;
         Ok(Self {
             segments,

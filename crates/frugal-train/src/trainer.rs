@@ -111,6 +111,19 @@ pub trait Task: Sync {
     fn eval_batch(&self, batch_size: usize) -> usize {
         eval_batch(batch_size)
     }
+    /// Blocks of the model's stack, the units checkpointing recomputes
+    /// ([`StepInput::segments`] groups them); 1 where the model has no such stack. The
+    /// planner profiles what each block keeps.
+    fn blocks(&self) -> usize {
+        1
+    }
+    /// Checkpoint segments when checkpointing is asked for without a count: ⌈√blocks⌉
+    /// ([`default_segments`](crate::checkpoint::default_segments)), which balances what
+    /// is kept against what is recomputed for a stack of similar blocks. A task whose
+    /// blocks are made to be recomputed one at a time says `self.blocks()`.
+    fn checkpoint_segments(&self) -> usize {
+        crate::checkpoint::default_segments(self.blocks())
+    }
 }
 
 /// Prepares and runs one micro-batch at once: for callers that do not overlap the two.
@@ -280,8 +293,9 @@ pub fn eval_batch(batch_size: usize) -> usize {
 
 /// Bytes the loop's readers hold at most: the training reader's windows and the
 /// evaluation reader's, and the batches handed out (one in use, one being filled, one
-/// in the pool).
-pub fn data_bytes(data: &TrainData, order: OrderSpec, batch_size: usize) -> u64 {
+/// in the pool), for micro-batches of `batch_size` and evaluation batches of
+/// `eval_batch` samples ([`Task::eval_batch`]).
+pub fn data_bytes(data: &TrainData, order: OrderSpec, batch_size: usize, eval_batch: usize) -> u64 {
     let windows = |d: &Dataset, spread: u64| {
         let n = d.len();
         let per_window = (order.window + spread.saturating_sub(1)).min(n);
@@ -293,7 +307,7 @@ pub fn data_bytes(data: &TrainData, order: OrderSpec, batch_size: usize) -> u64 
     let sample = data.train.manifest().schema.sample_bytes() as u64;
     let test = data.test.as_ref().map_or(0, |t| {
         windows(t, 1)
-            + 2 * eval_batch(batch_size) as u64 * t.manifest().schema.sample_bytes() as u64
+            + 2 * (eval_batch as u64).min(t.len()) * t.manifest().schema.sample_bytes() as u64
     });
     windows(&data.train, order.spread) + 3 * batch_size as u64 * sample + test
 }

@@ -5,7 +5,9 @@ pub(crate) mod nbody;
 pub(crate) mod nbody_scale;
 pub(crate) mod plan;
 pub(crate) mod probe;
+pub(crate) mod setup;
 pub(crate) mod train;
+pub(crate) mod workloads;
 
 /// Writes `value` as pretty JSON and a newline: every command's `--json` output.
 pub(crate) fn print_json(

@@ -25,7 +25,8 @@ use frugal_train::Task;
 use frugal_train::trainer::TrainData;
 use serde::{Deserialize, Serialize};
 
-use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, NbodyTrainArgs, RunArgs};
+use super::setup::Setup;
+use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, RunArgs, TrainArgs};
 use crate::config::schema::{ParticlesConfig, SimMethod};
 use crate::config::{AnyConfig, Source};
 use crate::progress;
@@ -76,13 +77,18 @@ fn pipeline(args: &ConfigArgs, out: &mut dyn Write) -> Result<()> {
         let summary = simulate_all(&config, None)?;
         report(&summary, u64::from(config.sim.steps), false, out)
     })?;
-    let run = RunArgs {
-        resume: true,
-        stop_after: None,
-        json: false,
+    let train = TrainArgs {
+        config: args.clone(),
+        run: RunArgs {
+            resume: true,
+            stop_after: None,
+            json: false,
+        },
+        max_memory: None,
+        auto_fit: false,
     };
     phase("train", out, &mut |out| {
-        train_with(&config, &args.file, &run, out)
+        super::train::train_setup(setup(&config)?, &train, out)
     })?;
     phase("rollout", out, &mut |out| {
         rollout_with(&config, None, ROLLOUT_STEPS, false, out)
@@ -651,19 +657,16 @@ fn report(summary: &GenerateSummary, states: u64, json: bool, out: &mut dyn Writ
     Ok(())
 }
 
-fn train(args: &NbodyTrainArgs, out: &mut dyn Write) -> Result<()> {
+fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let config = load(&args.config)?;
     start_threads(&config)?;
-    train_with(&config, &args.config.file, &args.run, out)
+    super::train::train_setup(setup(&config)?, args, out)
 }
 
-/// Trains on `config` (read from `file`), its compute threads started.
-fn train_with(
-    config: &ParticlesConfig,
-    file: &std::path::Path,
-    run: &RunArgs,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// A particles configuration made ready to train: its simulations recorded (those
+/// already on disk are kept), the network's normalisation measured on the first training
+/// states and saved beside the run.
+pub(crate) fn setup(config: &ParticlesConfig) -> Result<Setup<ParticleGnn>> {
     simulate_all(config, None)?;
     let dir = data_dir(config);
     let all = Dataset::open(&dir)?;
@@ -707,38 +710,13 @@ fn train_with(
     };
     task.check_schema(&all.manifest().schema)
         .with_context(|| format!("dataset {}", dir.display()))?;
-    let sample_bytes = all.manifest().schema.sample_bytes() as u64;
-    let mut spec = super::train::train_spec(
-        config.seed,
-        &config.compute,
-        &config.train,
-        task.blocks(),
-        OrderSpec::for_budget(Order::default(), super::train::READ_BUDGET, sample_bytes),
-        super::train::fingerprint(config),
-    );
-    spec.stop_after = run.stop_after;
-    // The graph network's stack is made to be recomputed one block (one chunk of edges)
-    // at a time; √blocks segments would recompute whole layers.
-    if config.compute.checkpointing && config.compute.checkpoint_segments.is_none() {
-        spec.segments = Some(task.blocks());
-    }
     std::fs::create_dir_all(&config.output_dir)
         .with_context(|| format!("creating {}", config.output_dir.display()))?;
     frugal_store::atomic_write(
         &config.output_dir.join("normalization.json"),
         serde_json::to_string_pretty(&task.norm)?.as_bytes(),
     )?;
-    super::train::run_loop(
-        &task,
-        &data,
-        &spec,
-        config.compute.device,
-        &config.output_dir,
-        run.resume,
-        run.json,
-        file,
-        out,
-    )
+    Setup::new(config, Order::default(), task, data)
 }
 
 /// Positions and velocities of every recorded state of shard (simulation) `sim`, in time

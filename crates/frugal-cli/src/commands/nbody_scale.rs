@@ -15,8 +15,8 @@ use frugal_hw::units::Bytes;
 use frugal_models::particles::ParticleGnn;
 use frugal_sim::{Gravity, Initial, Method, Vec3s};
 use frugal_store::{Batch, ColumnData, ReadState};
-use frugal_train::Precision;
 use frugal_train::plan::measure_step;
+use frugal_train::{Precision, Task};
 use serde::Serialize;
 
 use crate::args::NbodyScaleArgs;

@@ -7,16 +7,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
-use burn::tensor::Device;
 use frugal_hw::units::Bytes;
-use frugal_train::checkpoint::default_segments;
-use frugal_train::plan::{DevicePlan, MemoryPlan, PlanInput, Profiles, max_batch};
-use frugal_train::trainer::{Event, data_bytes, train};
-use frugal_train::{Precision, StepInput, Task, TrainError};
+use frugal_train::plan::{DevicePlan, MemoryPlan};
+use frugal_train::trainer::{Event, train};
+use frugal_train::{Fit, Planner, Task, TrainError};
 use serde::{Deserialize, Serialize};
 
-use super::train::Setup;
+use super::UserError;
+use super::setup::Setup;
 use crate::args::PlanArgs;
 
 /// Margin `--measure` keeps under the budget.
@@ -26,135 +24,15 @@ const MEASURE_STEPS: u64 = 2;
 /// Most probe processes `--measure` starts.
 const MEASURE_PROBES: usize = 12;
 
-/// Profiles of a configuration's task, cached per (precision, segments).
-struct Planner<'a> {
-    setup: &'a Setup,
-    device: Device,
-    params: u64,
-    runtime_bytes: u64,
-    profiles: Vec<Profiles>,
-}
-
-impl<'a> Planner<'a> {
-    fn new(setup: &'a Setup) -> Result<Self> {
-        let device = frugal_train::device::pick(setup.config.compute.device)?.device;
-        // One tiny step first touches the code and starts the threads a step needs; what
-        // is resident then, less the heap, is the runtime. Measured before the larger
-        // profiling steps, whose freed memory the allocator may keep.
-        let one = frugal_train::plan::first_batch(&setup.data.train, 1)?;
-        let spec = &setup.spec;
-        let ad = device.clone().autodiff();
-        let model = frugal_train::precision::compute_copy(&setup.task.init(&ad), spec.precision);
-        let input = StepInput {
-            device: &ad,
-            precision: spec.precision,
-            segments: spec.segments,
-            seed: 0,
-        };
-        frugal_train::run_step(&setup.task, &model, &one, input, 1.0)?;
-        let params = model.num_params() as u64;
-        drop((one, model));
-        let mut planner = Self {
-            setup,
-            device,
-            params,
-            runtime_bytes: 0,
-            profiles: Vec::new(),
-        };
-        planner.measure_runtime();
-        Ok(planner)
-    }
-
-    /// The process's resident memory that is not heap: code, libraries, thread stacks and
-    /// the allocator's own bookkeeping.
-    fn measure_runtime(&mut self) {
-        let rss = frugal_hw::MemoryMeter::new()
-            .sample()
-            .map_or(0, |s| s.rss_bytes);
-        self.runtime_bytes = rss.saturating_sub(frugal_train::memory::heap_live());
-    }
-
-    fn ensure_profiled(&mut self, precision: Precision, segments: Option<usize>) -> Result<()> {
-        if !self
-            .profiles
-            .iter()
-            .any(|p| p.precision == precision && p.segments == segments)
-        {
-            let p = Profiles::measure(
-                &self.setup.task,
-                &self.setup.data.train,
-                &self.device,
-                precision,
-                segments,
-                self.params,
-                self.setup.spec.batch_size,
-            )?;
-            self.profiles.push(p);
-        }
-        Ok(())
-    }
-
-    /// The plan of the configuration as it stands.
-    fn configured(&mut self) -> Result<MemoryPlan> {
-        let spec = &self.setup.spec;
-        let (precision, segments, batch, accum) = (
-            spec.precision,
-            spec.segments,
-            spec.batch_size,
-            spec.grad_accum,
-        );
-        self.plan(precision, segments, batch, accum)
-    }
-
-    fn plan(
-        &mut self,
-        precision: Precision,
-        segments: Option<usize>,
-        batch: usize,
-        grad_accum: usize,
-    ) -> Result<MemoryPlan> {
-        self.ensure_profiled(precision, segments)?;
-        self.ensure_profiled(precision, None)?;
-        Ok(self.plan_cached(precision, segments, batch, grad_accum))
-    }
-
-    fn plan_cached(
-        &self,
-        precision: Precision,
-        segments: Option<usize>,
-        batch: usize,
-        grad_accum: usize,
-    ) -> MemoryPlan {
-        let find = |s: Option<usize>| {
-            self.profiles
-                .iter()
-                .find(|p| p.precision == precision && p.segments == s)
-                .expect("profiled before planning")
-        };
-        let input = PlanInput {
-            params: self.params,
-            batch,
-            grad_accum,
-            data_bytes: data_bytes(&self.setup.data, self.setup.spec.order, batch),
-            runtime_bytes: self.runtime_bytes,
-        };
-        MemoryPlan::new(&input, find(segments), find(None))
-    }
-
-    /// The largest micro-batch that fits `budget` with these settings.
-    fn max_batch(
-        &self,
-        precision: Precision,
-        segments: Option<usize>,
-        grad_accum: usize,
-        budget: u64,
-    ) -> Option<usize> {
-        let limit = self.setup.data.train.len() as usize;
-        max_batch(limit, budget, |b| {
-            self.plan_cached(precision, segments, b, grad_accum)
-                .predicted_peak_bytes
-        })
-    }
+/// A planner of `setup`'s run, profiling on the CPU: the host's memory is what is planned.
+fn planner<T: Task>(setup: &Setup<T>) -> Result<Planner<'_, T>> {
+    let device = frugal_train::device::pick(setup.compute.device)?.device;
+    Ok(Planner::new(
+        &setup.task,
+        &setup.data,
+        &setup.spec,
+        &device,
+    )?)
 }
 
 /// The machine's memory budget, as `frugal probe` reports it.
@@ -200,8 +78,13 @@ struct Report<'a> {
     device: Option<DeviceReport>,
 }
 
-pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
-    let mut setup = Setup::load(&args.config)?;
+/// Plans a prepared configuration (or, with `--probe-batch`, is one of `--measure`'s
+/// probes).
+pub(crate) fn plan<T: Task>(
+    mut setup: Setup<T>,
+    args: &PlanArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
     if let Some(batch) = args.probe_batch {
         return probe_batch(&mut setup, batch, out);
     }
@@ -209,14 +92,14 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
         Some(b) => (b, "--budget"),
         None => (machine_budget()?, "machine"),
     };
-    let mut planner = Planner::new(&setup)?;
+    let mut planner = planner(&setup)?;
     let plan = planner.configured()?;
-    let device = device_report(&setup, &args)?;
-    let predicted_max_batch =
-        planner.max_batch(plan.precision, plan.segments, plan.grad_accum, budget);
+    let predicted_max_batch = planner.max_batch(Fit::of_plan(&plan), budget)?;
+    drop(planner);
+    let device = device_report(&setup, args)?;
     let measured = if args.measure {
         let limit = setup.data.train.len() as usize;
-        Some(measure(&args, budget, plan.batch, limit)?)
+        Some(measure(args, budget, plan.batch, limit)?)
     } else {
         None
     };
@@ -301,8 +184,8 @@ pub(crate) fn run(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The device memory of the configured run, when it runs on a GPU: two short runs of
 /// the loop at a quarter and half of its micro-batch, extended to it.
-fn device_report(setup: &Setup, args: &PlanArgs) -> Result<Option<DeviceReport>> {
-    let picked = frugal_train::device::pick(setup.config.compute.device)?;
+fn device_report<T: Task>(setup: &Setup<T>, args: &PlanArgs) -> Result<Option<DeviceReport>> {
+    let picked = frugal_train::device::pick(setup.compute.device)?;
     if !picked.gpu {
         return Ok(None);
     }
@@ -397,9 +280,11 @@ fn write_table(out: &mut dyn Write, plan: &MemoryPlan) -> Result<()> {
 
 /// The child side of `--measure`: a couple of real optimizer steps (with an evaluation
 /// and a checkpoint, as a run has) at `batch`, in a scratch directory; prints the peak.
-fn probe_batch(setup: &mut Setup, batch: usize, out: &mut dyn Write) -> Result<()> {
-    let spec = &setup.spec;
-    setup.choose(spec.precision, spec.segments, batch, spec.grad_accum);
+fn probe_batch<T: Task>(setup: &mut Setup<T>, batch: usize, out: &mut dyn Write) -> Result<()> {
+    setup.choose(Fit {
+        batch_size: batch,
+        ..Fit::of(&setup.spec)
+    });
     setup.spec.steps = Some(MEASURE_STEPS);
     setup.spec.log_every = MEASURE_STEPS;
     setup.spec.eval_every = 0;
@@ -407,7 +292,7 @@ fn probe_batch(setup: &mut Setup, batch: usize, out: &mut dyn Write) -> Result<(
     let scratch = setup
         .dir
         .join(format!(".plan-measure-{}", std::process::id()));
-    let picked = frugal_train::device::pick(setup.config.compute.device)?;
+    let picked = frugal_train::device::pick(setup.compute.device)?;
     let result = train(
         &setup.task,
         &setup.data,
@@ -492,20 +377,47 @@ fn measure(args: &PlanArgs, budget: u64, start: usize, limit: usize) -> Result<V
 
 /// `frugal train --max-memory / --auto-fit`: refuses a configuration whose plan exceeds
 /// the budget, or changes checkpointing, micro-batch and precision until it fits.
-pub(crate) fn guard(setup: &mut Setup, max_memory: Option<u64>, auto_fit: bool) -> Result<()> {
+pub(crate) fn guard<T: Task>(
+    setup: &mut Setup<T>,
+    max_memory: Option<u64>,
+    auto_fit: bool,
+) -> Result<()> {
     let budget = match max_memory {
         Some(b) => b,
         None => machine_budget()?,
     };
-    let blocks = setup.task.blocks();
-    let mut planner = Planner::new(setup)?;
-    let plan = planner.configured()?;
-    let (precision, segments, batch, accum) =
-        (plan.precision, plan.segments, plan.batch, plan.grad_accum);
-    // The run's reported peak is the training's own, not the profiling steps'.
-    let forget_planning = || drop(frugal_hw::MemoryMeter::new().window());
-    if plan.predicted_peak_bytes <= budget {
-        forget_planning();
+    let mut planner = planner(setup)?;
+    let fitted = frugal_train::fit(&mut planner, budget, auto_fit);
+    drop(planner);
+    // The profiling steps' freed memory, which the allocator would keep, is not the run's.
+    frugal_train::memory::release_free_memory();
+    let fitted = match fitted {
+        Ok(f) => f,
+        Err(TrainError::OverBudget {
+            plan,
+            budget_bytes,
+            searched,
+        }) => {
+            let mut table = Vec::new();
+            write_table(&mut table, &plan)?;
+            let table = String::from_utf8_lossy(&table);
+            let peak = Bytes(plan.predicted_peak_bytes);
+            let budget = Bytes(budget_bytes);
+            return Err(UserError(if searched {
+                format!(
+                    "--auto-fit found no checkpointing, micro-batch and precision within the memory budget of {budget}; nothing was trained. The configuration as given (predicted peak {peak}):\n{table}"
+                )
+            } else {
+                format!(
+                    "the predicted peak {peak} exceeds the memory budget of {budget}; nothing was trained.\n{table}lower compute.batch_size, set compute.checkpointing = true or compute.precision = \"bf16\", or pass --auto-fit"
+                )
+            })
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let plan = &fitted.plan;
+    if !fitted.changed {
         writeln!(
             std::io::stderr().lock(),
             "memory plan: predicted peak {} within the budget of {}",
@@ -514,65 +426,19 @@ pub(crate) fn guard(setup: &mut Setup, max_memory: Option<u64>, auto_fit: bool) 
         )?;
         return Ok(());
     }
-    let mut table = Vec::new();
-    write_table(&mut table, &plan)?;
-    if !auto_fit {
-        return Err(TrainError::Invalid(format!(
-            "the predicted peak {} exceeds the memory budget of {}; nothing was trained.\n{}lower compute.batch_size, set compute.checkpointing = true or compute.precision = \"bf16\", or pass --auto-fit",
-            Bytes(plan.predicted_peak_bytes),
-            Bytes(budget),
-            String::from_utf8_lossy(&table)
-        ))
-        .into());
-    }
-    // Cheapest changes first: checkpointing leaves results unchanged, micro-batches with
-    // accumulation change them only by rounding, bf16 changes the arithmetic.
-    let ckpt = segments.or((blocks > 1).then(|| default_segments(blocks)));
-    let effective = batch * accum;
-    let mut options = vec![(precision, ckpt)];
-    if precision == Precision::F32 {
-        options.push((Precision::Bf16, ckpt));
-    }
-    let mut chosen = None;
-    for &(p, s) in &options {
-        let plan = planner.plan(p, s, batch, accum)?;
-        if plan.predicted_peak_bytes <= budget {
-            chosen = Some((p, s, batch, accum, plan));
-            break;
-        }
-        // The largest micro-batch dividing the effective batch that fits.
-        if let Some(most) = planner.max_batch(p, s, 2, budget) {
-            let micro = (1..=most.min(effective))
-                .rev()
-                .find(|m| effective.is_multiple_of(*m))
-                .unwrap_or(1);
-            let plan = planner.plan(p, s, micro, effective / micro)?;
-            if plan.predicted_peak_bytes <= budget {
-                chosen = Some((p, s, micro, effective / micro, plan));
-                break;
-            }
-        }
-    }
-    let Some((p, s, micro, acc, plan)) = chosen else {
-        return Err(TrainError::Invalid(format!(
-            "--auto-fit found no checkpointing, micro-batch and precision within the memory budget of {}; the configuration as given:\n{}",
-            Bytes(budget),
-            String::from_utf8_lossy(&table)
-        ))
-        .into());
-    };
-    drop(planner);
-    forget_planning();
-    let note = format!(
-        "auto-fit: {}, micro-batch {micro} × {acc} accumulation (effective {effective}), {}: predicted peak {} within {}",
-        s.map_or("no checkpointing".into(), |s| format!(
+    let effective = setup.spec.batch_size * setup.spec.grad_accum;
+    writeln!(
+        std::io::stderr().lock(),
+        "auto-fit: {}, micro-batch {} × {} accumulation (effective {effective}), {}: predicted peak {} within {}",
+        plan.segments.map_or("no checkpointing".into(), |s| format!(
             "{s} checkpoint segments"
         )),
-        p.name(),
+        plan.batch,
+        plan.grad_accum,
+        plan.precision.name(),
         Bytes(plan.predicted_peak_bytes),
         Bytes(budget)
-    );
-    writeln!(std::io::stderr().lock(), "{note}")?;
-    setup.choose(p, s, micro, acc);
+    )?;
+    setup.choose(Fit::of_plan(plan));
     Ok(())
 }

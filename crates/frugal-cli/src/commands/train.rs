@@ -4,29 +4,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use frugal_models::classifier::Classifier;
-use frugal_store::synthetic::{self, SyntheticSpec};
-use frugal_store::{Dataset, OrderSpec, WriterOptions, import};
-use frugal_train::Precision;
+use anyhow::{Context, Result};
+use frugal_train::Task;
 use frugal_train::device::{Picked, catch_backend_panics, pick};
 use frugal_train::metrics::Split;
-use frugal_train::schedule::LrSchedule;
-use frugal_train::trainer::{AdamWSpec, Event, Summary, TrainData, TrainSpec, train};
+use frugal_train::trainer::{Event, Summary, TrainData, TrainSpec, train};
 use serde::Serialize;
 
-use crate::args::{ConfigArgs, TrainArgs};
-use crate::config::schema::{
-    ClassifierConfig, ComputeConfig, DataSection, DataSource, TrainSection,
-};
-use crate::config::{AnyConfig, Source};
+use super::setup::Setup;
+use crate::args::TrainArgs;
 use crate::{plot, progress};
-
-/// The environment variable naming the folder of the MNIST IDX files.
-pub(crate) const MNIST_ENV: &str = "FRUGAL_MNIST_DIR";
-
-/// RAM the training reader's window may hold.
-pub(crate) const READ_BUDGET: u64 = 64 << 20;
 
 /// The summary printed at the end and saved as `summary.json`.
 #[derive(Debug, Serialize)]
@@ -38,160 +25,29 @@ struct Report<'a> {
     batch_size: usize,
     grad_accum: usize,
     checkpoint_segments: Option<usize>,
+    /// The training's peak resident memory (preparing the data, before it, not included).
     peak_rss_bytes: u64,
-    /// The most heap bytes held at once (the counting allocator's mark).
+    /// The most heap bytes the training held at once (the counting allocator's mark).
     peak_heap_bytes: u64,
     output_dir: PathBuf,
 }
 
-/// A configuration made ready to train: its data prepared, its task and loop settings.
-pub(crate) struct Setup {
-    pub(crate) config: ClassifierConfig,
-    pub(crate) dir: PathBuf,
-    pub(crate) data: TrainData,
-    pub(crate) task: Classifier,
-    pub(crate) spec: TrainSpec,
-}
-
-impl Setup {
-    /// Reads the configuration, starts the compute threads and prepares the data.
-    pub(crate) fn load(args: &ConfigArgs) -> Result<Self> {
-        let source = Source::read(&args.file, &args.set)?;
-        let config = AnyConfig::from_document(&source.document()?)?;
-        let AnyConfig::Classifier(config) = config else {
-            bail!(
-                "{}: training and planning handle `classifier` configurations so far; this one is `{}`",
-                args.file.display(),
-                config.workload().name()
-            );
-        };
-        let threads = config.compute.threads as usize;
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .context("starting the compute threads")?;
-        let dir = config.output_dir.clone();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let data = prepare_data(&config, &dir)?;
-        let (input, label) = columns(&config.data);
-        let task = Classifier::for_schema(
-            config.model.arch,
-            config.model.hidden.iter().map(|&h| h as usize).collect(),
-            config.model.dropout,
-            config.model.classes as usize,
-            &data.train.manifest().schema,
-            &input,
-            &label,
-        )
-        .with_context(|| format!("dataset {}", data.train.dir().display()))?;
-        let spec = spec(&config, &task, &data);
-        Ok(Self {
-            config,
-            dir,
-            data,
-            task,
-            spec,
-        })
-    }
-
-    /// Applies a choice of the planner (or `--auto-fit`) to the configuration, keeping
-    /// the loop settings and fingerprint in step with it.
-    pub(crate) fn choose(
-        &mut self,
-        precision: Precision,
-        segments: Option<usize>,
-        batch: usize,
-        grad_accum: usize,
-    ) {
-        let c = &mut self.config.compute;
-        c.precision = precision;
-        c.checkpointing = segments.is_some();
-        c.checkpoint_segments = segments.map(|s| s as u32);
-        c.batch_size = batch as u32;
-        c.grad_accum = grad_accum as u32;
-        let stop_after = self.spec.stop_after;
-        self.spec = spec(&self.config, &self.task, &self.data);
-        self.spec.stop_after = stop_after;
-    }
-}
-
-/// The loop settings a configuration describes.
-fn spec(config: &ClassifierConfig, task: &Classifier, data: &TrainData) -> TrainSpec {
-    let sample_bytes = data.train.manifest().schema.sample_bytes() as u64;
-    train_spec(
-        config.seed,
-        &config.compute,
-        &config.train,
-        task.blocks(),
-        OrderSpec::for_budget(config.data.order, READ_BUDGET, sample_bytes),
-        fingerprint(config),
-    )
-}
-
-/// The loop's settings from a configuration's `[compute]` and `[train]` sections, for a
-/// stack of `blocks` checkpointable blocks.
-pub(crate) fn train_spec(
-    seed: u64,
-    c: &ComputeConfig,
-    t: &TrainSection,
-    blocks: usize,
-    order: OrderSpec,
-    fingerprint: String,
-) -> TrainSpec {
-    let segments = c.checkpointing.then(|| {
-        c.checkpoint_segments.map_or_else(
-            || frugal_train::checkpoint::default_segments(blocks),
-            |s| s as usize,
-        )
-    });
-    TrainSpec {
-        seed,
-        batch_size: c.batch_size as usize,
-        grad_accum: c.grad_accum as usize,
-        precision: c.precision,
-        segments,
-        epochs: t.epochs,
-        steps: t.steps,
-        adamw: AdamWSpec {
-            weight_decay: t.weight_decay,
-            ..AdamWSpec::default()
-        },
-        schedule: LrSchedule {
-            base: t.lr,
-            final_fraction: t.final_lr_fraction,
-            decay: t.schedule,
-            warmup: t.warmup_steps,
-            total: 0,
-        },
-        log_every: t.log_every,
-        eval_every: t.eval_every,
-        checkpoint_every: t.checkpoint_every,
-        order,
-        stop_after: None,
-        fingerprint,
-    }
-}
-
-pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
-    let mut setup = Setup::load(&args.config)?;
+/// Trains a prepared configuration, within the memory budget when asked.
+pub(crate) fn train_setup<T: Task>(
+    mut setup: Setup<T>,
+    args: &TrainArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
     setup.spec.stop_after = args.run.stop_after;
     if args.max_memory.is_some() || args.auto_fit {
         super::plan::guard(&mut setup, args.max_memory, args.auto_fit)?;
     }
-    let Setup {
-        config,
-        dir,
-        data,
-        task,
-        spec,
-        ..
-    } = setup;
     run_loop(
-        &task,
-        &data,
-        &spec,
-        config.compute.device,
-        &dir,
+        &setup.task,
+        &setup.data,
+        &setup.spec,
+        setup.compute.device,
+        &setup.dir,
         args.run.resume,
         args.run.json,
         &args.config.file,
@@ -202,7 +58,7 @@ pub(crate) fn run(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
 /// Trains `task` on `data` into `dir` with the progress bar, then draws the curves, saves
 /// `summary.json` and reports: what every `train` command shares.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run_loop<T: frugal_train::Task>(
+pub(crate) fn run_loop<T: Task>(
     task: &T,
     data: &TrainData,
     spec: &TrainSpec,
@@ -242,17 +98,23 @@ pub(crate) fn run_loop<T: frugal_train::Task>(
         }
         Event::Record(_) | Event::Checkpoint { .. } => {}
     };
+    // The peaks reported are the training's own: preparing the data and planning came
+    // before, in the same process.
+    let window = frugal_hw::MemoryMeter::new().window();
+    frugal_train::memory::reset_heap_peak();
     let summary = catch_backend_panics("training", &picked, || {
         train(task, data, spec, &picked.device, dir, resume, &mut observe)
     })?;
+    let peak_rss_bytes = match window {
+        Ok(w) => w.finish().peak_rss_bytes,
+        Err(_) => frugal_hw::MemoryMeter::new()
+            .sample()
+            .map_or(0, |s| s.peak_rss_bytes),
+    };
     bar.finish_and_clear();
 
     plot::training_curves(&summary.records, dir).context("drawing the training curves")?;
 
-    let peak_rss_bytes = frugal_hw::MemoryMeter::new()
-        .sample()
-        .map(|s| s.peak_rss_bytes)
-        .unwrap_or(0);
     let report = Report {
         summary: &summary,
         device: picked.name,
@@ -333,140 +195,4 @@ pub(crate) fn warn_if_software(picked: &Picked) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The settings that shape the trained weights: everything but where the output goes,
-/// the device and thread count, and how often it is logged or checkpointed.
-pub(crate) fn fingerprint(config: &impl Serialize) -> String {
-    let mut v = serde_json::to_value(config).expect("the configuration serializes");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("output_dir");
-        if let Some(c) = o.get_mut("compute").and_then(|c| c.as_object_mut()) {
-            c.remove("device");
-            c.remove("threads");
-        }
-        if let Some(sim) = o.get_mut("sim").and_then(|s| s.as_object_mut()) {
-            sim.remove("data");
-        }
-        if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
-            for k in ["log_every", "eval_every", "checkpoint_every"] {
-                t.remove(k);
-            }
-        }
-    }
-    v.to_string()
-}
-
-fn columns(data: &DataSection) -> (String, String) {
-    let (i, l) = match data.source {
-        DataSource::Mnist => ("image", "label"),
-        _ => ("x", "y"),
-    };
-    (
-        data.input.clone().unwrap_or_else(|| i.into()),
-        data.label.clone().unwrap_or_else(|| l.into()),
-    )
-}
-
-/// The MNIST folder: the configuration's `data.dir`, else `$FRUGAL_MNIST_DIR`, else
-/// `data/mnist`.
-fn mnist_dir(data: &DataSection) -> PathBuf {
-    data.dir
-        .clone()
-        .or_else(|| std::env::var_os(MNIST_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("data/mnist"))
-}
-
-fn idx_file(dir: &Path, stem: &str) -> Result<PathBuf> {
-    for name in [format!("{stem}.gz"), stem.to_owned()] {
-        let p = dir.join(&name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "MNIST file {stem}(.gz) not found in {}: put the four IDX files there (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or not), or name their folder with `data.dir` or {MNIST_ENV}",
-        dir.display()
-    )
-}
-
-/// A dataset built once into `target`: built under a temporary name, renamed into place,
-/// so a killed run never leaves a half-built dataset where a finished one is expected.
-fn build_once(target: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<Dataset> {
-    if !target.join(frugal_store::MANIFEST_FILE).exists() {
-        let tmp = target.with_extension("partial");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-        }
-        build(&tmp)?;
-        std::fs::rename(&tmp, target)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))?;
-    }
-    Ok(Dataset::open(target)?)
-}
-
-fn prepare_data(config: &ClassifierConfig, dir: &Path) -> Result<TrainData> {
-    let data = &config.data;
-    let store = dir.join("data");
-    match data.source {
-        DataSource::Mnist => {
-            let src = mnist_dir(data);
-            let split = |name: &str, stem: &str| -> Result<Dataset> {
-                let images = idx_file(&src, &format!("{stem}-images-idx3-ubyte"))?;
-                let labels = idx_file(&src, &format!("{stem}-labels-idx1-ubyte"))?;
-                build_once(&store.join(name), |out| {
-                    import::import_mnist(&images, &labels, out, WriterOptions::default())?;
-                    Ok(())
-                })
-            };
-            Ok(TrainData {
-                train: split("mnist-train", "train")?,
-                test: Some(split("mnist-test", "t10k")?),
-            })
-        }
-        DataSource::Store => {
-            let train = data.train.as_ref().expect("checked with the configuration");
-            let open = |p: &Path| {
-                Dataset::open(p).with_context(|| format!("opening the dataset {}", p.display()))
-            };
-            Ok(TrainData {
-                train: open(train)?,
-                test: data.test.as_deref().map(open).transpose()?,
-            })
-        }
-        DataSource::Synthetic => {
-            let spec = |samples, stream| SyntheticSpec {
-                samples,
-                features: data.features as usize,
-                classes: config.model.classes as usize,
-                hidden: data.teacher_hidden as usize,
-                seed: config.seed,
-                shard_bytes: frugal_store::DEFAULT_SHARD_BYTES,
-                sample_stream: stream,
-            };
-            let threads = rayon::current_num_threads();
-            let split = |name: &str, s: SyntheticSpec| -> Result<Dataset> {
-                let target = store.join(name);
-                if let Ok(d) = Dataset::open(&target)
-                    && d.manifest().complete
-                {
-                    if d.len() != s.samples || d.manifest().schema != s.schema() {
-                        bail!(
-                            "{} holds a synthetic dataset generated with other settings; remove it (or choose another output_dir) to generate the one this configuration describes",
-                            target.display()
-                        );
-                    }
-                    return Ok(d);
-                }
-                let bar = progress::bar(s.samples, "generating", false);
-                synthetic::generate(&target, &s, threads, &|n| bar.inc(n))?;
-                bar.finish_and_clear();
-                Ok(Dataset::open(&target)?)
-            };
-            Ok(TrainData {
-                train: split("synthetic-train", spec(data.samples, 0))?,
-                test: Some(split("synthetic-test", spec(data.test_samples, 1))?),
-            })
-        }
-    }
 }
