@@ -39,8 +39,8 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::workloads::plan(args, &mut out),
         Command::Nbody(command) => commands::nbody::run(command, &mut out),
         Command::Evolve(args) => commands::evolve::run(args, &mut out),
-        Command::Worker(args) => commands::evolve::worker(args, &mut out),
-        Command::Farm(command) => commands::evolve::farm(command, &mut out),
+        Command::Worker(args) => commands::farm::worker(args, &mut out),
+        Command::Farm(command) => commands::farm::farm(command, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {

@@ -6,13 +6,15 @@
 //! leapfrog, which is symplectic and time-reversible, so the energy error stays bounded and
 //! scales as dt². Positions, velocities and accelerations are stored as structures of
 //! arrays ([`Particles`]) so the pair loops vectorize; the force loops run on all cores.
-//! [`knn_graph`] gives the k-nearest-neighbour graph a particle network learns on.
+//! [`knn_graph`] gives the k-nearest-neighbour graph a particle network learns on, and
+//! [`Recording`] runs seeded simulations for a dataset, the same bytes on every machine.
 
 mod gravity;
 mod init;
 mod integrate;
 mod knn;
 mod particles;
+mod record;
 mod rng;
 mod tree;
 
@@ -21,5 +23,6 @@ pub use init::{Initial, InitialError};
 pub use integrate::{Energies, Simulation};
 pub use knn::{KnnGraph, knn_graph};
 pub use particles::{Particles, Vec3s};
+pub use record::{RecordError, Recording, State};
 pub use rng::Rng;
 pub use tree::Octree;

@@ -1,6 +1,7 @@
 pub(crate) mod config;
 pub(crate) mod data;
 pub(crate) mod evolve;
+pub(crate) mod farm;
 pub(crate) mod nbody;
 pub(crate) mod nbody_scale;
 pub(crate) mod plan;

@@ -13,17 +13,17 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use frugal_farm::{Context as JobContext, Farm, Job, Metrics, Outcome, RedisFarm, Registry};
+use frugal_farm::{Farm, Job, Outcome, RedisFarm};
 use frugal_hw::units::Bytes;
 use frugal_models::particles::{Gnn, Normalization, ParticleGnn};
-use frugal_sim::{Gravity, Initial, Method, Simulation};
+use frugal_sim::{Gravity, Method, Recording};
 use frugal_store::{
     Column, DType, Dataset, Order, OrderSpec, Schema, ShardBuffer, StoreError, StreamOptions,
     generate_shards, recorded_shards,
 };
 use frugal_train::Task;
 use frugal_train::trainer::TrainData;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::setup::Setup;
 use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, RunArgs, TrainArgs};
@@ -134,151 +134,48 @@ fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
     }
 }
 
-/// Takes one recorded state: its step, positions, velocities, accelerations.
-type StateSink<'a> = dyn FnMut(u64, &[u8], &[u8], &[u8]) -> Result<(), String> + 'a;
-
-/// The most one simulation job may send back through a queue (a Redis value holds 512 MiB).
-const MAX_JOB_BYTES: usize = 256 << 20;
-
-/// Everything a simulation's samples depend on: a resumed run must match it. Workers
-/// refuse fields they do not know rather than simulate something else.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenSettings {
-    particles: usize,
-    simulations: u64,
-    steps: u64,
-    record_every: u64,
-    dt: f64,
-    softening: f64,
-    initial: Vec<Initial>,
-    method: Method,
-    seed: u64,
+/// The recording a configuration's `[sim]` and `[model]` describe.
+fn recording(c: &ParticlesConfig) -> Recording {
+    let method = match c.sim.method {
+        SimMethod::Direct => Method::Direct,
+        SimMethod::BarnesHut => Method::BarnesHut { theta: c.sim.theta },
+        SimMethod::Auto if c.model.particles <= DIRECT_UP_TO => Method::Direct,
+        SimMethod::Auto => Method::BarnesHut { theta: c.sim.theta },
+    };
+    Recording {
+        particles: c.model.particles as usize,
+        simulations: u64::from(c.sim.simulations),
+        steps: u64::from(c.sim.steps),
+        record_every: u64::from(c.sim.record_every),
+        dt: c.sim.dt,
+        softening: c.sim.softening,
+        initial: c.sim.initial.clone(),
+        method,
+        seed: c.seed,
+    }
 }
 
-impl GenSettings {
-    fn new(c: &ParticlesConfig) -> Self {
-        let method = match c.sim.method {
-            SimMethod::Direct => Method::Direct,
-            SimMethod::BarnesHut => Method::BarnesHut { theta: c.sim.theta },
-            SimMethod::Auto if c.model.particles <= DIRECT_UP_TO => Method::Direct,
-            SimMethod::Auto => Method::BarnesHut { theta: c.sim.theta },
-        };
-        Self {
-            particles: c.model.particles as usize,
-            simulations: u64::from(c.sim.simulations),
-            steps: u64::from(c.sim.steps),
-            record_every: u64::from(c.sim.record_every),
-            dt: c.sim.dt,
-            softening: c.sim.softening,
-            initial: c.sim.initial.clone(),
-            method,
-            seed: c.seed,
-        }
+/// One sample per recorded state: positions, velocities and accelerations (f32,
+/// particle-major), and which simulation and recorded step it is.
+fn schema(r: &Recording) -> Schema {
+    let n = r.particles;
+    Schema {
+        columns: vec![
+            Column::new("pos", DType::F32, [n, 3]),
+            Column::new("vel", DType::F32, [n, 3]),
+            Column::new("acc", DType::F32, [n, 3]),
+            Column::new("sim", DType::U32, []),
+            Column::new("step", DType::U32, []),
+        ],
     }
+}
 
-    /// One sample per recorded state: positions, velocities and accelerations (f32,
-    /// particle-major), and which simulation and recorded step it is.
-    fn schema(&self) -> Schema {
-        let n = self.particles;
-        Schema {
-            columns: vec![
-                Column::new("pos", DType::F32, [n, 3]),
-                Column::new("vel", DType::F32, [n, 3]),
-                Column::new("acc", DType::F32, [n, 3]),
-                Column::new("sim", DType::U32, []),
-                Column::new("step", DType::U32, []),
-            ],
-        }
-    }
-
-    /// The initial conditions and seed of simulation `index`.
-    fn job(&self, index: u64) -> (Initial, u64) {
-        let initial = self.initial[(index % self.initial.len() as u64) as usize];
-        let seed =
-            frugal_sim::Rng::new(self.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64();
-        (initial, seed)
-    }
-
-    /// Runs simulation `index` on this thread into `buffer`.
-    fn simulate(&self, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
-        self.states(index, &mut || Ok(()), &mut |step, pos, vel, acc| {
-            push_state(buffer, index, step, [pos, vel, acc]).map_err(|e| e.to_string())
-        })
-        .map_err(StoreError::Invalid)
-    }
-
-    /// Runs simulation `index`, handing each recorded state to `emit` as f32 positions,
-    /// velocities and accelerations (particle-major); `check` runs before each step and
-    /// stops the simulation with its error.
-    fn states(
-        &self,
-        index: u64,
-        check: &mut dyn FnMut() -> Result<(), String>,
-        emit: &mut StateSink<'_>,
-    ) -> Result<(), String> {
-        let (initial, seed) = self.job(index);
-        let gravity = Gravity::softened(self.softening);
-        let start = initial
-            .generate(self.particles, seed, gravity)
-            .map_err(|e| format!("simulation {index}: {e}"))?;
-        let mut sim = Simulation::new(start, gravity, self.method, false);
-        let interleave = |v: &frugal_sim::Vec3s| -> Vec<u8> {
-            let mut bytes = Vec::with_capacity(self.particles * 12);
-            for i in 0..self.particles {
-                for axis in v {
-                    bytes.extend_from_slice(&(axis[i] as f32).to_le_bytes());
-                }
-            }
-            bytes
-        };
-        for step in 0..self.steps {
-            if step > 0 {
-                for _ in 0..self.record_every {
-                    check()?;
-                    sim.step(self.dt);
-                }
-            }
-            emit(
-                step,
-                &interleave(&sim.particles.pos),
-                &interleave(&sim.particles.vel),
-                &interleave(&sim.acc),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// What a worker checks of settings it did not read from its own configuration.
-    fn validate(&self) -> Result<(), String> {
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if self.particles < 2
-            || self.simulations == 0
-            || self.steps == 0
-            || self.record_every == 0
-            || self.initial.is_empty()
-            || !positive(self.dt)
-            || !(self.softening.is_finite() && self.softening >= 0.0)
-        {
-            return Err(format!("settings out of range: {self:?}"));
-        }
-        if self.state_bytes() > MAX_JOB_BYTES {
-            return Err(format!(
-                "one simulation would return {} (more than {}): split it into shorter simulations",
-                Bytes(self.state_bytes() as u64),
-                Bytes(MAX_JOB_BYTES as u64)
-            ));
-        }
-        Ok(())
-    }
-
-    /// Bytes of one simulation's states as a farm job returns them: per recorded step,
-    /// positions, velocities, accelerations.
-    fn state_bytes(&self) -> usize {
-        (self.steps as usize)
-            .saturating_mul(self.particles)
-            .saturating_mul(36)
-    }
+/// Runs simulation `index` of `r` on this thread into `buffer`.
+fn simulate(r: &Recording, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
+    r.record::<String>(index, &mut || Ok(()), &mut |s| {
+        push_state(buffer, index, s.step, [s.pos, s.vel, s.acc]).map_err(|e| e.to_string())
+    })
+    .map_err(StoreError::Invalid)
 }
 
 /// One row of the dataset: a recorded state of simulation `index` (see `schema`).
@@ -290,48 +187,6 @@ fn push_state(
 ) -> frugal_store::Result<()> {
     let (sim, step) = ((index as u32).to_le_bytes(), (step as u32).to_le_bytes());
     buffer.push_rows(1, &[pos, vel, acc, &sim, &step])
-}
-
-/// The job kind that runs one simulation of a dataset on a worker: parameters
-/// `{"settings": …, "index": i}`; the states come back as the job's data.
-pub(crate) fn register_kinds(registry: &mut Registry) -> Result<(), String> {
-    registry.register("nbody", |job: &Job, ctx: &JobContext| {
-        // Byte-identical datasets need the generator's own simulator.
-        let version = job.params["frugal"].as_str().unwrap_or("unknown");
-        if version != env!("CARGO_PKG_VERSION") {
-            return Err(format!(
-                "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
-                job.id,
-                env!("CARGO_PKG_VERSION")
-            ));
-        }
-        let settings: GenSettings = serde_json::from_value(job.params["settings"].clone())
-            .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
-        settings
-            .validate()
-            .map_err(|e| format!("job {}: {e}", job.id))?;
-        let index = job.params["index"]
-            .as_u64()
-            .filter(|i| *i < settings.simulations)
-            .ok_or_else(|| {
-                format!(
-                    "job {}: parameter \"index\" must be a simulation number below {}",
-                    job.id, settings.simulations
-                )
-            })?;
-        let mut data = Vec::with_capacity(settings.state_bytes());
-        settings.states(index, &mut || ctx.check(), &mut |_, pos, vel, acc| {
-            for part in [pos, vel, acc] {
-                data.extend_from_slice(part);
-            }
-            Ok::<(), String>(())
-        })?;
-        ctx.attach(data);
-        Ok(Metrics::from([
-            ("index".to_string(), index as f64),
-            ("states".to_string(), settings.steps as f64),
-        ]))
-    })
 }
 
 #[derive(Serialize)]
@@ -389,12 +244,7 @@ struct RemoteState {
 }
 
 impl RemoteSims {
-    fn connect(
-        remote: &Remote,
-        settings: &GenSettings,
-        dir: &Path,
-        todo: Vec<u64>,
-    ) -> Result<Self> {
+    fn connect(remote: &Remote, settings: &Recording, dir: &Path, todo: Vec<u64>) -> Result<Self> {
         let settings_json = serde_json::to_value(settings)?;
         let mut hash = std::hash::DefaultHasher::new();
         (settings_json.to_string(), dir).hash(&mut hash);
@@ -402,7 +252,7 @@ impl RemoteSims {
         let run_id = format!("nbody-{:016x}", hash.finish());
         let mut farm =
             RedisFarm::connect(&remote.url, &remote.queue, &run_id, Duration::from_secs(30))?;
-        super::evolve::announce_workers(&mut farm, &remote.queue, "nbody")?;
+        super::farm::announce_workers(&mut farm, &remote.queue, "nbody")?;
         Ok(Self {
             farm: Mutex::new(farm),
             state: Mutex::new(RemoteState {
@@ -414,7 +264,7 @@ impl RemoteSims {
                 ready: HashMap::new(),
             }),
             arrived: Condvar::new(),
-            window: (REMOTE_WINDOW_BYTES / settings.state_bytes().max(1)).clamp(1, 256),
+            window: (REMOTE_WINDOW_BYTES / settings.simulation_bytes().max(1)).clamp(1, 256),
             settings: settings_json,
         })
     }
@@ -493,7 +343,7 @@ impl RemoteSims {
     /// Waits for simulation `index` and writes its states into `buffer`.
     fn fill(
         &self,
-        settings: &GenSettings,
+        settings: &Recording,
         index: u64,
         buffer: &mut ShardBuffer,
     ) -> frugal_store::Result<()> {
@@ -505,12 +355,12 @@ impl RemoteSims {
                 .ok_or_else(|| fail(format!("worker {} sent no states", outcome.worker)))?,
             Err(e) => return Err(fail(format!("failed on the workers: {e}"))),
         };
-        if data.len() != settings.state_bytes() {
+        if data.len() != settings.simulation_bytes() {
             return Err(fail(format!(
                 "worker {} sent {} bytes of states, not {}",
                 outcome.worker,
                 data.len(),
-                settings.state_bytes()
+                settings.simulation_bytes()
             )));
         }
         let part = settings.particles * 12;
@@ -537,7 +387,7 @@ fn data_dir(config: &ParticlesConfig) -> PathBuf {
 
 /// Runs the simulations the dataset still lacks (none when it is complete).
 fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<GenerateSummary> {
-    let settings = GenSettings::new(config);
+    let settings = recording(config);
     let dir = data_dir(config);
     let threads = match config.compute.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -575,9 +425,11 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
     let reused = done.len() as u64;
     let (remote, threads) = match remote {
         Some(r) => {
-            settings.validate().map_err(|e| {
-                super::UserError(format!("{}: [sim]: {e}", config.output_dir.display()))
-            })?;
+            settings
+                .validate(super::farm::MAX_SIMULATION_BYTES)
+                .map_err(|e| {
+                    super::UserError(format!("{}: [sim]: {e}", config.output_dir.display()))
+                })?;
             let todo = (0..settings.simulations)
                 .filter(|i| !done.contains_key(i))
                 .collect();
@@ -596,13 +448,13 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
     metadata.insert("nbody".into(), settings_json.clone());
     let manifest = generate_shards(
         &dir,
-        &settings.schema(),
+        &schema(&settings),
         &settings_json,
         settings.simulations,
         threads,
         &|index, buffer| match &remote {
             Some(r) => r.fill(&settings, index, buffer),
-            None => settings.simulate(index, buffer),
+            None => simulate(&settings, index, buffer),
         },
         &|samples| bar.inc(samples),
         metadata,
