@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use frugal_hw::{Tier, Workload};
+use frugal_hw::Tier;
+
+use crate::presets::Workload;
 use frugal_train::Precision;
 
 /// Big machine-learning and simulation work on modest hardware.

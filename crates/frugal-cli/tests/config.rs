@@ -7,7 +7,7 @@ use predicates::prelude::*;
 mod common;
 use common::frugal;
 
-const GOOD: &str = r#"workload = "eqprop"
+const GOOD: &str = r#"workload = "classifier"
 output_dir = "runs/eq"
 
 [compute]
@@ -15,11 +15,10 @@ device = "cpu"
 batch_size = 16
 
 [model]
-d_model = 64
-n_heads = 4
-d_ff = 256
-max_iters = 50
-damping = 0.9
+arch = "mlp"
+classes = 4
+hidden = [64, 32]
+dropout = 0.1
 "#;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -55,7 +54,7 @@ fn a_good_file_passes() {
         .assert()
         .success()
         .stdout(predicate::str::contains(
-            "ok (eqprop workload, output in runs/eq)",
+            "ok (classifier workload, output in runs/eq)",
         ));
 }
 
@@ -70,12 +69,12 @@ fn errors_are_reported_at_their_line_and_column() {
             "6:3",
             &["unknown field `batch_sise`", "`batch_size`"],
         ),
-        ("unknown table", &extra_table, "15:2", &["`extra`"]),
+        ("unknown table", &extra_table, "14:2", &["`extra`"]),
         (
             "wrong type",
-            &GOOD.replace("d_ff = 256", "d_ff = \"wide\""),
-            "11:8",
-            &["expected u32"],
+            &GOOD.replace("dropout = 0.1", "dropout = \"wide\""),
+            "12:11",
+            &["expected f64"],
         ),
         (
             "unknown variant",
@@ -85,15 +84,15 @@ fn errors_are_reported_at_their_line_and_column() {
         ),
         (
             "syntax",
-            "workload = \"eqprop\"\noutput_dir = [\n",
+            "workload = \"classifier\"\noutput_dir = [\n",
             "2:15",
             &["unclosed array"],
         ),
         (
             "values that disagree",
-            &GOOD.replace("n_heads = 4", "n_heads = 5"),
+            &GOOD.replace("classes = 4", "classes = 1"),
             "10:11",
-            &["model.n_heads", "divide"],
+            &["model.classes", "at least 2"],
         ),
         ("no workload", "output_dir = \"x\"\n", "1:1", &["workload"]),
         (
@@ -175,21 +174,21 @@ fn set_overrides_keys_and_its_errors_name_the_argument() {
     let broken = write(
         dir.path(),
         "broken.toml",
-        &GOOD.replace("n_heads = 4", "n_heads = 5"),
+        &GOOD.replace("classes = 4", "classes = 1"),
     );
     frugal()
         .args(["config", "check"])
         .arg(&broken)
-        .args(["--set", "model.n_heads=8"])
+        .args(["--set", "model.classes=8"])
         .assert()
         .success();
 }
 
 #[test]
 fn every_shipped_config_checks() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    let mut stack = vec![root];
+    let mut stack = vec![crate_dir.join("../../configs"), crate_dir.join("presets")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -200,7 +199,7 @@ fn every_shipped_config_checks() {
             }
         }
     }
-    assert!(files.len() >= 21, "found only {files:?}");
+    assert!(files.len() >= 18, "found only {files:?}");
     for file in files {
         frugal()
             .args(["config", "check"])
@@ -214,13 +213,19 @@ fn every_shipped_config_checks() {
 fn preset_prints_a_config_that_checks() {
     let dir = tempfile::tempdir().unwrap();
     let out = frugal()
-        .args(["config", "preset", "eqprop", "--tier", "TIER_1_COMMODITY"])
+        .args([
+            "config",
+            "preset",
+            "classifier",
+            "--tier",
+            "TIER_1_COMMODITY",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("d_model = 64") && text.contains("grad_accum = 4"),
+        text.contains("precision = \"f16\"") && text.contains("hidden = [32, 64, 128]"),
         "{text}"
     );
     let file = write(dir.path(), "mine.toml", &text);

@@ -3,8 +3,8 @@
 //! `frugal-hw` answers the question every frugal job starts with. [`probe`] reads the
 //! CPU, host memory and the cgroup limit actually enforced, free disk space and NVIDIA
 //! GPUs (through NVML, loaded at run time, so no GPU library is linked), and
-//! [`tier::decide`] turns that into a compute tier with the rule that decided it.
-//! [`preset::resolve`] picks the configuration preset for a workload on that tier.
+//! [`tier::decide`] turns that into a compute tier with the rule that decided it (the
+//! `frugal` program keeps a configuration preset per workload and tier).
 //! The [`MemoryMeter`] measures current and peak memory for benchmarks and the planner.
 //!
 //! ```
@@ -24,7 +24,6 @@ mod error;
 mod gpu;
 mod memory;
 mod meter;
-pub mod preset;
 mod probe;
 pub mod tier;
 pub mod units;
@@ -36,6 +35,5 @@ pub use error::{HwError, Result};
 pub use gpu::{GpuInfo, GpuReport};
 pub use memory::{MemoryInfo, budget};
 pub use meter::{MemoryMeter, MemorySample, PeakMethod, PeakReport, PeakWindow};
-pub use preset::{Preset, PresetOrigin, Workload};
 pub use probe::{HardwareReport, ProbeOptions, probe};
 pub use tier::{Tier, TierDecision, TierInput};

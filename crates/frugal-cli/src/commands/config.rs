@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use frugal_hw::{Tier, preset};
+use frugal_hw::Tier;
 
 use crate::args::{ConfigArgs, ConfigCommand};
 use crate::config::{AnyConfig, Source};
@@ -42,7 +42,7 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
                 Some(t) => t,
                 None => machine_tier()?,
             };
-            let chosen = preset::resolve(workload, tier, presets::user_dir(&dir).as_deref())?;
+            let chosen = presets::resolve(workload, tier, presets::user_dir(&dir).as_deref())?;
             // Check it before handing it out: a broken user preset is reported, not copied.
             presets::parse(&chosen)?;
             write!(out, "{}", chosen.text)?;

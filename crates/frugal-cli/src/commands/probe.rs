@@ -5,13 +5,12 @@ use anyhow::Result;
 use frugal_hw::units::Bytes;
 use frugal_hw::{
     CpuInfo, DiskBench, DiskInfo, GpuInfo, HardwareReport, MemoryInfo, ProbeOptions, Tier,
-    Workload, preset,
 };
 use serde::Serialize;
 
 use crate::args::ProbeArgs;
 use crate::config::AnyConfig;
-use crate::presets;
+use crate::presets::{self, Workload};
 
 /// The JSON document; docs/probe.md lists its keys, which are stable.
 #[derive(Debug, Serialize)]
@@ -54,7 +53,7 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
     let dir = presets::user_dir(&args.presets);
     let mut chosen = BTreeMap::new();
     for workload in Workload::ALL {
-        let p = preset::resolve(workload, report.tier.tier, dir.as_deref())?;
+        let p = presets::resolve(workload, report.tier.tier, dir.as_deref())?;
         let config = presets::parse(&p)?;
         chosen.insert(
             workload.name(),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use frugal_hw::Workload;
+use crate::presets::Workload;
 pub(crate) use frugal_models::classifier::Arch as ClassifierArch;
 pub(crate) use frugal_train::Precision;
 pub(crate) use frugal_train::device::DeviceChoice as Device;
@@ -267,36 +267,6 @@ impl Default for SimSection {
             data: None,
         }
     }
-}
-
-/// The convolutional neural operator and its rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct OperatorModel {
-    /// Grid points per side.
-    pub(crate) resolution: u32,
-    /// Channels of the first stage.
-    pub(crate) channels: u32,
-    /// Down/up-sampling stages.
-    pub(crate) depth: u32,
-    /// Steps the model is rolled out for.
-    pub(crate) rollout_steps: u32,
-}
-
-/// The weight-tied transformer iterated to a fixed point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EqpropModel {
-    /// Model width.
-    pub(crate) d_model: u32,
-    /// Attention heads; must divide `d_model`.
-    pub(crate) n_heads: u32,
-    /// Feed-forward width.
-    pub(crate) d_ff: u32,
-    /// Fixed-point iterations per relaxation.
-    pub(crate) max_iters: u32,
-    /// Damping of the fixed-point update, in (0, 1].
-    pub(crate) damping: f64,
 }
 
 /// The search.
@@ -570,8 +540,6 @@ macro_rules! workload_configs {
 workload_configs! {
     Classifier: ClassifierConfig { model: ClassifierModel; data: DataSection, train: TrainSection },
     Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection, train: TrainSection },
-    Operator: OperatorConfig { model: OperatorModel },
-    Eqprop: EqpropConfig { model: EqpropModel },
     Evolve: EvolveConfig { search: EvolveSearch; job: EvolveJob, genes: std::collections::BTreeMap<String, GeneConfig>, fitness: FitnessConfig, farm: FarmConfig, kinds: std::collections::BTreeMap<String, KindConfig> },
 }
 
@@ -752,33 +720,6 @@ impl AnyConfig {
                     m.particles == 2 || !sim.initial.contains(&frugal_sim::Initial::TwoBody),
                     &["sim", "initial"],
                     "`two_body` needs `model.particles = 2`",
-                );
-            }
-            AnyConfig::Operator(c) => {
-                let m = &c.model;
-                check(
-                    m.resolution % (1 << m.depth.min(31)) == 0,
-                    &["model", "resolution"],
-                    "must be divisible by 2^depth so every stage halves it exactly",
-                );
-                check(m.channels >= 1, &["model", "channels"], "must be positive");
-            }
-            AnyConfig::Eqprop(c) => {
-                let m = &c.model;
-                check(
-                    m.n_heads >= 1 && m.d_model % m.n_heads == 0,
-                    &["model", "n_heads"],
-                    "must divide `model.d_model`",
-                );
-                check(
-                    m.damping > 0.0 && m.damping <= 1.0,
-                    &["model", "damping"],
-                    "must be in (0, 1]",
-                );
-                check(
-                    m.max_iters >= 1,
-                    &["model", "max_iters"],
-                    "must be at least 1",
                 );
             }
             AnyConfig::Evolve(c) => {
