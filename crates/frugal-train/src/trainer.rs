@@ -302,7 +302,9 @@ pub fn data_bytes(data: &TrainData, order: OrderSpec, batch_size: usize, eval_ba
         let count = n
             .div_ceil(order.window.max(1))
             .min(READ_AHEAD_WINDOWS as u64);
-        count * per_window * d.manifest().schema.sample_bytes() as u64
+        // Windows in flight together never hold more than the whole split: where a few
+        // windows cover it, the last is a remainder, not a full window.
+        (count * per_window).min(n) * d.manifest().schema.sample_bytes() as u64
     };
     let sample = data.train.manifest().schema.sample_bytes() as u64;
     let test = data.test.as_ref().map_or(0, |t| {
