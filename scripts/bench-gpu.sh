@@ -15,7 +15,8 @@
 #
 # Usage: scripts/bench-gpu.sh [--dry-run]      (--dry-run: print the commands, run nothing)
 # Environment (relative paths are from the repository root):
-#   FRUGAL               the frugal binary, built with a GPU backend (target/release/frugal)
+#   FRUGAL               the frugal binary, built with a GPU backend and without `autotune`,
+#                        which re-tunes in every process (docs/gpu.md) (target/release/frugal)
 #   MNIST                the folder with the four MNIST IDX files (data/mnist)
 #   OUT_DIR              where results go (bench-gpu-results)
 #   PYTHON               the interpreter with PyTorch for the peers (python3)

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::plan::{MemoryPlan, PlanInput, Profiles, first_batch, max_batch};
 use crate::precision::compute_copy;
-use crate::trainer::{TrainData, TrainSpec, data_bytes, run_step};
+use crate::trainer::{TrainData, TrainSpec, data_bytes, init_seeded, run_step};
 use crate::{Precision, Result, StepInput, Task, TrainError};
 
 /// The settings a memory plan depends on, which [`fit`] may change.
@@ -81,7 +81,7 @@ impl<'a, T: Task> Planner<'a, T> {
         // profiling steps, whose freed memory the allocator may keep.
         let one = first_batch(&data.train, 1)?;
         let ad = device.clone().autodiff();
-        let model = compute_copy(&task.init(&ad), spec.precision);
+        let model = compute_copy(&init_seeded(task, 0, &ad), spec.precision);
         let input = StepInput {
             device: &ad,
             precision: spec.precision,

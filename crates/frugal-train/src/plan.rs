@@ -22,7 +22,7 @@ use crate::device::DevicePeak;
 use crate::memory::{counting, heap_live, heap_peak, reset_heap_peak};
 use crate::precision::{compute_copy, grads_to_f32};
 use crate::snapshot::LoopState;
-use crate::trainer::{AdamWSpec, READ_AHEAD_WINDOWS, make_snapshot, run_step};
+use crate::trainer::{AdamWSpec, READ_AHEAD_WINDOWS, init_seeded, make_snapshot, run_step};
 use crate::{Precision, Result, StepInput, Task, TrainError};
 
 /// Bytes held per f32 AdamW moment, per parameter; AdamW keeps two.
@@ -73,8 +73,7 @@ pub fn profile_step<T: Task>(
         ));
     }
     let ad = device.clone().autodiff();
-    ad.seed(0);
-    let mut model = task.init(&ad);
+    let mut model = init_seeded(task, 0, &ad);
     let mut optim = AdamWSpec::default().init();
     let mut result = None;
     for round in 0..2u64 {
@@ -176,8 +175,7 @@ pub fn measure_step<T: Task>(
     device.memory_cleanup();
     let baseline = heap_live();
     let ad = device.clone().autodiff();
-    ad.seed(0);
-    let mut model = task.init(&ad);
+    let mut model = init_seeded(task, 0, &ad);
     let mut optim = AdamWSpec::default().init();
     let mut device_peak = DevicePeak::new(device);
     let mut peak_bytes = 0;

@@ -471,11 +471,23 @@ impl ModuleMapper for MoveTo<'_> {
 /// moved to `device` (an autodiff device): the same weights for the same seed whatever
 /// device the run trains on.
 pub fn init_on_cpu<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
-    let cpu = Device::flex().autodiff();
-    cpu.seed(seed);
-    let model = task.init(&cpu);
+    move_to(init_seeded(task, seed, &Device::flex().autodiff()), device)
+}
+
+/// A fresh model of `task` on `device`, its values drawn from the device's generator
+/// seeded with `seed` and created there.
+///
+/// A backend's generator is one per process: seeding it and drawing a model's weights must
+/// not interleave with another model's (two runs in one process, as a library user or a
+/// test harness has them), or neither gets its seed's weights; every model the engine
+/// initializes goes through here, one at a time.
+pub(crate) fn init_seeded<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let model = task.init(device);
     model.visit(&mut Materialize);
-    move_to(model, device)
+    model
 }
 
 /// `model` on `device` (an autodiff device), each parameter a fresh leaf keeping its id.
