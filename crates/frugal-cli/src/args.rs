@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use frugal_hw::Tier;
+use frugal_train::Precision;
 
 use crate::presets::Workload;
-use frugal_train::Precision;
 
 /// Big machine-learning and simulation work on modest hardware.
 #[derive(Debug, Parser)]

@@ -69,7 +69,7 @@ pub enum RecordError {
         /// The limit.
         limit: usize,
     },
-    /// Simulation `index` index is not in the recording.
+    /// A simulation index beyond the recording's.
     #[error("simulation {index} is not one of the {simulations} recorded")]
     NoSuchSimulation {
         /// The index asked for.

@@ -68,8 +68,9 @@ pub struct Planner<'a, T: Task> {
 }
 
 impl<'a, T: Task> Planner<'a, T> {
-    /// A planner for `task` trained on `data` with `spec`, profiling on `device` (the
-    /// host's memory is what is planned: a CPU device).
+    /// A planner for `task` trained on `data` with `spec`, profiling on `device`. What is
+    /// planned is the host's memory, counted by the allocator; on a GPU device that leaves
+    /// out what the device holds ([`crate::plan::DevicePlan`] predicts that).
     pub fn new(
         task: &'a T,
         data: &'a TrainData,

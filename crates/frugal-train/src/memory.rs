@@ -91,9 +91,9 @@ pub fn reset_heap_peak() -> u64 {
 /// Hands the memory the allocator keeps after frees back to the system, so that the
 /// process's resident memory is what it holds plus its runtime (code, libraries, thread
 /// stacks). The planner measures the runtime this way: after a step of a model whose one
-/// sample is large (a graph of thousands of particles), glibc keeps hundreds of megabytes
-/// of freed pages that would otherwise count as runtime (measured: 179 MB of a 330 MB
-/// run at 1,500 particles). A no-op where the C library is not glibc.
+/// sample is large (a graph of thousands of particles), glibc keeps the freed pages, which
+/// would otherwise count as runtime (measured: 140 MB after one step at 1,500 particles,
+/// putting the plan 56 % over the run). A no-op where the C library is not glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

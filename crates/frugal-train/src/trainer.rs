@@ -474,6 +474,15 @@ pub fn init_on_cpu<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
     move_to(init_seeded(task, seed, &Device::flex().autodiff()), device)
 }
 
+/// Held while a backend's generator is seeded and drawn from ([`init_seeded`]).
+static SEEDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Seeds `device`'s generator, not while a model is being drawn from it.
+fn seed_device(device: &Device, seed: u64) {
+    let _guard = SEEDING.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+}
+
 /// A fresh model of `task` on `device`, its values drawn from the device's generator
 /// seeded with `seed` and created there.
 ///
@@ -482,8 +491,7 @@ pub fn init_on_cpu<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
 /// test harness has them), or neither gets its seed's weights; every model the engine
 /// initializes goes through here, one at a time.
 pub(crate) fn init_seeded<T: Task>(task: &T, seed: u64, device: &Device) -> T::Model {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = SEEDING.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(seed);
     let model = task.init(device);
     model.visit(&mut Materialize);
@@ -643,7 +651,7 @@ pub fn train<T: Task>(
 
     // Initialized on the CPU whatever the device, so a run's weights do not depend on a
     // backend's random generator.
-    ad.seed(spec.seed);
+    seed_device(&ad, spec.seed);
     let mut model =
         init_on_cpu(task, spec.seed, &ad).map(&mut NumberParams(std::collections::HashMap::new()));
     let mut optim = spec.adamw.init();

@@ -376,7 +376,7 @@ fn register_nbody(registry: &mut Registry) -> Result<(), String> {
             .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
         settings
             .validate(MAX_SIMULATION_BYTES)
-            .map_err(|e| format!("job {}: [sim]: {e}", job.id))?;
+            .map_err(|e| format!("job {}: simulation settings: {e}", job.id))?;
         let index = job.params["index"]
             .as_u64()
             .filter(|i| *i < settings.simulations)

@@ -126,11 +126,12 @@ fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
     let source = Source::read(&args.file, &args.set)?;
     match AnyConfig::from_document(&source.document()?)? {
         AnyConfig::Particles(c) => Ok(c),
-        other => bail!(
+        other => Err(super::UserError(format!(
             "{}: `frugal nbody` runs `particles` configurations; this one is `{}`",
             args.file.display(),
             other.workload().name()
-        ),
+        ))
+        .into()),
     }
 }
 

@@ -24,7 +24,8 @@ const MEASURE_STEPS: u64 = 2;
 /// Most probe processes `--measure` starts.
 const MEASURE_PROBES: usize = 12;
 
-/// A planner of `setup`'s run, profiling on the CPU: the host's memory is what is planned.
+/// A planner of `setup`'s run, profiling on the run's device. It plans the host's memory;
+/// a GPU run's device memory is planned by `device_report`.
 fn planner<T: Task>(setup: &Setup<T>) -> Result<Planner<'_, T>> {
     let device = frugal_train::device::pick(setup.compute.device)?.device;
     Ok(Planner::new(
@@ -293,6 +294,9 @@ fn probe_batch<T: Task>(setup: &mut Setup<T>, batch: usize, out: &mut dyn Write)
         .dir
         .join(format!(".plan-measure-{}", std::process::id()));
     let picked = frugal_train::device::pick(setup.compute.device)?;
+    // The training's own peak, as `frugal train` reports it: preparing the data came
+    // before, in this process.
+    let window = frugal_hw::MemoryMeter::new().window()?;
     let result = train(
         &setup.task,
         &setup.data,
@@ -302,9 +306,9 @@ fn probe_batch<T: Task>(setup: &mut Setup<T>, batch: usize, out: &mut dyn Write)
         false,
         &mut |_: Event<'_>| {},
     );
+    let peak = window.finish().peak_rss_bytes;
     let _ = std::fs::remove_dir_all(&scratch);
     result?;
-    let peak = frugal_hw::MemoryMeter::new().sample()?.peak_rss_bytes;
     super::print_json(
         out,
         &Measured {
@@ -393,25 +397,21 @@ pub(crate) fn guard<T: Task>(
     frugal_train::memory::release_free_memory();
     let fitted = match fitted {
         Ok(f) => f,
-        Err(TrainError::OverBudget {
-            plan,
-            budget_bytes,
-            searched,
-        }) => {
+        Err(e @ TrainError::OverBudget { .. }) => {
+            let TrainError::OverBudget { plan, searched, .. } = &e else {
+                unreachable!()
+            };
             let mut table = Vec::new();
-            write_table(&mut table, &plan)?;
-            let table = String::from_utf8_lossy(&table);
-            let peak = Bytes(plan.predicted_peak_bytes);
-            let budget = Bytes(budget_bytes);
-            return Err(UserError(if searched {
-                format!(
-                    "--auto-fit found no checkpointing, micro-batch and precision within the memory budget of {budget}; nothing was trained. The configuration as given (predicted peak {peak}):\n{table}"
-                )
+            write_table(&mut table, plan)?;
+            let hint = if *searched {
+                "the configuration as given is above; a larger --max-memory or a smaller model is needed"
             } else {
-                format!(
-                    "the predicted peak {peak} exceeds the memory budget of {budget}; nothing was trained.\n{table}lower compute.batch_size, set compute.checkpointing = true or compute.precision = \"bf16\", or pass --auto-fit"
-                )
-            })
+                "lower compute.batch_size, set compute.checkpointing = true or compute.precision = \"bf16\", or pass --auto-fit"
+            };
+            return Err(UserError(format!(
+                "{e}; nothing was trained.\n{}{hint}",
+                String::from_utf8_lossy(&table)
+            ))
             .into());
         }
         Err(e) => return Err(e.into()),

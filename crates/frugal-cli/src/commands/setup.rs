@@ -13,6 +13,7 @@ use frugal_train::trainer::{AdamWSpec, TrainData, TrainSpec};
 use frugal_train::{Fit, Task};
 use serde::Serialize;
 
+use super::UserError;
 use crate::args::ConfigArgs;
 use crate::config::schema::{
     ClassifierConfig, ComputeConfig, DataSection, DataSource, ParticlesConfig, TrainSection,
@@ -21,10 +22,10 @@ use crate::config::{AnyConfig, Source};
 use crate::progress;
 
 /// The environment variable naming the folder of the MNIST IDX files.
-pub(crate) const MNIST_ENV: &str = "FRUGAL_MNIST_DIR";
+const MNIST_ENV: &str = "FRUGAL_MNIST_DIR";
 
 /// RAM the training reader's window may hold.
-pub(crate) const READ_BUDGET: u64 = 64 << 20;
+const READ_BUDGET: u64 = 64 << 20;
 
 /// What every trainable configuration has besides its own sections.
 pub(crate) trait TrainConfig: Serialize {
@@ -123,12 +124,15 @@ pub(crate) fn load(args: &ConfigArgs) -> Result<AnyConfig> {
     let threads = match &config {
         AnyConfig::Classifier(c) => c.compute.threads,
         AnyConfig::Particles(c) => c.compute.threads,
-        other => bail!(
-            "{}: `{}` configurations are run by `frugal {}`, not trained by `frugal train` or planned by `frugal plan`",
-            args.file.display(),
-            other.workload().name(),
-            other.workload().name()
-        ),
+        other => {
+            return Err(UserError(format!(
+                "{}: `{}` configurations are run by `frugal {}`, not trained by `frugal train` or planned by `frugal plan`",
+                args.file.display(),
+                other.workload().name(),
+                other.workload().name()
+            ))
+            .into());
+        }
     };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads as usize)
@@ -159,7 +163,7 @@ pub(crate) fn classifier(config: &ClassifierConfig) -> Result<Setup<Classifier>>
 
 /// The loop's settings from a configuration's `[compute]` and `[train]` sections, for a
 /// task whose checkpointing, when asked for without a count, uses `default_segments`.
-pub(crate) fn train_spec(
+fn train_spec(
     seed: u64,
     c: &ComputeConfig,
     t: &TrainSection,
@@ -201,7 +205,7 @@ pub(crate) fn train_spec(
 
 /// The settings that shape the trained weights: everything but where the output goes,
 /// the device and thread count, and how often it is logged or checkpointed.
-pub(crate) fn fingerprint(config: &impl Serialize) -> String {
+fn fingerprint(config: &impl Serialize) -> String {
     let mut v = serde_json::to_value(config).expect("the configuration serializes");
     if let Some(o) = v.as_object_mut() {
         o.remove("output_dir");

@@ -1,5 +1,6 @@
-//! `frugal train`: prepares the data a configuration names, trains, and writes metrics,
-//! plots, the final model and a summary into the output directory.
+//! `frugal train` on a prepared configuration (`setup`): trains within the memory budget
+//! when asked, and writes metrics, plots, the final model and a summary into the output
+//! directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,7 @@ pub(crate) fn run_loop<T: Task>(
             .sample()
             .map_or(0, |s| s.peak_rss_bytes),
     };
+    let peak_heap_bytes = frugal_train::memory::heap_peak();
     bar.finish_and_clear();
 
     plot::training_curves(&summary.records, dir).context("drawing the training curves")?;
@@ -123,7 +125,7 @@ pub(crate) fn run_loop<T: Task>(
         grad_accum: spec.grad_accum,
         checkpoint_segments: segments,
         peak_rss_bytes,
-        peak_heap_bytes: frugal_train::memory::heap_peak(),
+        peak_heap_bytes,
         output_dir: dir.to_owned(),
     };
     frugal_store::atomic_write(
