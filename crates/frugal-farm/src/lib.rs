@@ -11,6 +11,28 @@
 //!   whose lease expired. Delivery is at least once: a job that keeps failing is given up
 //!   after its retry cap and reported with its last error, and the first result of a job
 //!   wins — later ones are counted as duplicates and ignored ([`Tally`]).
+//!
+//! ```
+//! use frugal_farm::{Context, Farm, Job, LocalFarm, Metrics, Registry, collect};
+//!
+//! let mut registry = Registry::new();
+//! registry.register("square", |job: &Job, _: &Context| -> Result<Metrics, String> {
+//!     let x = job.params["x"].as_f64().ok_or("no x")?;
+//!     Ok(Metrics::from([("y".to_string(), x * x)]))
+//! })?;
+//! let mut farm = LocalFarm::new(registry, 2);
+//! let jobs = (0..4)
+//!     .map(|i| Job::new(format!("job-{i}"), "square", serde_json::json!({ "x": i }), i))
+//!     .collect();
+//! farm.submit(jobs)?;
+//! let mut ys: Vec<f64> = collect(&mut farm, |_| {})?
+//!     .into_iter()
+//!     .map(|o| o.result.unwrap()["y"])
+//!     .collect();
+//! ys.sort_by(f64::total_cmp);
+//! assert_eq!(ys, [0.0, 1.0, 4.0, 9.0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod bench;
 mod command;

@@ -8,6 +8,21 @@
 //! arrays ([`Particles`]) so the pair loops vectorize; the force loops run on all cores.
 //! [`knn_graph`] gives the k-nearest-neighbour graph a particle network learns on, and
 //! [`Recording`] runs seeded simulations for a dataset, the same bytes on every machine.
+//!
+//! ```
+//! use frugal_sim::{Gravity, Initial, Method, Simulation};
+//!
+//! // A circular two-body orbit: a thousand leapfrog steps keep its energy.
+//! let gravity = Gravity::softened(0.0);
+//! let start = Initial::TwoBody.generate(2, 1, gravity)?;
+//! let mut sim = Simulation::new(start, gravity, Method::Direct, false);
+//! let before = sim.energies().total;
+//! for _ in 0..1000 {
+//!     sim.step(1e-3);
+//! }
+//! assert!(((sim.energies().total - before) / before).abs() < 1e-6);
+//! # Ok::<(), frugal_sim::InitialError>(())
+//! ```
 
 mod gravity;
 mod init;

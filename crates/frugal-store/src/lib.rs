@@ -6,6 +6,33 @@
 //! several [`PartWriter`]s and [`merge_parts`]) writes; [`Dataset::open`] and
 //! [`Dataset::stream`] read, in an [`Order`] that is a pure function of the seed, epoch,
 //! shard sizes and ranks; [`verify`] checks every byte.
+//!
+//! ```
+//! use frugal_store::{Column, DType, Dataset, DatasetWriter, Order, OrderSpec, Schema};
+//! use frugal_store::{StreamOptions, WriterOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let schema = Schema::new(vec![
+//!     Column::new("x", DType::F32, [2]),
+//!     Column::new("label", DType::U8, []),
+//! ])?;
+//! let mut writer = DatasetWriter::create(dir.path(), schema, WriterOptions::default())?;
+//! let x: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+//! writer.push_rows(4, &[&x, &[0, 1, 0, 1]])?;
+//! writer.finish()?;
+//!
+//! // One epoch in a shuffled order fixed by the seed, two samples per batch.
+//! let data = Dataset::open(dir.path())?;
+//! let spec = OrderSpec { order: Order::Full, window: 4, spread: 1 };
+//! let mut labels = Vec::new();
+//! for batch in data.stream(StreamOptions::new(spec, 7, 0, 2))? {
+//!     let batch = batch?;
+//!     labels.extend_from_slice(batch.column("label").unwrap().bytes());
+//! }
+//! labels.sort();
+//! assert_eq!(labels, [0, 0, 1, 1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod bench;
 mod dtype;

@@ -208,6 +208,39 @@ pub struct TrainSpec {
     pub fingerprint: String,
 }
 
+impl TrainSpec {
+    /// Settings reading the training data in `order`, otherwise the defaults of a
+    /// configuration file's `[compute]` and `[train]` sections: seed 0, micro-batches of
+    /// 32 without accumulation, f32, every activation kept, one epoch, AdamW at a
+    /// constant 1e-3, a train record every 50 steps, an evaluation every epoch, a
+    /// checkpoint every 500 steps.
+    pub fn new(order: OrderSpec) -> Self {
+        Self {
+            seed: 0,
+            batch_size: 32,
+            grad_accum: 1,
+            precision: Precision::F32,
+            segments: None,
+            epochs: 1,
+            steps: None,
+            adamw: AdamWSpec::default(),
+            schedule: LrSchedule {
+                base: 1e-3,
+                final_fraction: 0.0,
+                decay: crate::schedule::Decay::Constant,
+                warmup: 0,
+                total: 0,
+            },
+            log_every: 50,
+            eval_every: 0,
+            checkpoint_every: 500,
+            order,
+            stop_after: None,
+            fingerprint: String::new(),
+        }
+    }
+}
+
 /// The data of a run.
 #[derive(Debug)]
 pub struct TrainData {
