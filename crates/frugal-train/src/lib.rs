@@ -4,7 +4,7 @@
 //! accumulation over micro-batches ([`accumulate`]), bf16/f16 compute on f32 master
 //! weights ([`precision`]) with dynamic loss scaling ([`scaler`]) — exact checkpoints
 //! ([`snapshot`]), and a memory planner that predicts a run's peak before it starts
-//! ([`fit`], [`plan`]).
+//! ([`mod@fit`], [`plan`]).
 //!
 //! A model family is a [`Task`]: how to make the model, turn a batch into its input, run
 //! one forward and backward pass, and evaluate. Everything else is the engine's. Here a
