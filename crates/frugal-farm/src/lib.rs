@@ -40,6 +40,7 @@ mod job;
 mod kind;
 mod local;
 mod queue;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::HashSet;
