@@ -573,7 +573,7 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    frugal_hw::units::parse_bytes(s)
+    frugal_hw::units::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 fn parse_order(s: &str) -> Result<frugal_store::Order, String> {

@@ -14,12 +14,38 @@ const UNITS: [(&str, u64); 9] = [
     ("b", 1),
 ];
 
+/// A text that is not a byte count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BytesError {
+    /// A number with a unit this parser does not know.
+    #[error("`{text}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)")]
+    Unit {
+        /// The whole text.
+        text: String,
+        /// The unit as written.
+        unit: String,
+    },
+    /// No number where one is needed.
+    #[error("`{text}` is not a byte count (examples: 4096, 512MiB, 8GB, 1.5GiB)")]
+    NotANumber {
+        /// The whole text.
+        text: String,
+    },
+    /// More bytes than 64 bits count.
+    #[error("`{text}` is too large")]
+    TooLarge {
+        /// The whole text.
+        text: String,
+    },
+}
+
 /// Parses `"512MiB"`, `"8 GB"`, `"1.5GiB"` or a plain byte count.
 ///
 /// Binary suffixes (KiB, MiB, GiB, TiB) are powers of 1024; decimal ones (kB, MB, GB, TB)
 /// powers of 1000, as disk and GPU vendors use them. The single letters K, M, G and T are
 /// read as binary, since that is what `free -h` and most memory limits print.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub fn parse_bytes(text: &str) -> Result<u64, BytesError> {
     let s = text.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
@@ -37,23 +63,27 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
             .iter()
             .find(|(name, _)| *name == other)
             .map(|&(_, m)| m)
-            .ok_or_else(|| {
-                format!("`{text}`: unknown unit `{suffix}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB)")
+            .ok_or_else(|| BytesError::Unit {
+                text: text.to_owned(),
+                unit: suffix.clone(),
             })?,
     };
-    let bad = || format!("`{text}` is not a byte count (examples: 4096, 512MiB, 8GB, 1.5GiB)");
+    let bad = || BytesError::NotANumber {
+        text: text.to_owned(),
+    };
+    let too_large = || BytesError::TooLarge {
+        text: text.to_owned(),
+    };
     if number.is_empty() {
         return Err(bad());
     }
     if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("`{text}` is too large"));
+        return whole.checked_mul(multiplier).ok_or_else(too_large);
     }
     let value: f64 = number.parse().map_err(|_| bad())?;
     let bytes = value * multiplier as f64;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("`{text}` is too large"));
+        return Err(too_large());
     }
     Ok(bytes.round() as u64)
 }
@@ -114,7 +144,7 @@ mod tests {
             "-5MB",
             "99999999999999999999TB",
         ] {
-            let err = parse_bytes(text).unwrap_err();
+            let err = parse_bytes(text).unwrap_err().to_string();
             assert!(err.contains(&format!("`{text}`")), "{err}");
         }
     }

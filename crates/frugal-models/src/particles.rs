@@ -527,7 +527,8 @@ impl ParticleGnn {
             acc_std[c] = std(&comp, mean).max(1e-12) as f32;
         }
         let first = as_points(&pos[..per]);
-        let graph = frugal_sim::knn_graph(&first, neighbours, true).map_err(TrainError::Invalid)?;
+        let graph = frugal_sim::knn_graph(&first, neighbours, true)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         let edge_scale = graph
             .senders
             .iter()
@@ -586,7 +587,8 @@ impl ParticleGnn {
             .into_par_iter()
             .map(|b| {
                 let p = as_points(&pos[b * per..(b + 1) * per]);
-                let g = frugal_sim::knn_graph(&p, k, false).map_err(TrainError::Invalid)?;
+                let g = frugal_sim::knn_graph(&p, k, false)
+                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
                 // The network sums messages by reshaping: edge e must lead to particle e / k.
                 if g.receivers
                     .iter()

@@ -18,23 +18,49 @@ pub struct KnnGraph {
     pub receivers: Vec<u32>,
 }
 
+/// Why a k-nearest-neighbour graph could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KnnError {
+    /// `k` is 0, or not below the particle count.
+    #[error(
+        "a {k}-nearest-neighbour graph needs more than {k} particles and k ≥ 1; there are {particles}"
+    )]
+    Neighbours {
+        /// Neighbours asked for.
+        k: usize,
+        /// Particles there are.
+        particles: usize,
+    },
+    /// More particles than 32-bit edge indices address.
+    #[error("{particles} particles are more than a graph indexes (2³² − 1)")]
+    TooMany {
+        /// Particles there are.
+        particles: usize,
+    },
+    /// The k-d tree refused the positions.
+    #[error("building the k-d tree: {reason}")]
+    Tree {
+        /// What the tree said.
+        reason: String,
+    },
+}
+
 /// The `k`-nearest-neighbour graph of `pos` from a k-d tree, queries spread over all
 /// cores when `parallel` (each particle's neighbours are found independently, so the
 /// result does not depend on the thread count). Needs `1 ≤ k < pos.len()`.
-pub fn knn_graph(pos: &[[f32; 3]], k: usize, parallel: bool) -> Result<KnnGraph, String> {
+pub fn knn_graph(pos: &[[f32; 3]], k: usize, parallel: bool) -> Result<KnnGraph, KnnError> {
     let n = pos.len();
     if k == 0 || k >= n {
-        return Err(format!(
-            "a {k}-nearest-neighbour graph needs more than {k} particles and k ≥ 1; there are {n}"
-        ));
+        return Err(KnnError::Neighbours { k, particles: n });
     }
     if u32::try_from(n).is_err() {
-        return Err(format!(
-            "{n} particles are more than a graph indexes (2³² − 1)"
-        ));
+        return Err(KnnError::TooMany { particles: n });
     }
-    let tree: ImmutableKdTree<f32, 3> = ImmutableKdTree::new_from_slice(pos)
-        .map_err(|e| format!("building the k-d tree: {e:?}"))?;
+    let tree: ImmutableKdTree<f32, 3> =
+        ImmutableKdTree::new_from_slice(pos).map_err(|e| KnnError::Tree {
+            reason: format!("{e:?}"),
+        })?;
     let wanted = NonZero::new(k + 1).expect("k + 1 ≥ 2");
     let neighbours = |i: usize, out: &mut [u32]| {
         let found = tree

@@ -36,7 +36,7 @@ mod tree;
 pub use gravity::{Gravity, Method, accelerations, potential_energy};
 pub use init::{Initial, InitialError};
 pub use integrate::{Energies, Simulation};
-pub use knn::{KnnGraph, knn_graph};
+pub use knn::{KnnError, KnnGraph, knn_graph};
 pub use particles::{Particles, Vec3s};
 pub use record::{RecordError, Recording, State};
 pub use rng::Rng;

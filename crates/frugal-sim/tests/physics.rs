@@ -210,6 +210,7 @@ fn a_knn_graph_needs_more_particles_than_neighbours() {
     assert!(
         frugal_sim::knn_graph(&pos, 2, false)
             .unwrap_err()
+            .to_string()
             .contains("more than 2")
     );
     assert!(frugal_sim::knn_graph(&pos, 0, false).is_err());
