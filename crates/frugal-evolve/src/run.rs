@@ -169,7 +169,135 @@ pub struct RunSpec {
     pub scoring: Scoring,
 }
 
+/// A run specification that cannot run: the part of it and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// No job kind is named.
+    #[error(
+        "no job kind: name the job kind that evaluates a candidate (e.g. `rastrigin`, `particles`, or one of the configuration's own kinds)"
+    )]
+    NoKind,
+    /// There are no genes to search.
+    #[error("no genes: add at least one, e.g. `dt = {{ low = 0.001, high = 0.05 }}`")]
+    NoGenes,
+    /// One gene is unusable.
+    #[error("`genes.{name}`: {reason}")]
+    Gene {
+        /// The gene.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A gene is also a fixed job parameter.
+    #[error(
+        "`genes.{name}` is also a fixed job parameter: a parameter is either searched or fixed"
+    )]
+    GeneFixed {
+        /// The gene.
+        name: String,
+    },
+    /// The method does not fit the number of objectives.
+    #[error(
+        "method `{method}` with {objectives} objective(s): use nsga2 for several objectives, ga or mu_plus_lambda for one"
+    )]
+    Method {
+        /// The method.
+        method: crate::Method,
+        /// Objectives given.
+        objectives: usize,
+    },
+    /// A weighted objective without a usable weight.
+    #[error("a weighted objective needs at least one metric with a finite weight")]
+    Weights,
+    /// A constraint with neither bound.
+    #[error("constraint on {metric:?} needs `min`, `max` or both")]
+    Constraint {
+        /// The constrained metric.
+        metric: String,
+    },
+    /// Attempts per job below 1.
+    #[error("`max_attempts` must be at least 1")]
+    Attempts,
+    /// A timeout that is not a positive number of seconds.
+    #[error("`timeout_s` = {0} must be a positive number of seconds")]
+    Timeout(f64),
+    /// The optimiser's settings are out of range.
+    #[error("[search]: {0}")]
+    Settings(crate::EvolveError),
+    /// The search space the genes make is unusable.
+    #[error("[genes]: {0}")]
+    Space(crate::EvolveError),
+}
+
 impl RunSpec {
+    /// Checks that the specification can run: a job kind, usable genes that are not also
+    /// fixed parameters, a method that fits the objectives, constraints with a bound,
+    /// attempts and timeout in range, and settings the optimiser accepts.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.kind.is_empty() {
+            return Err(SpecError::NoKind);
+        }
+        if self.genes.is_empty() {
+            return Err(SpecError::NoGenes);
+        }
+        for g in &self.genes {
+            let gene = |reason: String| SpecError::Gene {
+                name: g.name.clone(),
+                reason,
+            };
+            if !(g.low.is_finite() && g.high.is_finite() && g.low < g.high) {
+                return Err(gene(format!(
+                    "needs finite bounds with low < high (found {} and {})",
+                    g.low, g.high
+                )));
+            }
+            if g.count == Some(0) {
+                return Err(gene("`count` must be at least 1".into()));
+            }
+            if self.params.contains_key(&g.name) {
+                return Err(SpecError::GeneFixed {
+                    name: g.name.clone(),
+                });
+            }
+        }
+        let objectives = &self.scoring.objectives;
+        for o in objectives {
+            if let Objective::Weighted(w) = o
+                && (w.is_empty() || w.values().any(|v| !v.is_finite()))
+            {
+                return Err(SpecError::Weights);
+            }
+        }
+        if (objectives.len() > 1) != (self.settings.method == crate::Method::Nsga2) {
+            return Err(SpecError::Method {
+                method: self.settings.method,
+                objectives: objectives.len(),
+            });
+        }
+        if let Some(k) = self
+            .scoring
+            .constraints
+            .iter()
+            .find(|k| k.min.is_none() && k.max.is_none())
+        {
+            return Err(SpecError::Constraint {
+                metric: k.metric.clone(),
+            });
+        }
+        if self.max_attempts == 0 {
+            return Err(SpecError::Attempts);
+        }
+        if let Some(t) = self.timeout_s.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(SpecError::Timeout(t));
+        }
+        let space = self.space();
+        self.settings
+            .validate(space.len())
+            .map_err(SpecError::Settings)?;
+        space.validate().map_err(SpecError::Space)
+    }
+
     /// The search space the genes make.
     pub fn space(&self) -> Space {
         let mut genes = Vec::new();
@@ -853,5 +981,77 @@ impl<'a> Run<'a> {
             objectives: objectives.iter().map(Objective::label).collect(),
             seconds: start.elapsed().as_secs_f64(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Method;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            genes: vec![GeneSpec {
+                name: "x".into(),
+                low: -1.0,
+                high: 1.0,
+                integer: false,
+                count: Some(3),
+            }],
+            settings: Settings::new(Method::Ga, 10, 0),
+            generations: 2,
+            steady_state: false,
+            kind: "sphere".into(),
+            params: serde_json::Map::new(),
+            timeout_s: None,
+            max_attempts: 2,
+            scoring: Scoring {
+                objectives: vec![Objective::Metric {
+                    name: "f".into(),
+                    goal: Goal::Min,
+                }],
+                constraints: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn a_spec_that_cannot_run_says_which_part_is_wrong() {
+        assert_eq!(spec().validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut RunSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            s.validate().unwrap_err()
+        };
+        assert_eq!(with(&|s| s.kind.clear()), SpecError::NoKind);
+        assert_eq!(with(&|s| s.genes.clear()), SpecError::NoGenes);
+        assert!(matches!(
+            with(&|s| s.genes[0].high = -2.0),
+            SpecError::Gene { name, .. } if name == "x"
+        ));
+        assert!(matches!(
+            with(&|s| {
+                s.params.insert("x".into(), 1.0.into());
+            }),
+            SpecError::GeneFixed { .. }
+        ));
+        assert_eq!(
+            with(&|s| s.settings.method = Method::Nsga2),
+            SpecError::Method {
+                method: Method::Nsga2,
+                objectives: 1
+            }
+        );
+        assert_eq!(with(&|s| s.max_attempts = 0), SpecError::Attempts);
+        assert_eq!(with(&|s| s.timeout_s = Some(0.0)), SpecError::Timeout(0.0));
+        assert!(matches!(
+            with(&|s| s.settings.population = 0),
+            SpecError::Settings(_)
+        ));
+        assert!(
+            with(&|s| s.genes[0].high = -2.0)
+                .to_string()
+                .contains("genes.x")
+        );
     }
 }

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use frugal_evolve::Settings;
 use frugal_evolve::run::{
     Constraint, GeneSpec, Goal, Objective, Progress, Run, RunSpec, Scoring, Summary,
 };
-use frugal_evolve::{Method, Settings};
 use frugal_farm::{Farm, LocalFarm, RedisFarm};
 
 use super::UserError;
@@ -242,39 +242,17 @@ fn plots(spec: &RunSpec, s: &Summary, dir: &Path) -> Result<()> {
 
 /// The configuration's search as a run specification, checked.
 fn run_spec(c: &EvolveConfig) -> Result<RunSpec, String> {
-    if c.job.kind.is_empty() {
-        return Err("`job.kind` is missing: name the job kind that evaluates a candidate (e.g. `rastrigin`, `particles`, or a [kinds.NAME] of this file)".into());
-    }
-    if c.genes.is_empty() {
-        return Err(
-            "[genes] is empty: add at least one gene, e.g. `dt = { low = 0.001, high = 0.05 }`"
-                .into(),
-        );
-    }
-    let mut genes = Vec::new();
-    for (name, g) in &c.genes {
-        if !(g.low.is_finite() && g.high.is_finite() && g.low < g.high) {
-            return Err(format!(
-                "`genes.{name}`: needs finite bounds with low < high (found {} and {})",
-                g.low, g.high
-            ));
-        }
-        if g.count == Some(0) {
-            return Err(format!("`genes.{name}.count` must be at least 1"));
-        }
-        if c.job.params.contains_key(name) {
-            return Err(format!(
-                "`genes.{name}` is also in `job.params`: a parameter is either searched or fixed"
-            ));
-        }
-        genes.push(GeneSpec {
+    let genes = c
+        .genes
+        .iter()
+        .map(|(name, g)| GeneSpec {
             name: name.clone(),
             low: g.low,
             high: g.high,
             integer: g.integer,
             count: g.count.map(|n| n as usize),
-        });
-    }
+        })
+        .collect();
     let f = &c.fitness;
     let given = [
         f.minimize.is_some(),
@@ -299,9 +277,6 @@ fn run_spec(c: &EvolveConfig) -> Result<RunSpec, String> {
             goal: Goal::Max,
         }]
     } else if let Some(w) = &f.weights {
-        if w.is_empty() || w.values().any(|v| !v.is_finite()) {
-            return Err("`fitness.weights` needs at least one metric with a finite weight".into());
-        }
         vec![Objective::Weighted(w.clone())]
     } else {
         f.objectives
@@ -314,28 +289,6 @@ fn run_spec(c: &EvolveConfig) -> Result<RunSpec, String> {
             .collect()
     };
     let s = &c.search;
-    let multi = objectives.len() > 1;
-    if multi != (s.method == Method::Nsga2) {
-        return Err(format!(
-            "`search.method = \"{}\"` with {} objective(s): use nsga2 for several objectives, ga or mu_plus_lambda for one",
-            s.method,
-            objectives.len()
-        ));
-    }
-    for k in &c.fitness.constraints {
-        if k.min.is_none() && k.max.is_none() {
-            return Err(format!(
-                "constraint on {:?} needs `min`, `max` or both",
-                k.metric
-            ));
-        }
-    }
-    if c.job.max_attempts == 0 {
-        return Err("`job.max_attempts` must be at least 1".into());
-    }
-    if c.job.timeout_s.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-        return Err("`job.timeout_s` must be a positive number of seconds".into());
-    }
     if !(c.farm.lease_s.is_finite() && c.farm.lease_s > 0.0) {
         return Err("`farm.lease_s` must be a positive number of seconds".into());
     }
@@ -374,11 +327,6 @@ fn run_spec(c: &EvolveConfig) -> Result<RunSpec, String> {
                 .collect(),
         },
     };
-    spec.settings
-        .validate(spec.space().len())
-        .map_err(|e| format!("[search]: {e}"))?;
-    spec.space()
-        .validate()
-        .map_err(|e| format!("[genes]: {e}"))?;
+    spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)
 }
