@@ -3,14 +3,14 @@
 
 use std::time::Instant;
 
-use frugal_farm::{Context, Job, Kind, Metrics, Registry};
+use frugal_farm::{Context, Job, Kind, Metrics, Registry, RegistryError};
 use frugal_sim::{Gravity, Initial, Method, Simulation};
 
 use crate::problems;
 
 /// Registers `sphere`, `rastrigin`, `zdt1` (parameter `x`: an array of numbers; metrics
 /// `f`, or `f1` and `f2`) and `particles` (see [`ParticleBenchmark`]).
-pub fn register(registry: &mut Registry) -> Result<(), String> {
+pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
     registry.register("sphere", |job: &Job, _: &Context| {
         Ok(Metrics::from([(
             "f".to_string(),

@@ -104,6 +104,25 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// A kind that cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A name with characters other than letters, digits, '-' and '_', or none.
+    #[error("job kind name {0:?}: use letters, digits, '-' and '_'")]
+    Name(String),
+    /// A name already registered.
+    #[error("job kind {0:?} is registered twice")]
+    Twice(String),
+}
+
+/// For callers whose errors are text (a configuration's kinds, a job's failure).
+impl From<RegistryError> for String {
+    fn from(e: RegistryError) -> Self {
+        e.to_string()
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -115,19 +134,17 @@ impl Registry {
         &mut self,
         name: impl Into<String>,
         kind: impl Kind + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), RegistryError> {
         let name = name.into();
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(format!(
-                "job kind name {name:?}: use letters, digits, '-' and '_'"
-            ));
+            return Err(RegistryError::Name(name));
         }
         if self.kinds.contains_key(&name) {
-            return Err(format!("job kind {name:?} is registered twice"));
+            return Err(RegistryError::Twice(name));
         }
         self.kinds.insert(name, Arc::new(kind));
         Ok(())
@@ -186,7 +203,7 @@ pub(crate) fn not_registered(kind: &str, names: &[String]) -> String {
 /// (`{"seconds": s}`: wait `s` seconds) and `spin` (keep one core busy: `{"seconds": s}`
 /// for `s` seconds, or `{"rounds": n}` for a fixed amount of arithmetic, [`SPIN_ROUND`]
 /// steps per round, however long it takes).
-pub fn register_builtin(registry: &mut Registry) -> Result<(), String> {
+pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
     registry.register("noop", |_: &Job, _: &Context| Ok(Metrics::new()))?;
     registry.register("sleep", |job: &Job, ctx: &Context| {
         let seconds = seconds_param(job)?;

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 pub use command::{ChildRun, CommandTemplate, MetricsFrom, run_child};
 pub use job::{Job, Metrics, Outcome, metrics_from_value, parse_metrics};
-pub use kind::{Context, Kind, Registry, SPIN_ROUND, register_builtin};
+pub use kind::{Context, Kind, Registry, RegistryError, SPIN_ROUND, register_builtin};
 pub use local::LocalFarm;
 pub use queue::{
     QueueStatus, RedisFarm, Worker, WorkerInfo, WorkerOptions, WorkerReport, queue_status,

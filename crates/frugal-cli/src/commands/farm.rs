@@ -10,7 +10,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, Result, bail};
 use frugal_farm::{
-    CommandTemplate, Context, Job, Kind, Metrics, RedisFarm, Registry, Worker, WorkerOptions, bench,
+    CommandTemplate, Context, Job, Kind, Metrics, RedisFarm, Registry, RegistryError, Worker,
+    WorkerOptions, bench,
 };
 use frugal_sim::Recording;
 
@@ -361,7 +362,7 @@ fn farm_bench(args: &FarmBenchArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The job kind that runs one simulation of a dataset on a worker: parameters
 /// `{"settings": …, "index": i}`; the states come back as the job's data.
-fn register_nbody(registry: &mut Registry) -> Result<(), String> {
+fn register_nbody(registry: &mut Registry) -> Result<(), RegistryError> {
     registry.register("nbody", |job: &Job, ctx: &Context| {
         // Byte-identical datasets need the generator's own simulator.
         let version = job.params["frugal"].as_str().unwrap_or("unknown");
