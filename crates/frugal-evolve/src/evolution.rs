@@ -1,11 +1,12 @@
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
+use frugal_rand::Xoshiro256pp;
 use serde::{Deserialize, Serialize};
 
 use crate::fitness::pareto_dominates;
 use crate::operators::{polynomial_mutation, sbx};
-use crate::rng::{Rng, candidate_seed};
+use crate::rng::candidate_seed;
 use crate::{EvolveError, Fitness, Method, Settings, Space, pareto};
 
 /// A point to evaluate.
@@ -82,7 +83,7 @@ pub struct Evolution {
     space: Space,
     settings: Settings,
     objectives: usize,
-    rng: Rng,
+    rng: Xoshiro256pp,
     next_id: u64,
     generation: u32,
     evaluations: u64,
@@ -135,7 +136,7 @@ impl Evolution {
         settings.method.check_objectives(objectives)?;
         let settings = settings.resolved(space.len());
         Ok(Self {
-            rng: Rng::new(settings.seed),
+            rng: Xoshiro256pp::new(settings.seed),
             space,
             settings,
             objectives,

@@ -50,6 +50,5 @@ mod space;
 pub use error::EvolveError;
 pub use evolution::{Candidate, Evolution, ObjectiveStats, Stats};
 pub use fitness::Fitness;
-pub use rng::Rng;
 pub use settings::{Method, Settings};
 pub use space::{Gene, Space};

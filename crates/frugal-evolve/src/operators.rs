@@ -7,8 +7,9 @@
 //! distribution indices the real-valued step is usually under half a unit, so an integer
 //! gene with a narrow range changes less often than its mutation probability suggests.
 
+use frugal_rand::Xoshiro256pp;
+
 use crate::Space;
-use crate::rng::Rng;
 
 /// Parent values closer than this are treated as equal: the spread factor would divide by
 /// their difference.
@@ -24,7 +25,7 @@ const SAME: f64 = 1e-14;
 /// The two children's values are then exchanged with probability one half, so neither child
 /// is tied to the smaller parent value.
 pub fn sbx(
-    rng: &mut Rng,
+    rng: &mut Xoshiro256pp,
     space: &Space,
     a: &[f64],
     b: &[f64],
@@ -75,7 +76,13 @@ pub fn sbx(
 /// Each gene mutates with probability `prob`, by a step drawn from a polynomial
 /// distribution of index `eta` scaled to the gene's range and shaped so that the result
 /// stays within the bounds: large `eta` gives small steps.
-pub fn polynomial_mutation(rng: &mut Rng, space: &Space, x: &mut [f64], eta: f64, prob: f64) {
+pub fn polynomial_mutation(
+    rng: &mut Xoshiro256pp,
+    space: &Space,
+    x: &mut [f64],
+    eta: f64,
+    prob: f64,
+) {
     let exponent = 1.0 / (eta + 1.0);
     for (gene, value) in space.genes.iter().zip(x.iter_mut()) {
         if !rng.chance(prob) {
@@ -107,7 +114,7 @@ mod tests {
         // Without bounds in reach the spread distribution is symmetric about the parents'
         // mean, and each child pair keeps the mean exactly.
         let space = Space::uniform(1, -1e6, 1e6);
-        let mut rng = Rng::new(1);
+        let mut rng = Xoshiro256pp::new(1);
         let mut spread = 0.0;
         for _ in 0..10_000 {
             let (c1, c2) = sbx(&mut rng, &space, &[1.0], &[3.0], 2.0, 1.0);
@@ -121,7 +128,7 @@ mod tests {
     #[test]
     fn mutation_at_the_bounds_stays_inside() {
         let space = Space::uniform(2, 0.0, 1.0);
-        let mut rng = Rng::new(2);
+        let mut rng = Xoshiro256pp::new(2);
         let mut moved = 0;
         for _ in 0..10_000 {
             let mut x = [0.0, 1.0];
@@ -137,7 +144,7 @@ mod tests {
     #[test]
     fn mutation_probability_is_per_gene() {
         let space = Space::uniform(10, 0.0, 1.0);
-        let mut rng = Rng::new(3);
+        let mut rng = Xoshiro256pp::new(3);
         let mut changed = 0;
         for _ in 0..2_000 {
             let mut x = [0.5; 10];

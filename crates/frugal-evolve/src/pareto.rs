@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_two_objective_sweep_agrees_with_pairwise_sorting() {
-        let mut rng = crate::Rng::new(5);
+        let mut rng = frugal_rand::Xoshiro256pp::new(5);
         for _ in 0..200 {
             let n = 1 + rng.below(40);
             // Coarse values, so ties and duplicate points are common.

@@ -359,7 +359,7 @@ impl RunSpec {
         let json = serde_json::to_vec(self).expect("specs serialize");
         format!(
             "{:016x}",
-            crate::rng::mix(json.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            frugal_rand::mix64(json.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             }))
         )
@@ -504,7 +504,7 @@ pub fn new_run_id() -> String {
         .as_nanos() as u64;
     format!(
         "{:012x}",
-        crate::rng::mix(t ^ u64::from(std::process::id()).rotate_left(40)) & 0xffff_ffff_ffff
+        frugal_rand::mix64(t ^ u64::from(std::process::id()).rotate_left(40)) & 0xffff_ffff_ffff
     )
 }
 

@@ -1,9 +1,9 @@
 use std::collections::HashSet;
 
+use frugal_rand::Xoshiro256pp;
 use serde::{Deserialize, Serialize};
 
 use crate::EvolveError;
-use crate::rng::Rng;
 
 /// One dimension of the search space: a real number, or a whole number, in `[low, high]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ impl Space {
 
     /// A point drawn uniformly from the space (uniformly over the whole numbers of integer
     /// genes).
-    pub fn sample(&self, rng: &mut Rng) -> Vec<f64> {
+    pub fn sample(&self, rng: &mut Xoshiro256pp) -> Vec<f64> {
         self.genes
             .iter()
             .map(|g| {
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn integer_samples_cover_the_end_values_evenly() {
         let space = Space::new(vec![Gene::int("k", 0.0, 3.0)]).unwrap();
-        let mut rng = Rng::new(4);
+        let mut rng = Xoshiro256pp::new(4);
         let mut counts = [0usize; 4];
         for _ in 0..40_000 {
             let x = space.sample(&mut rng);

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use frugal_evolve::{Candidate, Evolution, Fitness, Gene, Method, Rng, Settings, Space, problems};
+use frugal_evolve::{Candidate, Evolution, Fitness, Gene, Method, Settings, Space, problems};
+use frugal_rand::Xoshiro256pp;
 
 /// Ten reals and two integers, so that both kinds of gene take part.
 fn mixed_space() -> Space {
@@ -17,7 +18,7 @@ fn mixed_space() -> Space {
 /// A noisy objective that uses the candidate's evaluation seed, as a stochastic
 /// simulation would: equal results need equal seeds too.
 fn noisy(c: &Candidate) -> Fitness {
-    let noise = Rng::new(c.seed).uniform() * 1e-3;
+    let noise = Xoshiro256pp::new(c.seed).uniform() * 1e-3;
     let integers = (c.genes[10] - 6.0).powi(2) + c.genes[11].powi(2);
     Fitness::single(problems::sphere(&c.genes[..10]) + integers + noise)
 }
@@ -37,7 +38,7 @@ fn evaluate(batch: Vec<Candidate>, f: Objective) -> Vec<(Candidate, Fitness)> {
         .collect()
 }
 
-fn shuffled<T>(mut items: Vec<T>, rng: &mut Rng) -> Vec<T> {
+fn shuffled<T>(mut items: Vec<T>, rng: &mut Xoshiro256pp) -> Vec<T> {
     for i in (1..items.len()).rev() {
         items.swap(i, rng.below(i + 1));
     }
@@ -91,7 +92,7 @@ fn the_order_of_results_does_not_matter() {
         let settings = Settings::new(method, 24, 11);
         let mut in_order = Evolution::new(mixed_space(), settings.clone(), objectives).unwrap();
         let mut scrambled = Evolution::new(mixed_space(), settings, objectives).unwrap();
-        let mut rng = Rng::new(99);
+        let mut rng = Xoshiro256pp::new(99);
         for _ in 0..10 {
             let batch = in_order.ask();
             assert_eq!(batch, scrambled.ask());

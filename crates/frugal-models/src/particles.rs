@@ -628,7 +628,7 @@ impl ParticleGnn {
             senders.extend(s);
         }
         if let (Some(seed), true) = (noise_seed, self.noise > 0.0) {
-            let mut rng = frugal_sim::Rng::new(seed);
+            let mut rng = frugal_rand::SplitMix64::new(seed);
             for v in nodes
                 .chunks_exact_mut(NODE_FEATURES)
                 .flat_map(|f| &mut f[..3])

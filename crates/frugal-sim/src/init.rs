@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gravity::Gravity;
 use crate::particles::Particles;
-use crate::rng::Rng;
+use frugal_rand::SplitMix64;
 
 /// Initial conditions, in N-body units (G = 1, total mass 1, equal masses unless said),
 /// in the centre-of-mass frame.
@@ -72,7 +72,7 @@ impl Initial {
         if n == 0 {
             return Err(InitialError("at least one particle is needed".into()));
         }
-        let mut rng = Rng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         let m = 1.0 / n as f64;
         let mut p = Particles::with_capacity(n);
         match self {
@@ -90,7 +90,7 @@ impl Initial {
                         }
                     };
                     let v = q * 2f64.sqrt() * (1.0 + r * r).powf(-0.25);
-                    let (dr, dv) = (rng.direction(), rng.direction());
+                    let (dr, dv) = (direction(&mut rng), direction(&mut rng));
                     p.push(
                         dr.map(|d| d * r * length),
                         dv.map(|d| d * v * speed * gravity.g.sqrt()),
@@ -117,7 +117,7 @@ impl Initial {
             Initial::ColdCollapse => {
                 for _ in 0..n {
                     let r = rng.uniform().cbrt();
-                    p.push(rng.direction().map(|d| d * r), [0.0; 3], m);
+                    p.push(direction(&mut rng).map(|d| d * r), [0.0; 3], m);
                 }
             }
             Initial::TwoBody => {
@@ -140,7 +140,35 @@ impl Initial {
 }
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut Rng) -> f64 {
+/// A uniformly random unit vector.
+fn direction(rng: &mut SplitMix64) -> [f64; 3] {
+    let z = rng.range(-1.0, 1.0);
+    let phi = rng.range(0.0, std::f64::consts::TAU);
+    let s = (1.0 - z * z).max(0.0).sqrt();
+    [s * phi.cos(), s * phi.sin(), z]
+}
+
+fn normal(rng: &mut SplitMix64) -> f64 {
     let u = 1.0 - rng.uniform();
     (-2.0 * u.ln()).sqrt() * (2.0 * PI * rng.uniform()).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_are_unit_and_isotropic() {
+        let mut r = SplitMix64::new(9);
+        let mut sum = [0.0; 3];
+        for _ in 0..50_000 {
+            let d = direction(&mut r);
+            let norm = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+            assert!((norm - 1.0).abs() < 1e-12);
+            for k in 0..3 {
+                sum[k] += d[k] / 50_000.0;
+            }
+        }
+        assert!(sum.iter().all(|s| s.abs() < 0.01), "{sum:?}");
+    }
 }

@@ -30,7 +30,6 @@ mod integrate;
 mod knn;
 mod particles;
 mod record;
-mod rng;
 mod tree;
 
 pub use gravity::{Gravity, Method, accelerations, potential_energy};
@@ -39,5 +38,4 @@ pub use integrate::{Energies, Simulation};
 pub use knn::{KnnError, KnnGraph, knn_graph};
 pub use particles::{Particles, Vec3s};
 pub use record::{RecordError, Recording, State};
-pub use rng::Rng;
 pub use tree::Octree;

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use frugal_rand::SplitMix64 as Rng;
 use serde::{Deserialize, Serialize};
 
 /// How an epoch visits the samples.
@@ -404,40 +405,9 @@ fn key(seed: u64, epoch: u64, stream: u64, index: u64) -> u64 {
     splitmix(h ^ index)
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// SplitMix64: small, fast, and fully specified.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A stream from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let z = splitmix(self.0);
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z
-    }
-
-    /// Uniform in `[0, n)`, without modulo bias (Lemire).
-    pub fn below(&mut self, n: u64) -> u64 {
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = self.next_u64() as u128 * n as u128;
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
+/// The first word of the SplitMix64 stream seeded with `z`: a keyed mix of one word.
+fn splitmix(z: u64) -> u64 {
+    Rng::new(z).next_u64()
 }
 
 /// Fisher–Yates.
@@ -505,16 +475,6 @@ mod tests {
                 seen[j] = true;
             }
         }
-    }
-
-    #[test]
-    fn below_is_in_range_and_covers() {
-        let mut rng = Rng::new(1);
-        let mut hits = [0u32; 7];
-        for _ in 0..7000 {
-            hits[rng.below(7) as usize] += 1;
-        }
-        assert!(hits.iter().all(|&h| (800..1200).contains(&h)), "{hits:?}");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::DType;
 use crate::error::{Result, StoreError};
 use crate::manifest::{Column, Manifest, Schema};
-use crate::order::Rng;
 use crate::shard::ShardBuffer;
 use crate::writer::{generate_shards, samples_per_shard};
+use frugal_rand::SplitMix64 as Rng;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +245,45 @@ mod tests {
         let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / x.len() as f64;
         assert!(mean.abs() < 0.01, "{mean}");
         assert!((var - 1.0).abs() < 0.02, "{var}");
+    }
+
+    #[test]
+    fn datasets_are_fixed_forever() {
+        // Regenerating a dataset must give the bytes written before: pin two splits'
+        // shard checksums.
+        let pinned = |stream: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = SyntheticSpec {
+                samples: 300,
+                features: 5,
+                classes: 3,
+                hidden: 4,
+                seed: 21,
+                shard_bytes: 4096,
+                sample_stream: stream,
+            };
+            let m = generate(dir.path(), &spec, 2, &|_| {}).unwrap();
+            m.shards
+                .iter()
+                .map(|s| s.checksum.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pinned(0),
+            [
+                "xxh3-64:bf6f8da9ee01f19b",
+                "xxh3-64:7378dffd08540401",
+                "xxh3-64:7856d31424d46fd6"
+            ]
+        );
+        assert_eq!(
+            pinned(1),
+            [
+                "xxh3-64:268ad03a04f1688c",
+                "xxh3-64:23d00aa78716b54b",
+                "xxh3-64:f91ccd7015877f6f"
+            ]
+        );
     }
 
     #[test]

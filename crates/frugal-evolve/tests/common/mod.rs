@@ -2,7 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use frugal_evolve::{Candidate, Evolution, Fitness, Rng, problems};
+use frugal_evolve::{Candidate, Evolution, Fitness, problems};
+use frugal_rand::Xoshiro256pp;
 
 /// Evaluates every asked batch with `f`, for `generations` generations after the initial
 /// population.
@@ -26,7 +27,7 @@ pub fn run_steady(
     shuffle_seed: u64,
     f: impl Fn(&Candidate) -> Fitness,
 ) {
-    let mut rng = Rng::new(shuffle_seed);
+    let mut rng = Xoshiro256pp::new(shuffle_seed);
     let mut busy: Vec<Candidate> = Vec::new();
     let mut asked = 0;
     while evo.evaluations() < evaluations {
