@@ -87,13 +87,19 @@ fn is_user_error(e: &anyhow::Error) -> bool {
             || matches!(
                 c.downcast_ref::<frugal_store::StoreError>(),
                 Some(
-                    frugal_store::StoreError::Invalid(_) | frugal_store::StoreError::Import { .. }
+                    frugal_store::StoreError::Directory { .. }
+                        | frugal_store::StoreError::Setting { .. }
+                        | frugal_store::StoreError::Import { .. }
                 )
             )
             || matches!(
                 c.downcast_ref::<frugal_train::TrainError>(),
                 Some(
-                    frugal_train::TrainError::Invalid(_)
+                    frugal_train::TrainError::MissingColumn { .. }
+                        | frugal_train::TrainError::Column { .. }
+                        | frugal_train::TrainError::Setting { .. }
+                        | frugal_train::TrainError::NoSamples { .. }
+                        | frugal_train::TrainError::RunExists { .. }
                         | frugal_train::TrainError::Unsupported(_)
                         | frugal_train::TrainError::Snapshot { .. }
                         | frugal_train::TrainError::OverBudget { .. }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use frugal_farm::{Context, Job, Kind, Metrics, Registry, RegistryError};
+use frugal_farm::{Context, Job, JobError, Kind, Metrics, Registry, RegistryError};
 use frugal_sim::{Gravity, Initial, Method, Simulation};
 
 use crate::problems;
@@ -11,32 +11,42 @@ use crate::problems;
 /// Registers `sphere`, `rastrigin`, `zdt1` (parameter `x`: an array of numbers; metrics
 /// `f`, or `f1` and `f2`) and `particles` (see [`ParticleBenchmark`]).
 pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("sphere", |job: &Job, _: &Context| {
-        Ok(Metrics::from([(
-            "f".to_string(),
-            problems::sphere(&vector(job)?),
-        )]))
-    })?;
-    registry.register("rastrigin", |job: &Job, _: &Context| {
-        Ok(Metrics::from([(
-            "f".to_string(),
-            problems::rastrigin(&vector(job)?),
-        )]))
-    })?;
-    registry.register("zdt1", |job: &Job, _: &Context| {
-        let x = vector(job)?;
-        if x.len() < 2 || x.iter().any(|v| !(0.0..=1.0).contains(v)) {
-            return Err(format!(
-                "job {}: zdt1 takes at least 2 values of x, each in [0, 1]",
-                job.id
-            ));
-        }
-        let [f1, f2] = problems::zdt1(&x);
-        Ok(Metrics::from([
-            ("f1".to_string(), f1),
-            ("f2".to_string(), f2),
-        ]))
-    })?;
+    registry.register(
+        "sphere",
+        |job: &Job, _: &Context| -> Result<Metrics, JobError> {
+            Ok(Metrics::from([(
+                "f".to_string(),
+                problems::sphere(&vector(job)?),
+            )]))
+        },
+    )?;
+    registry.register(
+        "rastrigin",
+        |job: &Job, _: &Context| -> Result<Metrics, JobError> {
+            Ok(Metrics::from([(
+                "f".to_string(),
+                problems::rastrigin(&vector(job)?),
+            )]))
+        },
+    )?;
+    registry.register(
+        "zdt1",
+        |job: &Job, _: &Context| -> Result<Metrics, JobError> {
+            let x = vector(job)?;
+            if x.len() < 2 || x.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return Err(format!(
+                    "job {}: zdt1 takes at least 2 values of x, each in [0, 1]",
+                    job.id
+                )
+                .into());
+            }
+            let [f1, f2] = problems::zdt1(&x);
+            Ok(Metrics::from([
+                ("f1".to_string(), f1),
+                ("f2".to_string(), f2),
+            ]))
+        },
+    )?;
     registry.register("particles", ParticleBenchmark)?;
     Ok(())
 }
@@ -80,23 +90,24 @@ fn vector(job: &Job) -> Result<Vec<f64>, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct ParticleBenchmark;
 
-fn number(job: &Job, name: &str, default: Option<f64>) -> Result<f64, String> {
+fn number(job: &Job, name: &str, default: Option<f64>) -> Result<f64, JobError> {
     match job.params.get(name) {
         Some(v) => v
             .as_f64()
             .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("job {}: parameter {name:?} must be a number", job.id)),
+            .ok_or_else(|| format!("job {}: parameter {name:?} must be a number", job.id).into()),
         None => default.ok_or_else(|| {
             format!(
                 "job {}: the particle benchmark needs parameter {name:?}",
                 job.id
             )
+            .into()
         }),
     }
 }
 
 impl Kind for ParticleBenchmark {
-    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String> {
+    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, JobError> {
         let start = Instant::now();
         let n = number(job, "particles", Some(128.0))?;
         let time = number(job, "time", Some(1.0))?;
@@ -109,7 +120,7 @@ impl Kind for ParticleBenchmark {
             .get("theta")
             .map(|_| number(job, "theta", None))
             .transpose()?;
-        let bad = |what: &str| Err(format!("job {}: {what}", job.id));
+        let bad = |what: &str| Err(format!("job {}: {what}", job.id).into());
         if !((2.0..=100_000.0).contains(&n) && n.fract() == 0.0) {
             return bad("particles must be a whole number in [2, 100000]");
         }
@@ -130,7 +141,7 @@ impl Kind for ParticleBenchmark {
             .map_err(|e| e.0)?;
         let method = theta.map_or(Method::Direct, |theta| Method::BarnesHut { theta });
 
-        let run = |gravity: Gravity, method: Method, dt: f64| -> Result<Simulation, String> {
+        let run = |gravity: Gravity, method: Method, dt: f64| -> Result<Simulation, JobError> {
             let steps = (time / dt).ceil() as u64;
             let dt = time / steps as f64;
             let mut sim = Simulation::new(initial.clone(), gravity, method, false);
@@ -182,7 +193,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(kind: &str, params: serde_json::Value) -> Result<Metrics, String> {
+    fn run(kind: &str, params: serde_json::Value) -> Result<Metrics, JobError> {
         let mut r = Registry::new();
         register(&mut r).unwrap();
         r.run(&Job::new("t", kind, params, 3), &Context::unbounded())
@@ -200,6 +211,7 @@ mod tests {
         assert!(
             run("sphere", json!({"y": 1}))
                 .unwrap_err()
+                .to_string()
                 .contains("\"x\"")
         );
         assert!(run("zdt1", json!({"x": [2.0, 0.0]})).is_err());
@@ -227,6 +239,6 @@ mod tests {
         let again = p(0.002, 0.01);
         assert_eq!(fine["position_error"], again["position_error"]);
         let e = run("particles", json!({"dt": 0.01})).unwrap_err();
-        assert!(e.contains("softening"), "{e}");
+        assert!(e.to_string().contains("softening"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use frugal_farm::{Farm, FarmError, Job, Metrics, Outcome};
+use frugal_farm::{Farm, FarmError, Job, JobError, Metrics, Outcome};
 use serde::{Deserialize, Serialize};
 
 use crate::{Candidate, Evolution, Fitness, Gene, Method, Settings, Space, Stats};
@@ -56,17 +56,14 @@ impl Objective {
         }
     }
 
-    fn value(&self, m: &Metrics) -> Result<f64, String> {
+    fn value(&self, m: &Metrics) -> Result<f64, ScoreError> {
         let get = |name: &str| {
             m.get(name)
                 .copied()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    let have: Vec<&str> = m.keys().map(String::as_str).collect();
-                    format!(
-                        "metric {name:?} is missing or not finite (the job reported: {})",
-                        have.join(", ")
-                    )
+                .ok_or_else(|| ScoreError::Metric {
+                    name: name.to_owned(),
+                    reported: m.keys().cloned().collect(),
                 })
         };
         match self {
@@ -95,6 +92,26 @@ pub struct Constraint {
     pub max: Option<f64>,
 }
 
+/// Why an outcome has no fitness; such a candidate ranks last.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScoreError {
+    /// The job failed.
+    #[error("{0}")]
+    Job(JobError),
+    /// An objective's metric is missing or not finite.
+    #[error("metric {name:?} is missing or not finite (the job reported: {})", reported.join(", "))]
+    Metric {
+        /// The metric.
+        name: String,
+        /// The metrics the job did report.
+        reported: Vec<String>,
+    },
+    /// A constraint's metric is missing.
+    #[error("constraint metric {0:?} is missing")]
+    Constraint(String),
+}
+
 /// How metrics become a [`Fitness`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scoring {
@@ -106,8 +123,8 @@ pub struct Scoring {
 
 impl Scoring {
     /// The fitness of a job's outcome; `Err` (a failed job, a missing metric) ranks last.
-    pub fn fitness(&self, result: &Result<Metrics, String>) -> Result<Fitness, String> {
-        let m = result.as_ref().map_err(Clone::clone)?;
+    pub fn fitness(&self, result: &Result<Metrics, JobError>) -> Result<Fitness, ScoreError> {
+        let m = result.as_ref().map_err(|e| ScoreError::Job(e.clone()))?;
         let objectives = self
             .objectives
             .iter()
@@ -119,7 +136,7 @@ impl Scoring {
                 .get(&c.metric)
                 .copied()
                 .filter(|v| !v.is_nan())
-                .ok_or_else(|| format!("constraint metric {:?} is missing", c.metric))?;
+                .ok_or_else(|| ScoreError::Constraint(c.metric.clone()))?;
             violation += c.min.map_or(0.0, |lo| (lo - v).max(0.0))
                 + c.max.map_or(0.0, |hi| (v - hi).max(0.0));
         }
@@ -770,7 +787,7 @@ impl<'a> Run<'a> {
         let scored = self.spec.scoring.fitness(&outcome.result);
         let (fitness, error) = match scored {
             Ok(f) => (f, None),
-            Err(e) => (Fitness::failed(n), Some(e)),
+            Err(e) => (Fitness::failed(n), Some(e.to_string())),
         };
         if error.is_some() {
             self.failed += 1;

@@ -13,6 +13,53 @@ use crate::kind::{Registry, register_builtin, spin_round};
 use crate::queue::{GROUP, Keys, connect, redacted};
 use crate::{Farm, Job, LocalFarm, Outcome, RedisFarm, Worker, WorkerOptions, collect};
 
+/// A benchmark that could not measure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// The farm or its queue failed.
+    #[error(transparent)]
+    Farm(#[from] crate::FarmError),
+    /// A benchmark job failed.
+    #[error("benchmark job {id} failed: {error}")]
+    JobFailed {
+        /// The job.
+        id: String,
+        /// Its error.
+        error: crate::JobError,
+    },
+    /// Jobs or their work went missing.
+    #[error("the farm returned {returned} of {expected} jobs{detail}")]
+    Incomplete {
+        /// Jobs whose outcomes came back.
+        returned: usize,
+        /// Jobs submitted.
+        expected: usize,
+        /// What else is off (work done against work asked), or nothing.
+        detail: String,
+    },
+    /// No jobs were asked for.
+    #[error("the Redis benchmark needs at least one job")]
+    NoJobs,
+    /// The workers did not connect in time.
+    #[error("the benchmark's workers did not start within {seconds} s")]
+    WorkersDidNotStart {
+        /// How long they were given.
+        seconds: u64,
+    },
+    /// A worker thread panicked.
+    #[error("a benchmark worker panicked")]
+    WorkerPanicked,
+    /// The single-client reference failed.
+    #[error("redis at {url}: {source}")]
+    Redis {
+        /// The server, without its password.
+        url: String,
+        /// The failure.
+        source: redis::RedisError,
+    },
+}
+
 /// The local backend against the ideal on all cores, with CPU-bound jobs of fixed work.
 #[derive(Debug, Clone, Serialize)]
 pub struct LocalBench {
@@ -43,7 +90,11 @@ pub struct LocalBench {
 
 /// Runs `jobs_per_worker × workers` jobs of `target_s` seconds of one-core arithmetic on a
 /// [`LocalFarm`] of `workers` threads, and the same work on bare threads.
-pub fn local(workers: usize, target_s: f64, jobs_per_worker: usize) -> Result<LocalBench, String> {
+pub fn local(
+    workers: usize,
+    target_s: f64,
+    jobs_per_worker: usize,
+) -> Result<LocalBench, BenchError> {
     let workers = workers.max(1);
     let jobs_per_worker = jobs_per_worker.max(1);
     // Calibrate on one core: rounds per second over a quarter of a second, after a warm-up.
@@ -104,9 +155,8 @@ pub fn local(workers: usize, target_s: f64, jobs_per_worker: usize) -> Result<Lo
                 )
             })
             .collect(),
-    )
-    .map_err(|e| e.to_string())?;
-    let outcomes = collect(&mut farm, |_| {}).map_err(|e| e.to_string())?;
+    )?;
+    let outcomes = collect(&mut farm, |_| {})?;
     let farm_s = t.elapsed().as_secs_f64();
     failures(&outcomes)?;
     let done: f64 = outcomes
@@ -114,11 +164,11 @@ pub fn local(workers: usize, target_s: f64, jobs_per_worker: usize) -> Result<Lo
         .filter_map(|o| o.result.as_ref().ok()?.get("rounds").copied())
         .sum();
     if outcomes.len() != jobs || done != (jobs as u64 * rounds) as f64 {
-        return Err(format!(
-            "the farm returned {} of {jobs} jobs and {done} of {} rounds",
-            outcomes.len(),
-            jobs as u64 * rounds
-        ));
+        return Err(BenchError::Incomplete {
+            returned: outcomes.len(),
+            expected: jobs,
+            detail: format!(" and {done} of {} rounds", jobs as u64 * rounds),
+        });
     }
     let bare_s = (bare_before + bare()) / 2.0;
     Ok(LocalBench {
@@ -136,12 +186,15 @@ pub fn local(workers: usize, target_s: f64, jobs_per_worker: usize) -> Result<Lo
     })
 }
 
-fn failures(outcomes: &[Outcome]) -> Result<(), String> {
+fn failures(outcomes: &[Outcome]) -> Result<(), BenchError> {
     match outcomes
         .iter()
         .find_map(|o| o.result.as_ref().err().map(|e| (&o.id, e)))
     {
-        Some((id, e)) => Err(format!("benchmark job {id} failed: {e}")),
+        Some((id, e)) => Err(BenchError::JobFailed {
+            id: id.clone(),
+            error: e.clone(),
+        }),
         None => Ok(()),
     }
 }
@@ -196,9 +249,9 @@ pub fn redis(
     workers: usize,
     slots: usize,
     batch: usize,
-) -> Result<RedisBench, String> {
+) -> Result<RedisBench, BenchError> {
     if jobs == 0 {
-        return Err("the Redis benchmark needs at least one job".into());
+        return Err(BenchError::NoJobs);
     }
     let (workers, slots, batch) = (workers.max(1), slots.max(1), batch.max(1));
     let queue = format!("frugal-bench-{}", std::process::id());
@@ -210,8 +263,7 @@ pub fn redis(
             .flat_map(|k| k.all().map(String::from))
             .collect(),
     };
-    let mut farm = RedisFarm::connect(url, &queue, &queue, Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
+    let mut farm = RedisFarm::connect(url, &queue, &queue, Duration::from_secs(30))?;
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..workers)
         .map(|w| {
@@ -227,12 +279,12 @@ pub fn redis(
             std::thread::spawn(move || worker.run())
         })
         .collect();
-    let measured = (|| -> Result<(f64, usize), String> {
+    let measured = (|| -> Result<(f64, usize), BenchError> {
         // The clock starts once every worker has connected and announced itself.
         let start = Instant::now();
-        while farm.workers().map_err(|e| e.to_string())?.len() < workers {
+        while farm.workers()?.len() < workers {
             if start.elapsed() > Duration::from_secs(30) {
-                return Err("the benchmark's workers did not start within 30 s".into());
+                return Err(BenchError::WorkersDidNotStart { seconds: 30 });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -241,27 +293,32 @@ pub fn redis(
             (0..jobs)
                 .map(|i| Job::new(format!("noop-{i}"), "noop", serde_json::json!({}), i as u64))
                 .collect(),
-        )
-        .map_err(|e| e.to_string())?;
-        let outcomes = collect(&mut farm, |_| {}).map_err(|e| e.to_string())?;
+        )?;
+        let outcomes = collect(&mut farm, |_| {})?;
         let seconds = t.elapsed().as_secs_f64();
         failures(&outcomes)?;
         Ok((seconds, outcomes.len()))
     })();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
-        t.join()
-            .map_err(|_| "a benchmark worker panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+        t.join().map_err(|_| BenchError::WorkerPanicked)??;
     }
     drop(farm);
     let (seconds, returned) = measured?;
     if returned != jobs {
-        return Err(format!("{returned} of {jobs} jobs came back"));
+        return Err(BenchError::Incomplete {
+            returned,
+            expected: jobs,
+            detail: String::new(),
+        });
     }
-    let mut con = connect(url).map_err(|e| e.to_string())?;
-    let bare_seconds = bare(&mut con, &Keys::new(&bare_queue), jobs, batch)
-        .map_err(|e| format!("redis at {}: {e}", redacted(url)))?;
+    let mut con = connect(url)?;
+    let bare_seconds = bare(&mut con, &Keys::new(&bare_queue), jobs, batch).map_err(|source| {
+        BenchError::Redis {
+            url: redacted(url),
+            source,
+        }
+    })?;
     let jobs_per_s = jobs as f64 / seconds;
     let bare_jobs_per_s = jobs as f64 / bare_seconds;
     Ok(RedisBench {

@@ -8,8 +8,68 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, Metrics, parse_metrics};
+use crate::job::{Job, JobError, Metrics, parse_metrics};
 use crate::kind::{Context, Kind};
+
+/// A command template that cannot run, found when the worker reads its configuration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// `command` names no program.
+    #[error("command kind {kind:?}: `command` is empty")]
+    Empty {
+        /// The kind's name.
+        kind: String,
+    },
+    /// The program is a placeholder: a job could choose what runs.
+    #[error(
+        "command kind {kind:?}: the program {program:?} may not hold a placeholder; only arguments take parameters"
+    )]
+    PlaceholderProgram {
+        /// The kind's name.
+        kind: String,
+        /// The program as written.
+        program: String,
+    },
+    /// An argument's placeholders do not parse.
+    #[error("command kind {kind:?}, argument {argument:?}: {reason}")]
+    Argument {
+        /// The kind's name.
+        kind: String,
+        /// The argument as written.
+        argument: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `metrics = "file"` without a `{metrics_file}` argument.
+    #[error(
+        "command kind {kind:?}: metrics = \"file\" needs a {{metrics_file}} argument telling the program where to write"
+    )]
+    NoMetricsFile {
+        /// The kind's name.
+        kind: String,
+    },
+    /// `timeout_s` is not a positive number.
+    #[error("command kind {kind:?}: timeout_s must be a positive number of seconds, not {seconds}")]
+    Timeout {
+        /// The kind's name.
+        kind: String,
+        /// The value given.
+        seconds: f64,
+    },
+}
+
+/// A child process that could not be started or waited for.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChildError {
+    /// The program could not be started (not found, not executable).
+    #[error("cannot start: {0}")]
+    Spawn(std::io::Error),
+    /// Its exit could not be collected.
+    #[error("cannot wait: {0}")]
+    Wait(std::io::Error),
+}
 
 /// Where a command leaves its metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,34 +111,36 @@ pub struct CommandTemplate {
 const STDERR_TAIL: usize = 2000;
 
 impl CommandTemplate {
-    /// Checks the template once, when the configuration is read.
-    pub fn validate(&self, name: &str) -> Result<(), String> {
+    /// Checks the template once, when the configuration is read; `name` is the kind's
+    /// name there.
+    pub fn validate(&self, name: &str) -> Result<(), TemplateError> {
+        let kind = name.to_owned();
         let program = self
             .command
             .first()
-            .ok_or_else(|| format!("command kind {name:?}: `command` is empty"))?;
+            .ok_or_else(|| TemplateError::Empty { kind: kind.clone() })?;
         if program.contains('{') {
-            return Err(format!(
-                "command kind {name:?}: the program {program:?} may not hold a placeholder; only arguments take parameters"
-            ));
+            return Err(TemplateError::PlaceholderProgram {
+                kind,
+                program: program.clone(),
+            });
         }
         for arg in &self.command[1..] {
-            split_placeholders(arg)
-                .map_err(|e| format!("command kind {name:?}, argument {arg:?}: {e}"))?;
+            split_placeholders(arg).map_err(|reason| TemplateError::Argument {
+                kind: kind.clone(),
+                argument: arg.clone(),
+                reason,
+            })?;
         }
         if self.metrics == MetricsFrom::File
             && !self.command.iter().any(|a| a.contains("{metrics_file}"))
         {
-            return Err(format!(
-                "command kind {name:?}: metrics = \"file\" needs a {{metrics_file}} argument telling the program where to write"
-            ));
+            return Err(TemplateError::NoMetricsFile { kind });
         }
         if let Some(t) = self.timeout_s
             && !(t.is_finite() && t > 0.0)
         {
-            return Err(format!(
-                "command kind {name:?}: timeout_s must be a positive number of seconds, not {t}"
-            ));
+            return Err(TemplateError::Timeout { kind, seconds: t });
         }
         Ok(())
     }
@@ -167,7 +229,7 @@ fn split_placeholders(arg: &str) -> Result<Vec<Piece>, String> {
 }
 
 impl Kind for CommandTemplate {
-    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String> {
+    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, JobError> {
         let scratch = tempfile::Builder::new()
             .prefix("frugal-job-")
             .tempdir()
@@ -195,7 +257,7 @@ impl Kind for CommandTemplate {
         };
         let run = run_child(cmd, deadline, ctx).map_err(|e| format!("{}: {e}", argv[0]))?;
         if let Some(why) = run.stopped {
-            return Err(format!("{} {why}{}", argv[0], quote_tail(&run.stderr)));
+            return Err(format!("{} {why}{}", argv[0], quote_tail(&run.stderr)).into());
         }
         if !run.status.success() {
             return Err(format!(
@@ -203,7 +265,8 @@ impl Kind for CommandTemplate {
                 argv[0],
                 run.status,
                 quote_tail(&run.stderr)
-            ));
+            )
+            .into());
         }
         let text = match self.metrics {
             MetricsFrom::Stdout => String::from_utf8_lossy(&run.stdout).into_owned(),
@@ -215,7 +278,7 @@ impl Kind for CommandTemplate {
                 )
             })?,
         };
-        parse_metrics(&text).map_err(|e| format!("{}: {e}", argv[0]))
+        parse_metrics(&text).map_err(|e| JobError::new(format!("{}: {e}", argv[0])))
     }
 }
 
@@ -253,20 +316,20 @@ pub fn run_child(
     mut cmd: Command,
     deadline: Option<Instant>,
     ctx: &Context,
-) -> Result<ChildRun, String> {
+) -> Result<ChildRun, ChildError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     own_group_dies_with_parent(&mut cmd);
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let mut child = cmd.spawn().map_err(ChildError::Spawn)?;
     let group = rustix::process::Pid::from_child(&child);
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let mut stopped = None;
     let mut nap = Duration::from_millis(1);
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("cannot wait: {e}"))? {
+        if let Some(status) = child.try_wait().map_err(ChildError::Wait)? {
             break status;
         }
         let why = if ctx.cancelled() {
@@ -297,8 +360,8 @@ pub fn run_child(
     })
 }
 
-fn wait(child: &mut Child) -> Result<ExitStatus, String> {
-    child.wait().map_err(|e| format!("cannot wait: {e}"))
+fn wait(child: &mut Child) -> Result<ExitStatus, ChildError> {
+    child.wait().map_err(ChildError::Wait)
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
@@ -373,13 +436,19 @@ mod tests {
             template(&["{program}", "x"])
                 .validate("t")
                 .unwrap_err()
+                .to_string()
                 .contains("program")
         );
         assert!(template(&["echo", "{a"]).validate("t").is_err());
         assert!(template(&["echo", "a}"]).validate("t").is_err());
         let mut t = template(&["echo"]);
         t.metrics = MetricsFrom::File;
-        assert!(t.validate("t").unwrap_err().contains("metrics_file"));
+        assert!(
+            t.validate("t")
+                .unwrap_err()
+                .to_string()
+                .contains("metrics_file")
+        );
     }
 
     #[test]
@@ -393,11 +462,14 @@ mod tests {
         let e = template(&["sh", "-c", "echo oops >&2; exit 3"])
             .run(&job, &ctx)
             .unwrap_err();
-        assert!(e.contains("exit status: 3") && e.contains("oops"), "{e}");
+        assert!(
+            e.to_string().contains("exit status: 3") && e.to_string().contains("oops"),
+            "{e}"
+        );
         let e = template(&["/nonexistent/program"])
             .run(&job, &ctx)
             .unwrap_err();
-        assert!(e.contains("cannot start"), "{e}");
+        assert!(e.to_string().contains("cannot start"), "{e}");
         let mut t = template(&["sh", "-c", "echo '{{\"a\": 2}}' > \"$0\"", "{metrics_file}"]);
         t.metrics = MetricsFrom::File;
         assert_eq!(t.run(&job, &ctx).unwrap().get("a"), Some(&2.0));
@@ -418,7 +490,7 @@ mod tests {
         let e = t
             .run(&Job::new("j", "t", json!({}), 0), &Context::unbounded())
             .unwrap_err();
-        assert!(e.contains("timed out"), "{e}");
+        assert!(e.to_string().contains("timed out"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
         let pid: u32 = std::fs::read_to_string(&pidfile)
             .unwrap()

@@ -52,13 +52,62 @@ impl Job {
     }
 }
 
+/// Why an attempt or a job failed, in words a user can act on (naming the parameter, the
+/// program, the worker).
+///
+/// It is text on purpose: a job's failure is whatever its kind — user code, or a program a
+/// command kind ran — reports, and it crosses processes and machines with the outcome.
+/// Kinds turn their own errors into one with `?` (any `String` or `&str` converts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct JobError(String);
+
+impl JobError {
+    /// A failure described by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(message: &str) -> Self {
+        Self(message.to_owned())
+    }
+}
+
+/// Text that holds no JSON object of metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a JSON object of metrics, found {found:?}")]
+pub struct MetricsError {
+    /// What was found instead (its last 200 characters).
+    pub found: String,
+}
+
+impl From<MetricsError> for JobError {
+    fn from(e: MetricsError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// How a job ended: its metrics, or the error of its last attempt once the retry cap is hit.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The job's id.
     pub id: String,
     /// Metrics on success; the last error (naming the worker and attempt) on failure.
-    pub result: Result<Metrics, String>,
+    pub result: Result<Metrics, JobError>,
     /// Deliveries it took, counting the successful one.
     pub attempts: u32,
     /// Which worker produced this outcome.
@@ -90,7 +139,7 @@ impl std::fmt::Debug for Outcome {
 ///
 /// Booleans count as 0/1; other non-numeric values are left out, so a report may carry
 /// notes beside its numbers.
-pub fn parse_metrics(text: &str) -> Result<Metrics, String> {
+pub fn parse_metrics(text: &str) -> Result<Metrics, MetricsError> {
     let whole = serde_json::from_str::<serde_json::Value>(text.trim()).ok();
     let object = whole
         .filter(serde_json::Value::is_object)
@@ -114,16 +163,16 @@ pub fn parse_metrics(text: &str) -> Result<Metrics, String> {
                 .into_iter()
                 .rev()
                 .collect();
-            format!("expected a JSON object of metrics, found {tail:?}")
+            MetricsError { found: tail }
         })?;
     metrics_from_value(&object)
 }
 
 /// Metrics from a JSON object of numbers (see [`parse_metrics`]).
-pub fn metrics_from_value(value: &serde_json::Value) -> Result<Metrics, String> {
-    let map = value
-        .as_object()
-        .ok_or_else(|| format!("expected a JSON object of metrics, found {value}"))?;
+pub fn metrics_from_value(value: &serde_json::Value) -> Result<Metrics, MetricsError> {
+    let map = value.as_object().ok_or_else(|| MetricsError {
+        found: value.to_string(),
+    })?;
     let mut metrics = Metrics::new();
     for (key, v) in map {
         let number = match v {
@@ -151,7 +200,7 @@ mod tests {
         let m = parse_metrics("step 1\nstep 2\n{\"loss\": 0.25}\n\n").unwrap();
         assert_eq!(m.get("loss"), Some(&0.25));
         let e = parse_metrics("no json here").unwrap_err();
-        assert!(e.contains("no json here"), "{e}");
+        assert_eq!(e.found, "no json here");
         assert!(parse_metrics("[1, 2]").is_err());
     }
 

@@ -6,20 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::job::{Job, Metrics};
+use crate::job::{Job, JobError, Metrics};
 
 /// Something a worker knows how to run. Implementations check [`Context::check`] now and
 /// then when they run long, so timeouts and cancellation stop them.
 pub trait Kind: Send + Sync {
     /// Runs one attempt of `job`; the error says what went wrong in words a user can act on.
-    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String>;
+    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, JobError>;
 }
 
+/// A closure is a kind; `?` turns text errors into a [`JobError`].
 impl<F> Kind for F
 where
-    F: Fn(&Job, &Context) -> Result<Metrics, String> + Send + Sync,
+    F: Fn(&Job, &Context) -> Result<Metrics, JobError> + Send + Sync,
 {
-    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String> {
+    fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, JobError> {
         self(job, ctx)
     }
 }
@@ -81,7 +82,7 @@ impl Context {
     }
 
     /// `Err` once the attempt is out of time or cancelled; long-running kinds call it often.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), JobError> {
         if self.cancelled() {
             return Err("cancelled: the worker is shutting down".into());
         }
@@ -165,7 +166,7 @@ impl Registry {
         &self,
         job: &Job,
         ctx: &Context,
-    ) -> Result<(Metrics, Option<Vec<u8>>), String> {
+    ) -> Result<(Metrics, Option<Vec<u8>>), JobError> {
         let ctx = Context::new(ctx.deadline, ctx.cancel.clone());
         let metrics = self.run(job, &ctx)?;
         let data = ctx.data.lock().expect("data lock").take();
@@ -173,7 +174,7 @@ impl Registry {
     }
 
     /// Runs one attempt; an unregistered kind or a panic becomes an error, never a crash.
-    pub fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, String> {
+    pub fn run(&self, job: &Job, ctx: &Context) -> Result<Metrics, JobError> {
         let kind = self
             .kinds
             .get(&job.kind)
@@ -186,17 +187,20 @@ impl Registry {
                     .map(|s| (*s).to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Err(format!("job kind {:?} panicked: {what}", job.kind))
+                Err(JobError::new(format!(
+                    "job kind {:?} panicked: {what}",
+                    job.kind
+                )))
             }
         }
     }
 }
 
-pub(crate) fn not_registered(kind: &str, names: &[String]) -> String {
-    format!(
+pub(crate) fn not_registered(kind: &str, names: &[String]) -> JobError {
+    JobError::new(format!(
         "job kind {kind:?} is not registered on this worker (it runs: {}); add it to the worker's configuration",
         names.join(", ")
-    )
+    ))
 }
 
 /// Kinds every worker has, for measuring the farm itself: `noop` (returns at once), `sleep`
@@ -204,46 +208,54 @@ pub(crate) fn not_registered(kind: &str, names: &[String]) -> String {
 /// for `s` seconds, or `{"rounds": n}` for a fixed amount of arithmetic, [`SPIN_ROUND`]
 /// steps per round, however long it takes).
 pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("noop", |_: &Job, _: &Context| Ok(Metrics::new()))?;
-    registry.register("sleep", |job: &Job, ctx: &Context| {
-        let seconds = seconds_param(job)?;
-        let end = Instant::now() + Duration::from_secs_f64(seconds);
-        while Instant::now() < end {
-            ctx.check()?;
-            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
-        }
-        Ok(Metrics::from([("seconds".to_string(), seconds)]))
+    registry.register("noop", |_: &Job, _: &Context| {
+        Ok::<_, JobError>(Metrics::new())
     })?;
-    registry.register("spin", |job: &Job, ctx: &Context| {
-        let start = Instant::now();
-        let mut x = job.seed as f64;
-        let mut rounds = 0u64;
-        let done: Box<dyn Fn(u64) -> bool> = match job.params.get("rounds") {
-            Some(r) => {
-                let n = r.as_u64().ok_or_else(|| {
-                    format!(
-                        "job {}: parameter \"rounds\" must be an integer ≥ 0",
-                        job.id
-                    )
-                })?;
-                Box::new(move |rounds| rounds >= n)
+    registry.register(
+        "sleep",
+        |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
+            let seconds = seconds_param(job)?;
+            let end = Instant::now() + Duration::from_secs_f64(seconds);
+            while Instant::now() < end {
+                ctx.check()?;
+                std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
             }
-            None => {
-                let seconds = seconds_param(job)?;
-                Box::new(move |_| start.elapsed().as_secs_f64() >= seconds)
+            Ok(Metrics::from([("seconds".to_string(), seconds)]))
+        },
+    )?;
+    registry.register(
+        "spin",
+        |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
+            let start = Instant::now();
+            let mut x = job.seed as f64;
+            let mut rounds = 0u64;
+            let done: Box<dyn Fn(u64) -> bool> = match job.params.get("rounds") {
+                Some(r) => {
+                    let n = r.as_u64().ok_or_else(|| {
+                        format!(
+                            "job {}: parameter \"rounds\" must be an integer ≥ 0",
+                            job.id
+                        )
+                    })?;
+                    Box::new(move |rounds| rounds >= n)
+                }
+                None => {
+                    let seconds = seconds_param(job)?;
+                    Box::new(move |_| start.elapsed().as_secs_f64() >= seconds)
+                }
+            };
+            while !done(rounds) {
+                ctx.check()?;
+                x = spin_round(x);
+                rounds += 1;
             }
-        };
-        while !done(rounds) {
-            ctx.check()?;
-            x = spin_round(x);
-            rounds += 1;
-        }
-        Ok(Metrics::from([
-            ("seconds".to_string(), start.elapsed().as_secs_f64()),
-            ("rounds".to_string(), rounds as f64),
-            ("x".to_string(), x),
-        ]))
-    })?;
+            Ok(Metrics::from([
+                ("seconds".to_string(), start.elapsed().as_secs_f64()),
+                ("rounds".to_string(), rounds as f64),
+                ("x".to_string(), x),
+            ]))
+        },
+    )?;
     Ok(())
 }
 
@@ -258,12 +270,17 @@ pub(crate) fn spin_round(mut x: f64) -> f64 {
     x
 }
 
-fn seconds_param(job: &Job) -> Result<f64, String> {
+fn seconds_param(job: &Job) -> Result<f64, JobError> {
     job.params
         .get("seconds")
         .and_then(serde_json::Value::as_f64)
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .ok_or_else(|| format!("job {}: parameter \"seconds\" must be a number ≥ 0", job.id))
+        .ok_or_else(|| {
+            JobError::new(format!(
+                "job {}: parameter \"seconds\" must be a number ≥ 0",
+                job.id
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -275,9 +292,10 @@ mod tests {
     fn refuses_unregistered_and_survives_panics() {
         let mut r = Registry::new();
         register_builtin(&mut r).unwrap();
-        r.register("boom", |_: &Job, _: &Context| -> Result<Metrics, String> {
-            panic!("kaput")
-        })
+        r.register(
+            "boom",
+            |_: &Job, _: &Context| -> Result<Metrics, JobError> { panic!("kaput") },
+        )
         .unwrap();
         assert!(
             r.register("noop", |_: &Job, _: &Context| Ok(Metrics::new()))
@@ -289,11 +307,11 @@ mod tests {
         );
         let ctx = Context::unbounded();
         let e = r.run(&Job::new("1", "rm", json!({}), 0), &ctx).unwrap_err();
-        assert!(e.contains("\"rm\" is not registered"), "{e}");
+        assert!(e.to_string().contains("\"rm\" is not registered"), "{e}");
         let e = r
             .run(&Job::new("2", "boom", json!({}), 0), &ctx)
             .unwrap_err();
-        assert!(e.contains("kaput"), "{e}");
+        assert!(e.to_string().contains("kaput"), "{e}");
         assert!(
             r.run(&Job::new("3", "noop", json!({}), 0), &ctx)
                 .unwrap()
@@ -313,16 +331,16 @@ mod tests {
         let e = r
             .run(&Job::new("1", "sleep", json!({"seconds": 30}), 0), &ctx)
             .unwrap_err();
-        assert_eq!(e, "timed out");
+        assert_eq!(e.message(), "timed out");
         assert!(start.elapsed() < Duration::from_secs(10));
         let e = r
             .run(&Job::new("1", "spin", json!({"seconds": "x"}), 0), &ctx)
             .unwrap_err();
-        assert!(e.contains("\"seconds\""), "{e}");
+        assert!(e.to_string().contains("\"seconds\""), "{e}");
         let e = r
             .run(&Job::new("1", "spin", json!({"rounds": -1}), 0), &ctx)
             .unwrap_err();
-        assert!(e.contains("\"rounds\""), "{e}");
+        assert!(e.to_string().contains("\"rounds\""), "{e}");
         let m = r
             .run(
                 &Job::new("1", "spin", json!({"rounds": 3}), 7),

@@ -13,10 +13,10 @@
 //!   wins — later ones are counted as duplicates and ignored ([`Tally`]).
 //!
 //! ```
-//! use frugal_farm::{Context, Farm, Job, LocalFarm, Metrics, Registry, collect};
+//! use frugal_farm::{Context, Farm, Job, JobError, LocalFarm, Metrics, Registry, collect};
 //!
 //! let mut registry = Registry::new();
-//! registry.register("square", |job: &Job, _: &Context| -> Result<Metrics, String> {
+//! registry.register("square", |job: &Job, _: &Context| -> Result<Metrics, JobError> {
 //!     let x = job.params["x"].as_f64().ok_or("no x")?;
 //!     Ok(Metrics::from([("y".to_string(), x * x)]))
 //! })?;
@@ -36,6 +36,7 @@
 
 pub mod bench;
 mod command;
+mod feed;
 mod job;
 mod kind;
 mod local;
@@ -46,8 +47,9 @@ pub mod testing;
 use std::collections::HashSet;
 use std::time::Duration;
 
-pub use command::{ChildRun, CommandTemplate, MetricsFrom, run_child};
-pub use job::{Job, Metrics, Outcome, metrics_from_value, parse_metrics};
+pub use command::{ChildError, ChildRun, CommandTemplate, MetricsFrom, TemplateError, run_child};
+pub use feed::{FeedError, OrderedFeed};
+pub use job::{Job, JobError, Metrics, MetricsError, Outcome, metrics_from_value, parse_metrics};
 pub use kind::{Context, Kind, Registry, RegistryError, SPIN_ROUND, register_builtin};
 pub use local::LocalFarm;
 pub use queue::{
@@ -56,6 +58,7 @@ pub use queue::{
 
 /// What went wrong with the farm itself (a job's own failure is an [`Outcome`], not this).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FarmError {
     /// The farm was shut down.
     #[error("the farm's workers have stopped")]

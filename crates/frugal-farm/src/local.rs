@@ -99,7 +99,7 @@ pub(crate) fn run_with_retries(
             Err(e) if attempt >= attempts || cancel.load(Ordering::Relaxed) => {
                 return Outcome {
                     id: job.id.clone(),
-                    result: Err(format!("attempt {attempt} of {attempts} on {worker}: {e}")),
+                    result: Err(format!("attempt {attempt} of {attempts} on {worker}: {e}").into()),
                     attempts: attempt,
                     worker: worker.into(),
                     seconds,
@@ -154,7 +154,7 @@ impl Drop for LocalFarm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Metrics;
+    use crate::job::{JobError, Metrics};
     use serde_json::json;
     use std::sync::atomic::AtomicU32;
 
@@ -173,7 +173,7 @@ mod tests {
         })
         .unwrap();
         r.register("crash", |_: &Job, _: &Context| {
-            Err::<Metrics, _>("always".to_string())
+            Err::<Metrics, JobError>("always".into())
         })
         .unwrap();
         let mut farm = LocalFarm::new(r, 3);
@@ -190,7 +190,11 @@ mod tests {
         let c = outcomes.iter().find(|o| o.id == "c").unwrap();
         assert_eq!(c.attempts, 4);
         assert!(
-            c.result.as_ref().unwrap_err().contains("attempt 4 of 4"),
+            c.result
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("attempt 4 of 4"),
             "{c:?}"
         );
         let f = outcomes.iter().find(|o| o.id == "f").unwrap();

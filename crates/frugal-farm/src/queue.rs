@@ -749,7 +749,7 @@ fn attempt(
     let job = match &t.job {
         Ok(job) => job,
         // Unreadable entries can never succeed: report them under the entry id.
-        Err(e) => return Ok(Some(outcome(&t.entry, Err(e.clone()), 0.0))),
+        Err(e) => return Ok(Some(outcome(&t.entry, Err(e.clone().into()), 0.0))),
     };
     let cap = u64::from(job.max_attempts.max(1));
     if t.deliveries > cap {
@@ -760,7 +760,7 @@ fn attempt(
         });
         return Ok(Some(Outcome {
             attempts: cap as u32,
-            ..outcome(&job.id, Err(error), 0.0)
+            ..outcome(&job.id, Err(error.into()), 0.0)
         }));
     }
     let start = Instant::now();
@@ -790,7 +790,7 @@ fn attempt(
             let error = format!("attempt {} of {cap} on {consumer}: {e}", t.deliveries);
             (s.log)(&format!("job {} ({}) failed: {error}", job.id, job.kind));
             if t.deliveries >= cap {
-                return Ok(Some(outcome(&job.id, Err(error), seconds)));
+                return Ok(Some(outcome(&job.id, Err(error.into()), seconds)));
             }
             let _: () = con.hset(&s.keys.errors, &job.id, &error)?;
             release(s, con, consumer, &t.entry)?;

@@ -20,7 +20,7 @@ fn registry() -> Registry {
     let mut r = Registry::new();
     register_builtin(&mut r).unwrap();
     r.register("crash", |_: &Job, _: &Context| {
-        Err::<Metrics, _>("segfault (simulated)".to_string())
+        Err::<Metrics, frugal_farm::JobError>("segfault (simulated)".into())
     })
     .unwrap();
     // Binary output: every byte value, a length that depends on the job.
@@ -122,7 +122,7 @@ fn failing_and_unregistered_jobs_hit_the_cap_and_are_reported() {
     register_builtin(&mut narrow).unwrap();
     narrow
         .register("crash", |_: &Job, _: &Context| {
-            Err::<Metrics, _>("segfault (simulated)".to_string())
+            Err::<Metrics, frugal_farm::JobError>("segfault (simulated)".into())
         })
         .unwrap();
     let _w = worker(&url, "q2", "w", 2, narrow);
@@ -136,11 +136,11 @@ fn failing_and_unregistered_jobs_hit_the_cap_and_are_reported() {
     assert_eq!(c.attempts, 4);
     let e = c.result.as_ref().unwrap_err();
     assert!(
-        e.contains("attempt 4 of 4") && e.contains("segfault"),
+        e.to_string().contains("attempt 4 of 4") && e.to_string().contains("segfault"),
         "{e}"
     );
     let e = outcomes["rm"].result.as_ref().unwrap_err();
-    assert!(e.contains("\"rm-rf\" is not registered"), "{e}");
+    assert!(e.to_string().contains("\"rm-rf\" is not registered"), "{e}");
     assert!(outcomes["ok"].result.is_ok());
     assert_eq!(farm.tally().failed(), 2);
     // Nothing is left to retry: the queue is quiet.
@@ -214,7 +214,10 @@ fn a_job_whose_workers_keep_dying_is_given_up() {
     let outcomes = collect(&mut farm, |_| {}).unwrap();
     assert_eq!(outcomes.len(), 1);
     let e = outcomes[0].result.as_ref().unwrap_err();
-    assert!(e.contains("lost") && e.contains("2 attempts"), "{e}");
+    assert!(
+        e.to_string().contains("lost") && e.to_string().contains("2 attempts"),
+        "{e}"
+    );
 }
 
 #[test]

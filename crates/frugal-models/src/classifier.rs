@@ -125,12 +125,14 @@ impl Classifier {
                 .join(", ")
         };
         let find = |name: &str| {
-            schema.columns.iter().find(|c| c.name == name).ok_or_else(|| {
-                TrainError::Invalid(format!(
-                    "the dataset has no column `{name}` (it has {}); set `data.input` / `data.label`",
-                    names()
-                ))
-            })
+            schema
+                .columns
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| TrainError::MissingColumn {
+                    column: name.into(),
+                    hint: format!(" (it has {}); set `data.input` / `data.label`", names()),
+                })
         };
         let x = find(input)?;
         let y = find(label)?;
@@ -138,9 +140,12 @@ impl Classifier {
             DType::U8 => 1.0 / 255.0,
             DType::F32 | DType::F64 | DType::F16 | DType::BF16 => 1.0,
             other => {
-                return Err(TrainError::Invalid(format!(
-                    "input column `{input}` holds {other:?}; the classifier reads u8 (scaled to [0, 1]) or floats"
-                )));
+                return Err(TrainError::Column {
+                    column: input.into(),
+                    problem: format!(
+                        "holds {other:?}; the classifier reads u8 (scaled to [0, 1]) or floats"
+                    ),
+                });
             }
         };
         if !matches!(
@@ -148,16 +153,22 @@ impl Classifier {
             DType::U8 | DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U16 | DType::U32
         ) || !y.shape.is_empty()
         {
-            return Err(TrainError::Invalid(format!(
-                "label column `{label}` must hold one integer per sample; it holds {:?} × {:?}",
-                y.dtype, y.shape
-            )));
+            return Err(TrainError::Column {
+                column: label.into(),
+                problem: format!(
+                    "holds {:?} × {:?}; labels are one integer per sample",
+                    y.dtype, y.shape
+                ),
+            });
         }
         if arch == Arch::Cnn && !(2..=3).contains(&x.shape.len()) {
-            return Err(TrainError::Invalid(format!(
-                "a CNN needs image samples ([h, w] or [c, h, w]); column `{input}` has shape {:?}: use `arch = \"mlp\"`",
-                x.shape
-            )));
+            return Err(TrainError::Column {
+                column: input.into(),
+                problem: format!(
+                    "has shape {:?}; a CNN needs image samples ([h, w] or [c, h, w]): use `arch = \"mlp\"`",
+                    x.shape
+                ),
+            });
         }
         let c = Self {
             arch,
@@ -173,10 +184,14 @@ impl Classifier {
             let (_, h, w) = c.image();
             let shrink = 1usize << c.hidden.len().min(31);
             if h < shrink || w < shrink {
-                return Err(TrainError::Invalid(format!(
-                    "{} conv stages halve a {h}×{w} image below one pixel; use fewer stages",
-                    c.hidden.len()
-                )));
+                return Err(TrainError::Setting {
+                    key: "model.hidden".into(),
+                    value: format!("{:?}", c.hidden),
+                    problem: format!(
+                        "{} conv stages halve a {h}×{w} image below one pixel; use fewer stages",
+                        c.hidden.len()
+                    ),
+                });
             }
         }
         Ok(c)
@@ -209,7 +224,10 @@ impl Classifier {
     fn inputs(&self, batch: &Batch, precision: Precision, device: &Device) -> Result<Tensor<2>> {
         let col = batch
             .column(&self.input)
-            .ok_or_else(|| TrainError::Invalid(format!("batch lacks column `{}`", self.input)))?;
+            .ok_or_else(|| TrainError::MissingColumn {
+                column: self.input.clone(),
+                hint: String::new(),
+            })?;
         let n = batch.samples;
         let f = self.features();
         let values: Vec<f32> = match col.dtype {
@@ -237,13 +255,16 @@ impl Classifier {
                 );
                 data.convert::<f32>()
                     .try_into_vec::<f32>()
-                    .map_err(|e| TrainError::Invalid(format!("column `{}`: {e:?}", self.input)))?
+                    .map_err(|e| TrainError::Column {
+                        column: self.input.clone(),
+                        problem: format!("cannot be read as f32: {e:?}"),
+                    })?
             }
             other => {
-                return Err(TrainError::Invalid(format!(
-                    "column `{}` holds {other:?}",
-                    self.input
-                )));
+                return Err(TrainError::Column {
+                    column: self.input.clone(),
+                    problem: format!("holds {other:?}; the classifier reads u8 or floats"),
+                });
             }
         };
         let x = Tensor::<2>::from_data(TensorData::new(values, [n, f]), device);
@@ -253,7 +274,10 @@ impl Classifier {
     fn targets(&self, batch: &Batch, device: &Device) -> Result<Tensor<1, Int>> {
         let col = batch
             .column(&self.label)
-            .ok_or_else(|| TrainError::Invalid(format!("batch lacks column `{}`", self.label)))?;
+            .ok_or_else(|| TrainError::MissingColumn {
+                column: self.label.clone(),
+                hint: String::new(),
+            })?;
         let b = col.bytes();
         let labels: Vec<i64> = match col.dtype {
             DType::U8 => b.iter().map(|&v| v as i64).collect(),
@@ -280,10 +304,13 @@ impl Classifier {
                 .collect(),
         };
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= self.classes as i64) {
-            return Err(TrainError::Invalid(format!(
-                "label {bad} in column `{}` is outside [0, {}); set `model.classes` to the number of classes",
-                self.label, self.classes
-            )));
+            return Err(TrainError::Column {
+                column: self.label.clone(),
+                problem: format!(
+                    "holds label {bad}, outside [0, {}); set `model.classes` to the number of classes",
+                    self.classes
+                ),
+            });
         }
         let n = labels.len();
         Ok(Tensor::<1, Int>::from_data(

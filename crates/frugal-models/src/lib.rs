@@ -4,3 +4,5 @@
 
 pub mod classifier;
 pub mod particles;
+pub mod rollout;
+pub mod simulations;

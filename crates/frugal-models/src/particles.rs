@@ -416,16 +416,23 @@ const EDGE_FEATURES: usize = 4;
 fn f32_column<'a>(batch: &'a Batch, name: &str, per_sample: usize) -> Result<&'a [f32]> {
     let col = batch
         .column(name)
-        .ok_or_else(|| TrainError::Invalid(format!("batch lacks column `{name}`")))?;
-    let values = col
-        .as_slice::<f32>()
-        .ok_or_else(|| TrainError::Invalid(format!("column `{name}` must hold f32")))?;
+        .ok_or_else(|| TrainError::MissingColumn {
+            column: name.into(),
+            hint: String::new(),
+        })?;
+    let values = col.as_slice::<f32>().ok_or_else(|| TrainError::Column {
+        column: name.into(),
+        problem: format!("holds {:?}; the network reads f32", col.dtype),
+    })?;
     if values.len() != per_sample * batch.samples {
-        return Err(TrainError::Invalid(format!(
-            "column `{name}` holds {} values for {} samples of {per_sample}",
-            values.len(),
-            batch.samples
-        )));
+        return Err(TrainError::Column {
+            column: name.into(),
+            problem: format!(
+                "holds {} values for {} samples of {per_sample}",
+                values.len(),
+                batch.samples
+            ),
+        });
     }
     Ok(values)
 }
@@ -481,16 +488,22 @@ impl ParticleGnn {
     /// f32 of shape [particles, 3].
     pub fn check_schema(&self, schema: &Schema) -> Result<()> {
         for name in ["pos", "vel", "acc"] {
-            let col = schema.columns.iter().find(|c| c.name == name).ok_or_else(|| {
-                TrainError::Invalid(format!(
-                    "the dataset has no column `{name}`; particle datasets come from `frugal nbody generate`"
-                ))
-            })?;
+            let col = schema
+                .columns
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| TrainError::MissingColumn {
+                    column: name.into(),
+                    hint: "; particle datasets come from `frugal nbody generate`".into(),
+                })?;
             if col.dtype != DType::F32 || col.shape != [self.particles, 3] {
-                return Err(TrainError::Invalid(format!(
-                    "column `{name}` is {:?} × {:?}; the network expects f32 × [{}, 3] (`model.particles`)",
-                    col.dtype, col.shape, self.particles
-                )));
+                return Err(TrainError::Column {
+                    column: name.into(),
+                    problem: format!(
+                        "is {:?} × {:?}; the network expects f32 × [{}, 3] (`model.particles`)",
+                        col.dtype, col.shape, self.particles
+                    ),
+                });
             }
         }
         Ok(())
@@ -528,7 +541,7 @@ impl ParticleGnn {
         }
         let first = as_points(&pos[..per]);
         let graph = frugal_sim::knn_graph(&first, neighbours, true)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            .map_err(|e| TrainError::Failed(e.to_string()))?;
         let edge_scale = graph
             .senders
             .iter()
@@ -588,14 +601,14 @@ impl ParticleGnn {
             .map(|b| {
                 let p = as_points(&pos[b * per..(b + 1) * per]);
                 let g = frugal_sim::knn_graph(&p, k, false)
-                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                    .map_err(|e| TrainError::Failed(e.to_string()))?;
                 // The network sums messages by reshaping: edge e must lead to particle e / k.
                 if g.receivers
                     .iter()
                     .enumerate()
                     .any(|(e, &r)| r as usize != e / k)
                 {
-                    return Err(TrainError::Invalid(
+                    return Err(TrainError::Failed(
                         "the neighbour graph is not ordered by receiving particle".into(),
                     ));
                 }
@@ -738,7 +751,7 @@ impl ParticleGnn {
                     .forward(h)
                     .into_data()
                     .try_into_vec::<f32>()
-                    .map_err(|e| TrainError::Invalid(format!("reading predictions: {e:?}")))?,
+                    .map_err(|e| TrainError::Failed(format!("reading predictions: {e:?}")))?,
             );
         }
         let norm = self.norm;

@@ -34,7 +34,7 @@ mod tree;
 
 pub use gravity::{Gravity, Method, accelerations, potential_energy};
 pub use init::{Initial, InitialError};
-pub use integrate::{Energies, Simulation};
+pub use integrate::{Energies, Simulation, leapfrog};
 pub use knn::{KnnError, KnnGraph, knn_graph};
 pub use particles::{Particles, Vec3s};
 pub use record::{RecordError, Recording, State};

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong reading or writing a dataset. Each variant names the file
 /// at fault, so a message alone tells the user which shard to regenerate or restore.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// An operating-system error on a named file.
     #[error("{path}: {source}")]
@@ -28,9 +29,28 @@ pub enum StoreError {
         /// What is wrong with it.
         fault: String,
     },
-    /// The caller asked for something the dataset or the schema cannot give.
+    /// A directory that cannot take or give the dataset asked for: not a dataset,
+    /// unfinished, complete already, holding other files or another dataset.
+    #[error("{} {problem}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// What it holds against what was asked, and what to do.
+        problem: String,
+    },
+    /// A setting of a reader, writer or generator that cannot be used.
+    #[error("{setting} = {value}: {problem}")]
+    Setting {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// Why not.
+        problem: String,
+    },
+    /// Rows handed to a writer that do not fit the schema (a caller's mistake).
     #[error("{0}")]
-    Invalid(String),
+    Rows(String),
     /// An internal failure that is not the data's or the caller's fault.
     #[error("{0}")]
     Failed(String),

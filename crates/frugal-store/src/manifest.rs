@@ -61,7 +61,11 @@ impl Schema {
     /// A schema; names must be unique and non-empty.
     pub fn new(columns: Vec<Column>) -> Result<Self> {
         let schema = Self { columns };
-        schema.validate().map_err(StoreError::Invalid)?;
+        schema.validate().map_err(|problem| StoreError::Setting {
+            setting: "schema",
+            value: format!("{} columns", schema.columns.len()),
+            problem,
+        })?;
         Ok(schema)
     }
 
@@ -190,10 +194,10 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::Invalid(format!(
-                    "{} is not a dataset: it has no {MANIFEST_FILE}",
-                    dir.display()
-                ))
+                StoreError::Directory {
+                    dir: dir.to_owned(),
+                    problem: format!("is not a dataset: it has no {MANIFEST_FILE}"),
+                }
             } else {
                 StoreError::io(&path, e)
             }

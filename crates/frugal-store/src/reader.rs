@@ -40,10 +40,10 @@ impl Dataset {
     pub fn open(dir: &Path) -> Result<Self> {
         let manifest = Manifest::load(dir)?;
         if !manifest.complete {
-            return Err(StoreError::Invalid(format!(
-                "{} is unfinished: its writer stopped before the end; run the same command again to complete it",
-                dir.display()
-            )));
+            return Err(StoreError::Directory {
+                dir: dir.to_owned(),
+                problem: "is unfinished: its writer stopped before the end; run the same command again to complete it".into(),
+            });
         }
         for s in &manifest.shards {
             let path = dir.join(&s.file);
@@ -70,12 +70,13 @@ impl Dataset {
     pub fn select_shards(&self, range: std::ops::Range<usize>) -> Result<Self> {
         let all = self.manifest.shards.len();
         if range.start >= range.end || range.end > all {
-            return Err(StoreError::Invalid(format!(
-                "{} has {all} shards; shards {}..{} is not a non-empty part of them",
-                self.dir.display(),
-                range.start,
-                range.end
-            )));
+            return Err(StoreError::Directory {
+                dir: self.dir.clone(),
+                problem: format!(
+                    "has {all} shards; shards {}..{} is not a non-empty part of them",
+                    range.start, range.end
+                ),
+            });
         }
         let mut manifest = (*self.manifest).clone();
         manifest.shards = manifest.shards[range].to_vec();
@@ -272,7 +273,7 @@ impl ColumnData {
     /// includes the batch dimension and must account for every value.
     pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
         if shape.iter().product::<usize>() != values.len() {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Rows(format!(
                 "column `{name}`: shape {shape:?} does not hold {} values",
                 values.len()
             )));
@@ -362,22 +363,30 @@ impl std::fmt::Debug for Stream {
 impl Stream {
     fn start(dataset: Dataset, o: StreamOptions) -> Result<Self> {
         if o.ranks == 0 || o.rank >= o.ranks {
-            return Err(StoreError::Invalid(format!(
-                "rank {} of {} ranks does not exist",
-                o.rank, o.ranks
-            )));
+            return Err(StoreError::Setting {
+                setting: "rank",
+                value: format!("{} of {}", o.rank, o.ranks),
+                problem: "no such rank".into(),
+            });
         }
         if o.batch_size == 0 {
-            return Err(StoreError::Invalid("batch size must be at least 1".into()));
+            return Err(StoreError::Setting {
+                setting: "batch size",
+                value: "0".into(),
+                problem: "must be at least 1".into(),
+            });
         }
         let plan = dataset.plan(o.spec, o.state.seed, o.state.epoch);
         let (lo, hi) = rank_range(plan.total(), o.rank, o.ranks);
         if o.state.consumed > hi - lo {
-            return Err(StoreError::Invalid(format!(
-                "the saved position ({} samples consumed) is past the end of this rank's {} samples; was it saved with other ranks or another dataset?",
-                o.state.consumed,
-                hi - lo
-            )));
+            return Err(StoreError::Setting {
+                setting: "saved position",
+                value: format!("{} samples consumed", o.state.consumed),
+                problem: format!(
+                    "past the end of this rank's {} samples; was it saved with other ranks or another dataset?",
+                    hi - lo
+                ),
+            });
         }
         let begin = lo + o.state.consumed;
         let columns = dataset
@@ -397,7 +406,7 @@ impl Stream {
                 let mut reader = ShardReader::new(dataset, verify);
                 read_ahead(&plan, begin, hi, &mut reader, &tx, &recycled, prefetch + 1);
             })
-            .map_err(|e| StoreError::Invalid(format!("cannot start the read-ahead thread: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot start the read-ahead thread: {e}")))?;
         Ok(Self {
             rx: Some(rx),
             recycle: Some(recycle),

@@ -100,38 +100,128 @@ pub struct ShardHeader {
     pub tensors: BTreeMap<String, TensorInfo>,
 }
 
+/// A shard header that cannot be read, or that does not match the manifest. Each variant
+/// carries the numbers or names at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The length prefix announces more than any header may hold.
+    #[error("header length {len} is absurd (limit {limit})")]
+    Length {
+        /// The announced length.
+        len: u64,
+        /// The largest header accepted.
+        limit: u64,
+    },
+    /// The file is shorter than the header it announces.
+    #[error("file is {file_bytes} bytes, too short for its {len}-byte header")]
+    Short {
+        /// The file's size.
+        file_bytes: u64,
+        /// The announced header length.
+        len: u64,
+    },
+    /// The header is not JSON.
+    #[error("header is not valid JSON: {0}")]
+    Json(String),
+    /// The header is JSON but not an object.
+    #[error("header is not a JSON object")]
+    NotObject,
+    /// A tensor's entry is malformed.
+    #[error("tensor `{name}`: {reason}")]
+    Tensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong with its entry.
+        reason: String,
+    },
+    /// The tensors leave a gap or overlap in the data section.
+    #[error("tensor `{name}` starts at {start}, expected {expected} (gap or overlap)")]
+    Gap {
+        /// The tensor.
+        name: String,
+        /// Where it starts.
+        start: u64,
+        /// Where the previous one ended.
+        expected: u64,
+    },
+    /// The tensors do not cover the data section exactly.
+    #[error(
+        "tensors cover {covered} bytes but the file has {data} bytes of data (truncated or padded)"
+    )]
+    Coverage {
+        /// Bytes the tensors span.
+        covered: u64,
+        /// Bytes after the header.
+        data: u64,
+    },
+    /// The shard has another number of tensors than the schema has columns.
+    #[error("the shard holds {tensors} tensors, the schema has {columns} columns")]
+    Columns {
+        /// Tensors in the shard.
+        tensors: usize,
+        /// Columns in the schema.
+        columns: usize,
+    },
+    /// A column of the schema has no tensor.
+    #[error("no tensor `{0}`")]
+    Missing(String),
+    /// A tensor's element type differs from its column's.
+    #[error("tensor `{name}` is {found}, the manifest says {manifest}")]
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its type in the shard.
+        found: DType,
+        /// Its type in the manifest.
+        manifest: DType,
+    },
+    /// A tensor's shape differs from its column's.
+    #[error("tensor `{name}` has shape {found:?}, the manifest says {manifest:?}")]
+    Shape {
+        /// The tensor.
+        name: String,
+        /// Its shape in the shard.
+        found: Vec<u64>,
+        /// The shape the manifest implies.
+        manifest: Vec<u64>,
+    },
+}
+
 /// Reads the length prefix: how many header bytes follow it. Errors on a file too short
 /// to hold the header it announces.
-pub fn header_len(prefix: [u8; 8], file_bytes: u64) -> Result<u64, String> {
+pub fn header_len(prefix: [u8; 8], file_bytes: u64) -> Result<u64, HeaderError> {
     let len = u64::from_le_bytes(prefix);
     if len > MAX_HEADER {
-        return Err(format!(
-            "header length {len} is absurd (limit {MAX_HEADER})"
-        ));
+        return Err(HeaderError::Length {
+            len,
+            limit: MAX_HEADER,
+        });
     }
     if file_bytes < 8 + len {
-        return Err(format!(
-            "file is {file_bytes} bytes, too short for its {len}-byte header"
-        ));
+        return Err(HeaderError::Short { file_bytes, len });
     }
     Ok(len)
 }
 
 /// Parses a safetensors header (the JSON after the length prefix) and checks that its
 /// tensors tile the data section of a file of `file_bytes` bytes exactly.
-pub fn parse_header(json: &[u8], file_bytes: u64) -> Result<ShardHeader, String> {
+pub fn parse_header(json: &[u8], file_bytes: u64) -> Result<ShardHeader, HeaderError> {
     let data_start = 8 + json.len() as u64;
     let value: Value =
-        serde_json::from_slice(json).map_err(|e| format!("header is not valid JSON: {e}"))?;
+        serde_json::from_slice(json).map_err(|e| HeaderError::Json(e.to_string()))?;
     let Value::Object(map) = value else {
-        return Err("header is not a JSON object".into());
+        return Err(HeaderError::NotObject);
     };
     let mut tensors = BTreeMap::new();
     for (name, t) in map {
         if name == "__metadata__" {
             continue;
         }
-        let info = parse_tensor(&t).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let info = parse_tensor(&t).map_err(|reason| HeaderError::Tensor {
+            name: name.clone(),
+            reason,
+        })?;
         tensors.insert(name, info);
     }
     let mut spans: Vec<(u64, u64, &str)> = tensors
@@ -142,19 +232,25 @@ pub fn parse_header(json: &[u8], file_bytes: u64) -> Result<ShardHeader, String>
     let mut cursor = 0u64;
     for (start, end, name) in spans {
         if start != cursor {
-            return Err(format!(
-                "tensor `{name}` starts at {start}, expected {cursor} (gap or overlap)"
-            ));
+            return Err(HeaderError::Gap {
+                name: name.to_owned(),
+                start,
+                expected: cursor,
+            });
         }
         cursor = end;
     }
     let data_len = file_bytes
         .checked_sub(data_start)
-        .ok_or("file is shorter than its header")?;
+        .ok_or(HeaderError::Short {
+            file_bytes,
+            len: json.len() as u64,
+        })?;
     if cursor != data_len {
-        return Err(format!(
-            "tensors cover {cursor} bytes but the file has {data_len} bytes of data (truncated or padded)"
-        ));
+        return Err(HeaderError::Coverage {
+            covered: cursor,
+            data: data_len,
+        });
     }
     Ok(ShardHeader {
         data_start,
@@ -215,33 +311,34 @@ impl ShardHeader {
         schema: &Schema,
         samples: u64,
         file_bytes: u64,
-    ) -> Result<ShardLayout, String> {
+    ) -> Result<ShardLayout, HeaderError> {
         if self.tensors.len() != schema.columns.len() {
-            return Err(format!(
-                "the shard holds {} tensors, the schema has {} columns",
-                self.tensors.len(),
-                schema.columns.len()
-            ));
+            return Err(HeaderError::Columns {
+                tensors: self.tensors.len(),
+                columns: schema.columns.len(),
+            });
         }
         let mut column_offsets = Vec::with_capacity(schema.columns.len());
         for c in &schema.columns {
             let t = self
                 .tensors
                 .get(&c.name)
-                .ok_or_else(|| format!("no tensor `{}`", c.name))?;
+                .ok_or_else(|| HeaderError::Missing(c.name.clone()))?;
             if t.dtype != c.dtype {
-                return Err(format!(
-                    "tensor `{}` is {}, the manifest says {}",
-                    c.name, t.dtype, c.dtype
-                ));
+                return Err(HeaderError::Dtype {
+                    name: c.name.clone(),
+                    found: t.dtype,
+                    manifest: c.dtype,
+                });
             }
             let mut want = vec![samples];
             want.extend(c.shape.iter().map(|&d| d as u64));
             if t.shape != want {
-                return Err(format!(
-                    "tensor `{}` has shape {:?}, the manifest says {want:?}",
-                    c.name, t.shape
-                ));
+                return Err(HeaderError::Shape {
+                    name: c.name.clone(),
+                    found: t.shape.clone(),
+                    manifest: want,
+                });
             }
             column_offsets.push(self.data_start + t.data_offsets.0);
         }
@@ -295,7 +392,7 @@ fn read_layout(
     }
     file.read_exact_at(&mut prefix, 0)
         .map_err(|e| format!("reading header: {e}"))?;
-    let hlen = header_len(prefix, len)?;
+    let hlen = header_len(prefix, len).map_err(|e| e.to_string())?;
     let mut json = vec![0u8; hlen as usize];
     file.read_exact_at(&mut json, 8)
         .map_err(|e| format!("reading header: {e}"))?;
@@ -366,7 +463,7 @@ impl ShardBuffer {
     /// Appends `rows` samples: one byte slice per column holding `rows` samples each.
     pub fn push_rows(&mut self, rows: u64, columns: &[&[u8]]) -> Result<()> {
         if columns.len() != self.schema.columns.len() {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Rows(format!(
                 "got {} columns, the schema has {}",
                 columns.len(),
                 self.schema.columns.len()
@@ -375,7 +472,7 @@ impl ShardBuffer {
         for (c, data) in self.schema.columns.iter().zip(columns) {
             let want = c.sample_bytes() as u64 * rows;
             if data.len() as u64 != want {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Rows(format!(
                     "column `{}`: {rows} samples of {} {:?} are {want} bytes, got {}",
                     c.name,
                     c.dtype,

@@ -49,10 +49,14 @@ impl SyntheticSpec {
 
     fn check(&self) -> Result<()> {
         if self.samples == 0 || self.features == 0 || self.classes < 2 || self.hidden == 0 {
-            return Err(StoreError::Invalid(
-                "a synthetic dataset needs samples ≥ 1, features ≥ 1, classes ≥ 2 and hidden ≥ 1"
-                    .into(),
-            ));
+            return Err(StoreError::Setting {
+                setting: "synthetic dataset",
+                value: format!(
+                    "{} samples, {} features, {} classes, hidden {}",
+                    self.samples, self.features, self.classes, self.hidden
+                ),
+                problem: "needs samples ≥ 1, features ≥ 1, classes ≥ 2 and hidden ≥ 1".into(),
+            });
         }
         Ok(())
     }

@@ -84,9 +84,11 @@ impl DatasetWriter {
             None => dir.join(MANIFEST_FILE),
             Some(part) => {
                 if part.is_empty() || part.contains(['/', '\\']) || part.starts_with('.') {
-                    return Err(StoreError::Invalid(format!(
-                        "`{part}` is not a valid part name"
-                    )));
+                    return Err(StoreError::Setting {
+                        setting: "part",
+                        value: format!("{part:?}"),
+                        problem: "not a valid part name (no '/', '\\' or leading '.')".into(),
+                    });
                 }
                 let parts = dir.join(PARTS_DIR);
                 fs::create_dir_all(&parts).map_err(|e| StoreError::io(&parts, e))?;
@@ -99,10 +101,10 @@ impl DatasetWriter {
             if m.complete {
                 return Err(already_complete(dir));
             }
-            return Err(StoreError::Invalid(format!(
-                "{} holds an unfinished dataset of a single writer; parallel writers cannot add to it",
-                dir.display()
-            )));
+            return Err(StoreError::Directory {
+                dir: dir.to_owned(),
+                problem: "holds an unfinished dataset of a single writer; parallel writers cannot add to it".into(),
+            });
         }
         let manifest = if manifest_path.exists() {
             let bytes = fs::read(&manifest_path).map_err(|e| StoreError::io(&manifest_path, e))?;
@@ -111,10 +113,10 @@ impl DatasetWriter {
                 return Err(already_complete(dir));
             }
             if m.schema != schema {
-                return Err(StoreError::Invalid(format!(
-                    "{} holds an unfinished dataset with another schema; remove it or write elsewhere",
-                    dir.display()
-                )));
+                return Err(StoreError::Directory {
+                    dir: dir.to_owned(),
+                    problem: "holds an unfinished dataset with another schema; remove it or write elsewhere".into(),
+                });
             }
             m
         } else {
@@ -199,7 +201,7 @@ impl DatasetWriter {
             .map(|c| c.sample_bytes())
             .collect();
         if columns.len() != widths.len() {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Rows(format!(
                 "got {} columns, the schema has {}",
                 columns.len(),
                 widths.len()
@@ -214,7 +216,7 @@ impl DatasetWriter {
             .zip(columns)
         {
             if data.len() as u64 != *w as u64 * rows {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Rows(format!(
                     "column `{}`: {rows} samples are {} bytes, got {}",
                     c.name,
                     *w as u64 * rows,
@@ -274,10 +276,10 @@ impl DatasetWriter {
 }
 
 fn already_complete(dir: &Path) -> StoreError {
-    StoreError::Invalid(format!(
-        "{} already holds a complete dataset; remove it or write elsewhere",
-        dir.display()
-    ))
+    StoreError::Directory {
+        dir: dir.to_owned(),
+        problem: "already holds a complete dataset; remove it or write elsewhere".into(),
+    }
 }
 
 /// A new dataset goes into an empty directory, so nothing of the user's is mixed in or
@@ -289,10 +291,12 @@ pub(crate) fn refuse_foreign_files(dir: &Path, allow_parts: bool) -> Result<()> 
         let name = entry.file_name().to_string_lossy().into_owned();
         let own = allow_parts && (name == PARTS_DIR || shard_index(&name).is_some());
         if !(fsutil::is_temp_name(&name) || own) {
-            return Err(StoreError::Invalid(format!(
-                "{} is not empty (it holds `{name}`); a dataset needs an empty or new directory",
-                dir.display()
-            )));
+            return Err(StoreError::Directory {
+                dir: dir.to_owned(),
+                problem: format!(
+                    "is not empty (it holds `{name}`); a dataset needs an empty or new directory"
+                ),
+            });
         }
     }
     Ok(())
@@ -352,7 +356,7 @@ impl PartWriter {
     /// [`PartWriter::finish`].
     pub fn write_shard(&mut self, index: u64, buffer: &mut ShardBuffer) -> Result<ShardEntry> {
         if buffer.samples() == 0 {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Rows(format!(
                 "shard {index} would be empty; a shard holds at least one sample"
             )));
         }
@@ -413,10 +417,10 @@ fn part_manifests(dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
 pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) -> Result<Manifest> {
     let parts = part_manifests(dir)?;
     let Some(schema) = parts.first().map(|(_, m)| m.schema.clone()) else {
-        return Err(StoreError::Invalid(format!(
-            "{} has no part manifests to merge",
-            dir.display()
-        )));
+        return Err(StoreError::Directory {
+            dir: dir.to_owned(),
+            problem: "has no part manifests to merge".into(),
+        });
     };
     let mut shards: BTreeMap<u64, ShardEntry> = BTreeMap::new();
     for (path, m) in &parts {
@@ -489,10 +493,7 @@ pub fn generate_shards(
     if dir.join(crate::MANIFEST_FILE).exists() {
         let m = Manifest::load(dir)?;
         if m.complete {
-            return Err(StoreError::Invalid(format!(
-                "{} already holds a complete dataset; remove it or write elsewhere",
-                dir.display()
-            )));
+            return Err(already_complete(dir));
         }
     }
     refuse_foreign_files(dir, true)?;
@@ -504,10 +505,12 @@ pub fn generate_shards(
             let before: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| StoreError::manifest(&spec_path, e.to_string()))?;
             if &before != settings {
-                return Err(StoreError::Invalid(format!(
-                    "{} holds an unfinished dataset generated with other settings ({before}); use the same settings to continue it, or another directory",
-                    dir.display(),
-                )));
+                return Err(StoreError::Directory {
+                    dir: dir.to_owned(),
+                    problem: format!(
+                        "holds an unfinished dataset generated with other settings ({before}); use the same settings to continue it, or another directory"
+                    ),
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -26,7 +26,7 @@ use burn::optim::GradientsParams;
 use std::cell::{Cell, RefCell};
 
 use burn::tensor::{Gradients, Tensor, TensorData};
-use frugal_store::order::Rng;
+use frugal_rand::SplitMix64;
 use rayon::prelude::*;
 
 /// Per-forward context handed to blocks: whether this is training, and the random stream
@@ -79,7 +79,7 @@ impl Ctx {
         let scale = (1.0 / keep) as f32;
         let shape = x.shape();
         let mask = dropout_mask(
-            self.seed ^ Rng::new(call).next_u64(),
+            self.seed ^ SplitMix64::new(call).next_u64(),
             shape.num_elements(),
             threshold,
             scale,
@@ -106,7 +106,8 @@ fn dropout_mask(seed: u64, len: usize, threshold: u64, scale: f32) -> Vec<f32> {
     mask.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let mut rng = Rng::new(seed.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GAMMA)));
+            let mut rng =
+                SplitMix64::new(seed.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GAMMA)));
             for m in chunk {
                 *m = if (rng.next_u64() >> 32) < threshold {
                     scale
@@ -228,7 +229,9 @@ pub fn default_segments(blocks: usize) -> usize {
 /// The dropout context of block `block` in a step seeded with `step_seed`: per block, not
 /// per segment, so masks (and so results) do not depend on how the stack is segmented.
 fn block_ctx(step_seed: u64, block: usize) -> Ctx {
-    Ctx::train(Rng::new(step_seed ^ (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64())
+    Ctx::train(
+        SplitMix64::new(step_seed ^ (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64(),
+    )
 }
 
 type Probe = Box<dyn FnMut(usize, u64)>;
@@ -438,7 +441,7 @@ mod tests {
     #[test]
     fn parallel_masks_are_the_serial_stream() {
         let (seed, len, threshold) = (0xfeed, 40_000 + 17, 3u64 << 30);
-        let mut rng = Rng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         let serial: Vec<f32> = (0..len)
             .map(|_| {
                 if (rng.next_u64() >> 32) < threshold {

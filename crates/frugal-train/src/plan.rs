@@ -68,9 +68,9 @@ pub fn profile_step<T: Task>(
     segments: Option<usize>,
 ) -> Result<StepProfile> {
     if !counting() {
-        return Err(TrainError::Invalid(
-            "the memory planner needs the counting allocator (frugal_train::memory::CountingAlloc) installed as the program's global allocator".into(),
-        ));
+        return Err(TrainError::NoCountingAllocator {
+            what: "the memory planner",
+        });
     }
     let ad = device.clone().autodiff();
     let mut model = init_seeded(task, 0, &ad);
@@ -161,9 +161,9 @@ pub fn measure_step<T: Task>(
     timed: usize,
 ) -> Result<StepMeasure> {
     if !counting() {
-        return Err(TrainError::Invalid(
-            "measuring a step needs the counting allocator (frugal_train::memory::CountingAlloc) installed as the program's global allocator".into(),
-        ));
+        return Err(TrainError::NoCountingAllocator {
+            what: "measuring a step",
+        });
     }
     if !device.supports_dtype(precision.dtype()) {
         return Err(TrainError::Unsupported(format!(
@@ -235,10 +235,10 @@ pub fn first_batch(data: &Dataset, n: usize) -> Result<Batch> {
     let mut stream = data.stream(StreamOptions::new(spec, 0, 0, n))?;
     match stream.next() {
         Some(b) => Ok(b?),
-        None => Err(TrainError::Invalid(format!(
-            "the dataset {} holds no samples",
-            data.dir().display()
-        ))),
+        None => Err(TrainError::NoSamples {
+            dir: data.dir().to_owned(),
+            what: "no samples".into(),
+        }),
     }
 }
 

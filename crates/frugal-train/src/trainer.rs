@@ -357,7 +357,7 @@ pub fn steps_per_epoch(samples: u64, batch_size: usize, grad_accum: usize) -> u6
 }
 
 fn mix(a: u64, b: u64) -> u64 {
-    frugal_store::order::Rng::new(a ^ b.wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64()
+    frugal_rand::SplitMix64::new(a ^ b.wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64()
 }
 
 struct Reader<'a> {
@@ -456,10 +456,10 @@ impl Schedule<'_> {
             self.reader.roll()?;
         }
         let Some(batch) = self.reader.next()? else {
-            return Err(TrainError::Invalid(format!(
-                "the training dataset {} yielded no samples",
-                self.reader.data.dir().display()
-            )));
+            return Err(TrainError::NoSamples {
+                dir: self.reader.data.dir().to_owned(),
+                what: "no samples to train on".into(),
+            });
         };
         let epoch_done = self.reader.epoch_done();
         let place = Place {
@@ -555,7 +555,7 @@ fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
     let record = model.clone().into_record();
     let bytes = record
         .into_bytes()
-        .map_err(|e| TrainError::Invalid(format!("cannot serialize the model: {e:?}")))?;
+        .map_err(|e| TrainError::Failed(format!("cannot serialize the model: {e:?}")))?;
     Ok(bytes.to_vec())
 }
 
@@ -568,7 +568,7 @@ pub(crate) fn make_snapshot<M: Module>(
     let optimizer = optim
         .to_record()
         .into_bytes()
-        .map_err(|e| TrainError::Invalid(format!("cannot serialize the optimizer: {e:?}")))?
+        .map_err(|e| TrainError::Failed(format!("cannot serialize the optimizer: {e:?}")))?
         .to_vec();
     Ok(Snapshot {
         state: state.clone(),
@@ -648,9 +648,16 @@ pub fn train<T: Task>(
     observe: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
     if spec.batch_size == 0 || spec.grad_accum == 0 {
-        return Err(TrainError::Invalid(
-            "batch size and accumulation must be at least 1".into(),
-        ));
+        let (key, value) = if spec.batch_size == 0 {
+            ("compute.batch_size", spec.batch_size)
+        } else {
+            ("compute.grad_accum", spec.grad_accum)
+        };
+        return Err(TrainError::Setting {
+            key: key.into(),
+            value: value.to_string(),
+            problem: "must be at least 1".into(),
+        });
     }
     if !device.supports_dtype(spec.precision.dtype()) {
         return Err(TrainError::Unsupported(format!(
@@ -675,11 +682,10 @@ pub fn train<T: Task>(
         None
     };
     if !resume && checkpoint_path.exists() {
-        return Err(TrainError::Invalid(format!(
-            "{} holds a run already (its checkpoint is {}); pass --resume to continue it, or choose another output directory",
-            dir.display(),
-            checkpoint_path.display()
-        )));
+        return Err(TrainError::RunExists {
+            dir: dir.to_owned(),
+            checkpoint: checkpoint_path,
+        });
     }
 
     // Initialized on the CPU whatever the device, so a run's weights do not depend on a
@@ -775,7 +781,7 @@ pub fn train<T: Task>(
                     }
                 }
             })
-            .map_err(|e| TrainError::Invalid(format!("cannot start a thread: {e}")))?;
+            .map_err(|e| TrainError::Failed(format!("cannot start a thread: {e}")))?;
         let submit = |schedule: &mut Schedule<'_>| {
             if let Some(job) = schedule.next() {
                 // A closed channel means the thread ended; the next receive reports it.
@@ -799,7 +805,7 @@ pub fn train<T: Task>(
             let mut acc = Accumulator::new();
             let place = loop {
                 let (place, input) = next_prepared.recv().map_err(|_| {
-                    TrainError::Invalid("the thread preparing batches stopped".into())
+                    TrainError::Failed("the thread preparing batches stopped".into())
                 })??;
                 submit(&mut schedule);
                 let out = task.step(&compute, input, input_for(&place), scale)?;

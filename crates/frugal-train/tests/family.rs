@@ -33,7 +33,10 @@ impl Regression {
     fn column(batch: &Batch, name: &str, width: usize, device: &Device) -> Result<Tensor<2>> {
         let col = batch
             .column(name)
-            .ok_or_else(|| TrainError::Invalid(format!("batch lacks column `{name}`")))?;
+            .ok_or_else(|| TrainError::MissingColumn {
+                column: name.into(),
+                hint: String::new(),
+            })?;
         let values = col.as_slice::<f32>().expect("an f32 column").to_vec();
         Ok(Tensor::from_data(
             TensorData::new(values, [batch.samples, width]),

@@ -10,8 +10,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, Result, bail};
 use frugal_farm::{
-    CommandTemplate, Context, Job, Kind, Metrics, RedisFarm, Registry, RegistryError, Worker,
-    WorkerOptions, bench,
+    CommandTemplate, Context, Job, JobError, Kind, Metrics, RedisFarm, Registry, RegistryError,
+    Worker, WorkerOptions, bench,
 };
 use frugal_sim::Recording;
 
@@ -54,7 +54,7 @@ pub(crate) fn registry(
                     timeout_s: k.timeout_s,
                     workdir: k.workdir.as_ref().map(|w| base.join(w)),
                 };
-                t.validate(name)?;
+                t.validate(name).map_err(|e| e.to_string())?;
                 r.register(name.clone(), t)?;
             }
             (None, Some(model)) => {
@@ -113,7 +113,7 @@ struct OnnxKind {
 }
 
 impl Kind for OnnxKind {
-    fn run(&self, job: &Job, _: &Context) -> Result<Metrics, String> {
+    fn run(&self, job: &Job, _: &Context) -> Result<Metrics, JobError> {
         let row = self
             .inputs
             .iter()
@@ -363,7 +363,7 @@ fn farm_bench(args: &FarmBenchArgs, out: &mut dyn Write) -> Result<()> {
 /// The job kind that runs one simulation of a dataset on a worker: parameters
 /// `{"settings": …, "index": i}`; the states come back as the job's data.
 fn register_nbody(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("nbody", |job: &Job, ctx: &Context| {
+    registry.register("nbody", |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
         // Byte-identical datasets need the generator's own simulator.
         let version = job.params["frugal"].as_str().unwrap_or("unknown");
         if version != env!("CARGO_PKG_VERSION") {
@@ -371,7 +371,8 @@ fn register_nbody(registry: &mut Registry) -> Result<(), RegistryError> {
                 "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
                 job.id,
                 env!("CARGO_PKG_VERSION")
-            ));
+            )
+            .into());
         }
         let settings: Recording = serde_json::from_value(job.params["settings"].clone())
             .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
@@ -388,7 +389,7 @@ fn register_nbody(registry: &mut Registry) -> Result<(), RegistryError> {
                 )
             })?;
         let mut data = Vec::with_capacity(settings.simulation_bytes());
-        settings.record(index, &mut || ctx.check(), &mut |s| {
+        settings.record(index, &mut || ctx.check().map_err(|e| e.to_string()), &mut |s| {
             for part in [s.pos, s.vel, s.acc] {
                 data.extend_from_slice(part);
             }

@@ -5,21 +5,21 @@
 //! the last simulations out for evaluation; `rollout` runs the trained network against the
 //! simulator and a constant-velocity baseline on those; `run` does all three.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use frugal_farm::{Farm, Job, Outcome, RedisFarm};
+use frugal_farm::{Job, OrderedFeed, RedisFarm};
 use frugal_hw::units::Bytes;
-use frugal_models::particles::{Gnn, Normalization, ParticleGnn};
-use frugal_sim::{Gravity, Method, Recording};
+use frugal_models::particles::{Normalization, ParticleGnn};
+use frugal_models::rollout::{RolloutReport, RolloutSettings};
+use frugal_models::simulations::{self, Recorded};
+use frugal_sim::{Method, Recording};
 use frugal_store::{
-    Column, DType, Dataset, Order, OrderSpec, Schema, ShardBuffer, StoreError, StreamOptions,
-    generate_shards, recorded_shards,
+    Dataset, Order, OrderSpec, ShardBuffer, StoreError, StreamOptions, generate_shards,
+    recorded_shards,
 };
 use frugal_train::Task;
 use frugal_train::trainer::TrainData;
@@ -156,40 +156,6 @@ fn recording(c: &ParticlesConfig) -> Recording {
     }
 }
 
-/// One sample per recorded state: positions, velocities and accelerations (f32,
-/// particle-major), and which simulation and recorded step it is.
-fn schema(r: &Recording) -> Schema {
-    let n = r.particles;
-    Schema {
-        columns: vec![
-            Column::new("pos", DType::F32, [n, 3]),
-            Column::new("vel", DType::F32, [n, 3]),
-            Column::new("acc", DType::F32, [n, 3]),
-            Column::new("sim", DType::U32, []),
-            Column::new("step", DType::U32, []),
-        ],
-    }
-}
-
-/// Runs simulation `index` of `r` on this thread into `buffer`.
-fn simulate(r: &Recording, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
-    r.record::<String>(index, &mut || Ok(()), &mut |s| {
-        push_state(buffer, index, s.step, [s.pos, s.vel, s.acc]).map_err(|e| e.to_string())
-    })
-    .map_err(StoreError::Invalid)
-}
-
-/// One row of the dataset: a recorded state of simulation `index` (see `schema`).
-fn push_state(
-    buffer: &mut ShardBuffer,
-    index: u64,
-    step: u64,
-    [pos, vel, acc]: [&[u8]; 3],
-) -> frugal_store::Result<()> {
-    let (sim, step) = ((index as u32).to_le_bytes(), (step as u32).to_le_bytes());
-    buffer.push_rows(1, &[pos, vel, acc, &sim, &step])
-}
-
 #[derive(Serialize)]
 struct GenerateSummary {
     dir: PathBuf,
@@ -223,25 +189,10 @@ pub(crate) struct Remote {
 }
 
 /// Simulations run by a queue's workers (`nbody` jobs), handed to the dataset writer in
-/// the order it asks for them. Jobs are submitted at most `window` ahead of the
-/// simulations the writer has taken, so the states waiting in memory stay bounded however
-/// the workers race. One writer thread at a time polls the queue; the others wait for
-/// their simulation to arrive.
+/// the order it asks for them, a bounded window of them ahead.
 struct RemoteSims {
-    farm: Mutex<RedisFarm>,
-    state: Mutex<RemoteState>,
-    arrived: Condvar,
-    window: usize,
-    settings: serde_json::Value,
-}
-
-struct RemoteState {
-    todo: Vec<u64>,
-    submitted: usize,
-    received: usize,
-    taken: usize,
-    polling: bool,
-    ready: HashMap<u64, Outcome>,
+    feed: OrderedFeed<RedisFarm>,
+    settings: Recording,
 }
 
 impl RemoteSims {
@@ -254,123 +205,37 @@ impl RemoteSims {
         let mut farm =
             RedisFarm::connect(&remote.url, &remote.queue, &run_id, Duration::from_secs(30))?;
         super::farm::announce_workers(&mut farm, &remote.queue, "nbody")?;
+        let window = (REMOTE_WINDOW_BYTES / settings.simulation_bytes().max(1)).clamp(1, 256);
+        let feed = OrderedFeed::new(farm, todo, window, move |i| {
+            let params = serde_json::json!({
+                "settings": settings_json,
+                "index": i,
+                "frugal": env!("CARGO_PKG_VERSION"),
+            });
+            Job::new(format!("sim-{i}"), "nbody", params, i)
+        });
         Ok(Self {
-            farm: Mutex::new(farm),
-            state: Mutex::new(RemoteState {
-                todo,
-                submitted: 0,
-                received: 0,
-                taken: 0,
-                polling: false,
-                ready: HashMap::new(),
-            }),
-            arrived: Condvar::new(),
-            window: (REMOTE_WINDOW_BYTES / settings.simulation_bytes().max(1)).clamp(1, 256),
-            settings: settings_json,
+            feed,
+            settings: settings.clone(),
         })
     }
 
-    /// Submits the jobs up to `window` past the simulations already taken.
-    fn submit_ahead(&self, st: &mut RemoteState) -> frugal_store::Result<()> {
-        let want = (st.taken + self.window).min(st.todo.len());
-        if st.submitted >= want {
-            return Ok(());
-        }
-        let jobs = st.todo[st.submitted..want]
-            .iter()
-            .map(|&i| {
-                let params = serde_json::json!({
-                    "settings": self.settings,
-                    "index": i,
-                    "frugal": env!("CARGO_PKG_VERSION"),
-                });
-                Job::new(format!("sim-{i}"), "nbody", params, i)
-            })
-            .collect();
-        let mut farm = self.farm.lock().expect("farm lock");
-        farm.submit(jobs)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        st.submitted = want;
-        Ok(())
-    }
-
-    /// Waits for simulation `index` from the workers.
-    fn wait_for(&self, index: u64) -> frugal_store::Result<Outcome> {
-        let mut st = self.state.lock().expect("remote lock");
-        loop {
-            if let Some(o) = st.ready.remove(&index) {
-                st.taken += 1;
-                self.submit_ahead(&mut st)?;
-                return Ok(o);
-            }
-            self.submit_ahead(&mut st)?;
-            let in_flight = st.submitted - st.received;
-            if in_flight == 0 && st.ready.is_empty() {
-                return Err(StoreError::Invalid(format!(
-                    "simulation {index} is not in the queue"
-                )));
-            }
-            // Another thread polls, or what arrived must be taken before more is sent.
-            if st.polling || in_flight == 0 {
-                st = self
-                    .arrived
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .expect("remote lock")
-                    .0;
-                continue;
-            }
-            // This thread polls; the others wait for what it brings.
-            st.polling = true;
-            drop(st);
-            let next = self
-                .farm
-                .lock()
-                .expect("farm lock")
-                .next(Duration::from_millis(200));
-            st = self.state.lock().expect("remote lock");
-            st.polling = false;
-            self.arrived.notify_all();
-            if let Some(o) = next.map_err(|e| StoreError::Invalid(e.to_string()))? {
-                let i = o.id.strip_prefix("sim-").and_then(|i| i.parse().ok());
-                let i = i.ok_or_else(|| {
-                    StoreError::Invalid(format!("unexpected result {:?} in the queue", o.id))
-                })?;
-                st.received += 1;
-                st.ready.insert(i, o);
-            }
-        }
-    }
-
-    /// Waits for simulation `index` and writes its states into `buffer`.
-    fn fill(
-        &self,
-        settings: &Recording,
-        index: u64,
-        buffer: &mut ShardBuffer,
-    ) -> frugal_store::Result<()> {
-        let outcome = self.wait_for(index)?;
-        let fail = |why: String| StoreError::Invalid(format!("simulation {index}: {why}"));
+    /// Waits for simulation `index` from the workers and writes its states into `buffer`.
+    fn fill(&self, index: u64, buffer: &mut ShardBuffer) -> frugal_store::Result<()> {
+        let outcome = self
+            .feed
+            .take(index)
+            .map_err(|e| StoreError::Failed(e.to_string()))?;
+        // The queue or the workers failed, not the user's input: exit 1, not 2.
+        let fail = |why: String| StoreError::Failed(format!("simulation {index}: {why}"));
         let data = match outcome.result {
             Ok(_) => outcome
                 .data
                 .ok_or_else(|| fail(format!("worker {} sent no states", outcome.worker)))?,
             Err(e) => return Err(fail(format!("failed on the workers: {e}"))),
         };
-        if data.len() != settings.simulation_bytes() {
-            return Err(fail(format!(
-                "worker {} sent {} bytes of states, not {}",
-                outcome.worker,
-                data.len(),
-                settings.simulation_bytes()
-            )));
-        }
-        let part = settings.particles * 12;
-        for (step, state) in data.chunks_exact(3 * part).enumerate() {
-            let (pos, rest) = state.split_at(part);
-            let (vel, acc) = rest.split_at(part);
-            push_state(buffer, index, step as u64, [pos, vel, acc])?;
-        }
-        Ok(())
+        simulations::push_recorded(&self.settings, index, &data, buffer)
+            .map_err(|e| fail(format!("worker {}: {e}", outcome.worker)))
     }
 }
 
@@ -449,13 +314,13 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
     metadata.insert("nbody".into(), settings_json.clone());
     let manifest = generate_shards(
         &dir,
-        &schema(&settings),
+        &simulations::schema(settings.particles),
         &settings_json,
         settings.simulations,
         threads,
         &|index, buffer| match &remote {
-            Some(r) => r.fill(&settings, index, buffer),
-            None => simulate(&settings, index, buffer),
+            Some(r) => r.fill(index, buffer),
+            None => simulations::simulate(&settings, index, buffer),
         },
         &|samples| bar.inc(samples),
         metadata,
@@ -572,106 +437,10 @@ pub(crate) fn setup(config: &ParticlesConfig) -> Result<Setup<ParticleGnn>> {
     Setup::new(config, Order::default(), task, data)
 }
 
-/// Positions and velocities of every recorded state of shard (simulation) `sim`, in time
-/// order: [states × particles × 3] each.
-fn states(all: &Dataset, sim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let one = all.select_shards(sim..sim + 1)?;
-    let n = one.len() as usize;
-    let spec = OrderSpec {
-        order: Order::Sequential,
-        window: n as u64,
-        spread: 1,
-    };
-    let (mut pos, mut vel) = (Vec::new(), Vec::new());
-    for batch in one.stream(StreamOptions::new(spec, 0, 0, n))? {
-        let batch = batch?;
-        for (name, into) in [("pos", &mut pos), ("vel", &mut vel)] {
-            let col = batch
-                .column(name)
-                .and_then(|c| c.as_slice::<f32>())
-                .with_context(|| format!("simulation {sim} lacks an f32 column `{name}`"))?;
-            into.extend_from_slice(col);
-        }
-    }
-    Ok((pos, vel))
-}
-
-/// Mean squared difference.
-fn mse(a: &[f64], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - f64::from(*y)).powi(2))
-        .sum::<f64>()
-        / a.len().max(1) as f64
-}
-
-/// Total energy of one state given particle-major positions and velocities, masses 1/N.
-fn energy(x: &[f64], v: &[f64], gravity: Gravity) -> f64 {
-    let n = x.len() / 3;
-    let mut p = frugal_sim::Particles::with_capacity(n);
-    for i in 0..n {
-        p.push(
-            [x[3 * i], x[3 * i + 1], x[3 * i + 2]],
-            [v[3 * i], v[3 * i + 1], v[3 * i + 2]],
-            1.0 / n as f64,
-        );
-    }
-    p.kinetic_energy() + frugal_sim::potential_energy(&p, gravity, true)
-}
-
-/// Advances states (positions and velocities, particle-major, several states one after
-/// another) by `substeps` leapfrog steps of `dt` with the network's accelerations.
-struct Learned<'a> {
-    task: &'a ParticleGnn,
-    model: &'a Gnn,
-    device: &'a burn::tensor::Device,
-}
-
-impl Learned<'_> {
-    fn accelerations(&self, x: &[f64], v: &[f64]) -> Result<Vec<f64>> {
-        let f = |s: &[f64]| s.iter().map(|&e| e as f32).collect::<Vec<f32>>();
-        let a = self
-            .task
-            .accelerations(self.model, &f(x), &f(v), self.device)?;
-        Ok(a.into_iter().map(f64::from).collect())
-    }
-
-    fn advance(&self, x: &mut [f64], v: &mut [f64], substeps: u64, dt: f64) -> Result<()> {
-        let mut a = self.accelerations(x, v)?;
-        for _ in 0..substeps {
-            for (vi, ai) in v.iter_mut().zip(&a) {
-                *vi += 0.5 * dt * ai;
-            }
-            for (xi, vi) in x.iter_mut().zip(v.iter()) {
-                *xi += dt * vi;
-            }
-            a = self.accelerations(x, v)?;
-            for (vi, ai) in v.iter_mut().zip(&a) {
-                *vi += 0.5 * dt * ai;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[derive(Serialize)]
 struct RolloutSummary {
-    held_out_simulations: usize,
-    rollout_steps: usize,
-    /// Position MSE after one recorded step from simulator states, learned and baseline.
-    one_step_mse: f64,
-    baseline_one_step_mse: f64,
-    /// Position MSE at the last rollout step (the 20th by default).
-    rollout_mse_20: f64,
-    baseline_rollout_mse_20: f64,
-    /// |ΔE/E| over the rollout: the learned one's, the constant-velocity one's and the
-    /// simulator's own.
-    energy_drift: f64,
-    baseline_energy_drift: f64,
-    simulator_energy_drift: f64,
-    /// Position MSE at every rollout step.
-    rollout_mse: Vec<f64>,
-    baseline_rollout_mse: Vec<f64>,
+    #[serde(flatten)]
+    report: RolloutReport,
     plot: PathBuf,
 }
 
@@ -730,116 +499,31 @@ fn rollout_with(
         Err(_) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     };
     let model = frugal_train::trainer::load_model(task.init(&picked.device), record, &path)?;
-    let learned = Learned {
-        task: &task,
-        model: &model,
-        device: &picked.device,
-    };
-
     let sims = all.manifest().shards.len();
     let held = (config.sim.held_out as usize).min(sims);
-    let per = task.particles * 3;
-    let (dt, substeps) = (config.sim.dt, u64::from(config.sim.record_every));
-    let interval = dt * substeps as f64;
-    let gravity = Gravity::softened(config.sim.softening);
-    let wide = |s: &[f32]| s.iter().map(|&e| f64::from(e)).collect::<Vec<f64>>();
-
-    let held_states: Vec<(Vec<f32>, Vec<f32>)> = (sims - held..sims)
-        .map(|s| states(&all, s))
-        .collect::<Result<_>>()?;
-    let recorded = held_states
-        .iter()
-        .map(|(p, _)| p.len() / per)
-        .min()
-        .unwrap_or(0);
-    if recorded < 2 {
-        bail!("the held-out simulations hold fewer than 2 states each");
-    }
-    let steps = (steps as usize).clamp(1, recorded - 1);
-
-    // Rollouts from each held-out simulation's first state, all simulations at once.
-    let mut x: Vec<f64> = held_states
-        .iter()
-        .flat_map(|(p, _)| wide(&p[..per]))
-        .collect();
-    let mut v: Vec<f64> = held_states
-        .iter()
-        .flat_map(|(_, v)| wide(&v[..per]))
-        .collect();
-    let (x0, v0) = (x.clone(), v.clone());
+    let held_states: Vec<Recorded> = (sims - held..sims)
+        .map(|s| Recorded::read(&all, s))
+        .collect::<frugal_train::Result<_>>()?;
+    let settings = RolloutSettings {
+        steps: steps as usize,
+        dt: config.sim.dt,
+        substeps: u64::from(config.sim.record_every),
+        softening: config.sim.softening,
+    };
     let bar = progress::bar(steps as u64, "rolling out", false);
-    let (mut learned_mse, mut baseline_mse) = (Vec::new(), Vec::new());
-    for r in 1..=steps {
-        learned.advance(&mut x, &mut v, substeps, dt)?;
-        let truth: Vec<f32> = held_states
-            .iter()
-            .flat_map(|(p, _)| p[r * per..(r + 1) * per].iter().copied())
-            .collect();
-        let t = r as f64 * interval;
-        let straight: Vec<f64> = x0.iter().zip(&v0).map(|(x, v)| x + v * t).collect();
-        learned_mse.push(mse(&x, &truth));
-        baseline_mse.push(mse(&straight, &truth));
-        bar.inc(1);
-    }
+    let report = frugal_models::rollout::rollout(
+        &task,
+        &model,
+        &picked.device,
+        &held_states,
+        settings,
+        &|| bar.inc(1),
+    )?;
     bar.finish_and_clear();
-
-    let (mut drift, mut baseline_drift, mut simulator_drift) = (0.0, 0.0, 0.0);
-    let t = steps as f64 * interval;
-    for (h, (p, vel)) in held_states.iter().enumerate() {
-        let part = h * per..(h + 1) * per;
-        let e0 = energy(&wide(&p[..per]), &wide(&vel[..per]), gravity);
-        let rel = |e: f64| ((e - e0) / e0).abs() / held as f64;
-        drift += rel(energy(&x[part.clone()], &v[part.clone()], gravity));
-        let straight: Vec<f64> = x0[part.clone()]
-            .iter()
-            .zip(&v0[part.clone()])
-            .map(|(x, v)| x + v * t)
-            .collect();
-        baseline_drift += rel(energy(&straight, &v0[part], gravity));
-        let end = steps * per..(steps + 1) * per;
-        simulator_drift += rel(energy(&wide(&p[end.clone()]), &wide(&vel[end]), gravity));
-    }
-
-    // One recorded step from up to 10 states of every held-out simulation.
-    let stride = ((recorded - 1) / 10).max(1);
-    let starts: Vec<usize> = (0..recorded - 1).step_by(stride).collect();
-    // The states `ahead` recorded steps after each start, positions or velocities.
-    let gather = |velocities: bool, ahead: usize| -> Vec<f32> {
-        held_states
-            .iter()
-            .flat_map(|(p, v)| {
-                let s = if velocities { v } else { p };
-                starts
-                    .iter()
-                    .flat_map(move |&t| s[(t + ahead) * per..(t + ahead + 1) * per].iter().copied())
-            })
-            .collect()
-    };
-    let mut x = wide(&gather(false, 0));
-    let mut v = wide(&gather(true, 0));
-    let next = gather(false, 1);
-    let straight: Vec<f64> = x.iter().zip(&v).map(|(x, v)| x + v * interval).collect();
-    learned.advance(&mut x, &mut v, substeps, dt)?;
-    let one_step = mse(&x, &next);
-    let baseline_one_step = mse(&straight, &next);
-
     let plot = config.output_dir.join("rollout.png");
-    crate::plot::rollout_errors(&learned_mse, &baseline_mse, &plot)
+    crate::plot::rollout_errors(&report.rollout_mse, &report.baseline_rollout_mse, &plot)
         .context("drawing the rollout errors")?;
-    let summary = RolloutSummary {
-        held_out_simulations: held,
-        rollout_steps: steps,
-        one_step_mse: one_step,
-        baseline_one_step_mse: baseline_one_step,
-        rollout_mse_20: *learned_mse.last().expect("at least one step"),
-        baseline_rollout_mse_20: *baseline_mse.last().expect("at least one step"),
-        energy_drift: drift,
-        baseline_energy_drift: baseline_drift,
-        simulator_energy_drift: simulator_drift,
-        rollout_mse: learned_mse,
-        baseline_rollout_mse: baseline_mse,
-        plot,
-    };
+    let summary = RolloutSummary { report, plot };
     frugal_store::atomic_write(
         &config.output_dir.join("rollout.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
@@ -848,31 +532,35 @@ fn rollout_with(
         return super::print_json(out, &summary);
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let (report, steps) = (&summary.report, summary.report.rollout_steps);
     writeln!(
         out,
         "rolled out {} held-out simulations for {} steps of {} ({} leapfrog steps each)",
-        held, steps, interval, substeps
+        report.held_out_simulations,
+        steps,
+        settings.dt * settings.substeps as f64,
+        settings.substeps
     )?;
     writeln!(
         out,
         "  one step:   position MSE {:.3e}, constant velocity {:.3e} ({:.2}×)",
-        summary.one_step_mse,
-        summary.baseline_one_step_mse,
-        ratio(summary.one_step_mse, summary.baseline_one_step_mse)
+        report.one_step_mse,
+        report.baseline_one_step_mse,
+        ratio(report.one_step_mse, report.baseline_one_step_mse)
     )?;
     writeln!(
         out,
         "  step {steps}:    position MSE {:.3e}, constant velocity {:.3e} ({:.2}×)",
-        summary.rollout_mse_20,
-        summary.baseline_rollout_mse_20,
-        ratio(summary.rollout_mse_20, summary.baseline_rollout_mse_20)
+        report.rollout_mse_20,
+        report.baseline_rollout_mse_20,
+        ratio(report.rollout_mse_20, report.baseline_rollout_mse_20)
     )?;
     writeln!(
         out,
         "  energy drift |ΔE/E| {:.3e} (constant velocity {:.3e}, simulator {:.3e}); plot {}",
-        summary.energy_drift,
-        summary.baseline_energy_drift,
-        summary.simulator_energy_drift,
+        report.energy_drift,
+        report.baseline_energy_drift,
+        report.simulator_energy_drift,
         summary.plot.display()
     )?;
     Ok(())

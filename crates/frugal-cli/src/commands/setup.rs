@@ -33,10 +33,14 @@ pub(crate) trait TrainConfig: Serialize {
     fn train(&self) -> &TrainSection;
     fn seed(&self) -> u64;
     fn output_dir(&self) -> &Path;
+    /// The family's own settings (`section.key`) that do not shape the trained weights,
+    /// such as where a dataset is kept: left out of the run's fingerprint, so a resumed
+    /// run may change them.
+    fn unshaping(&self) -> &'static [&'static str];
 }
 
 macro_rules! train_config {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $unshaping:expr),*) => {$(
         impl TrainConfig for $t {
             fn compute(&self) -> &ComputeConfig {
                 &self.compute
@@ -50,10 +54,13 @@ macro_rules! train_config {
             fn output_dir(&self) -> &Path {
                 &self.output_dir
             }
+            fn unshaping(&self) -> &'static [&'static str] {
+                $unshaping
+            }
         }
     )*};
 }
-train_config!(ClassifierConfig, ParticlesConfig);
+train_config!(ClassifierConfig => &[], ParticlesConfig => &["sim.data"]);
 
 /// A configuration made ready to train, whatever its workload: its data prepared, its
 /// task and loop settings. Training, planning and `--auto-fit` take it alike.
@@ -66,6 +73,8 @@ pub(crate) struct Setup<T> {
     pub(crate) dir: PathBuf,
     /// The whole configuration, from which the run's fingerprint is taken.
     document: serde_json::Value,
+    /// The family's settings left out of the fingerprint.
+    unshaping: &'static [&'static str],
 }
 
 impl<T: Task> Setup<T> {
@@ -85,7 +94,7 @@ impl<T: Task> Setup<T> {
             train,
             task.checkpoint_segments(),
             OrderSpec::for_budget(order, READ_BUDGET, sample_bytes),
-            fingerprint(&document),
+            fingerprint(&document, config.unshaping()),
         );
         Ok(Self {
             task,
@@ -94,6 +103,7 @@ impl<T: Task> Setup<T> {
             compute: compute.clone(),
             dir: dir.to_owned(),
             document,
+            unshaping: config.unshaping(),
         })
     }
 
@@ -113,7 +123,7 @@ impl<T: Task> Setup<T> {
                 serde_json::to_value(&*c).expect("the compute section serializes"),
             );
         }
-        self.spec.fingerprint = fingerprint(&self.document);
+        self.spec.fingerprint = fingerprint(&self.document, self.unshaping);
     }
 }
 
@@ -204,22 +214,25 @@ fn train_spec(
 }
 
 /// The settings that shape the trained weights: everything but where the output goes,
-/// the device and thread count, and how often it is logged or checkpointed.
-fn fingerprint(config: &impl Serialize) -> String {
+/// the device and thread count, how often it is logged or checkpointed, and the family's
+/// own `unshaping` settings.
+fn fingerprint(config: &impl Serialize, unshaping: &[&str]) -> String {
+    const SHARED: [&str; 6] = [
+        "compute.device",
+        "compute.threads",
+        "train.log_every",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "output_dir",
+    ];
     let mut v = serde_json::to_value(config).expect("the configuration serializes");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("output_dir");
-        if let Some(c) = o.get_mut("compute").and_then(|c| c.as_object_mut()) {
-            c.remove("device");
-            c.remove("threads");
-        }
-        if let Some(sim) = o.get_mut("sim").and_then(|s| s.as_object_mut()) {
-            sim.remove("data");
-        }
-        if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
-            for k in ["log_every", "eval_every", "checkpoint_every"] {
-                t.remove(k);
-            }
+    for path in SHARED.iter().chain(unshaping) {
+        let (parent, key) = match path.split_once('.') {
+            Some((section, key)) => (v.get_mut(section), key),
+            None => (Some(&mut v), *path),
+        };
+        if let Some(o) = parent.and_then(|p| p.as_object_mut()) {
+            o.remove(key);
         }
     }
     v.to_string()
@@ -336,5 +349,34 @@ fn prepare_data(config: &ClassifierConfig, dir: &Path) -> Result<TrainData> {
                 test: Some(split("synthetic-test", spec(data.test_samples, 1))?),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_what_does_not_shape_the_weights() {
+        let run = |output: &str, device: &str, data: &str, lr: f64| {
+            let doc = serde_json::json!({
+                "output_dir": output,
+                "compute": {"device": device, "threads": 2, "batch_size": 8},
+                "sim": {"data": data, "dt": 0.01},
+                "train": {"lr": lr, "log_every": 10},
+            });
+            fingerprint(&doc, &["sim.data"])
+        };
+        let base = run("a", "cpu", "x", 1e-3);
+        assert_eq!(base, run("b", "gpu", "y", 1e-3));
+        assert_ne!(base, run("a", "cpu", "x", 2e-3));
+        assert!(
+            base.contains("\"dt\"") && base.contains("batch_size"),
+            "{base}"
+        );
+        assert!(
+            !base.contains("log_every") && !base.contains("\"data\""),
+            "{base}"
+        );
     }
 }

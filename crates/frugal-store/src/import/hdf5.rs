@@ -227,7 +227,11 @@ pub fn import_hdf5(
     options: WriterOptions,
 ) -> Result<Manifest> {
     if datasets.is_empty() {
-        return Err(StoreError::Invalid("no HDF5 datasets to import".into()));
+        return Err(StoreError::Setting {
+            setting: "HDF5 datasets",
+            value: "none".into(),
+            problem: "name at least one dataset to import".into(),
+        });
     }
     if !file.exists() {
         return Err(StoreError::io(

@@ -139,11 +139,13 @@ pub fn import_mnist(
         ));
     }
     if count != label_count {
-        return Err(StoreError::Invalid(format!(
-            "{} holds {count} images but {} holds {label_count} labels",
-            images.display(),
-            labels.display()
-        )));
+        return Err(StoreError::import(
+            labels,
+            format!(
+                "holds {label_count} labels but {} holds {count} images",
+                images.display()
+            ),
+        ));
     }
     for (idx, path) in [(&img, images), (&lab, labels)] {
         // A raw file's size is known up front, so truncation is reported before any

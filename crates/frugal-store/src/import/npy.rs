@@ -546,7 +546,11 @@ pub fn import_npy(
     options: WriterOptions,
 ) -> Result<Manifest> {
     if inputs.is_empty() {
-        return Err(StoreError::Invalid("no .npy files to import".into()));
+        return Err(StoreError::Setting {
+            setting: ".npy files",
+            value: "none".into(),
+            problem: "name at least one file to import".into(),
+        });
     }
     let mut sources = Vec::with_capacity(inputs.len());
     for (_, path) in inputs {
