@@ -412,3 +412,43 @@ fn a_worker_checks_simulation_jobs_it_did_not_configure() {
         .failure()
         .stderr(predicates::str::contains("shorter simulations"));
 }
+
+/// A queue that goes away mid-generation is a failure (exit 1), not a user error (exit 2),
+/// and the message says which server failed.
+#[test]
+fn a_queue_lost_mid_generation_is_a_failure_not_a_user_error() {
+    let Some(server) = frugal_farm::testing::RedisServer::for_test(None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("remote");
+    // No workers: the generation waits on the queue until the server dies under it.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .env_remove("FRUGAL_REDIS_URL")
+        .args(["nbody", "generate", "--queue", "sims", "--redis"])
+        .arg(server.url())
+        .arg(config(dir.path(), &out, ""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = frugal_farm::testing::KillOnDrop(child);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(server);
+    let mut child = child;
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the generation did not stop when its queue went away"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis"), "{stderr}");
+}
