@@ -124,7 +124,11 @@ impl Recording {
             return out("record_every", "0".into(), "at least 1");
         }
         if self.initial.is_empty() {
-            return out("initial", "[]".into(), "at least one kind");
+            return out(
+                "initial",
+                "[]".into(),
+                "at least one kind (plummer, uniform_cube, cold_collapse, two_body)",
+            );
         }
         if !positive(self.dt) {
             return out("dt", self.dt.to_string(), "a positive number");

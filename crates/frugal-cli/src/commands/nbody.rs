@@ -16,7 +16,7 @@ use frugal_hw::units::Bytes;
 use frugal_models::particles::{Normalization, ParticleGnn};
 use frugal_models::rollout::{RolloutReport, RolloutSettings};
 use frugal_models::simulations::{self, Recorded};
-use frugal_sim::{Method, Recording};
+use frugal_sim::Recording;
 use frugal_store::{
     Dataset, Order, OrderSpec, ShardBuffer, StoreError, StreamOptions, generate_shards,
     recorded_shards,
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::setup::Setup;
 use crate::args::{ConfigArgs, NbodyCommand, NbodyRolloutArgs, RunArgs, TrainArgs};
-use crate::config::schema::{ParticlesConfig, SimMethod};
+use crate::config::schema::ParticlesConfig;
 use crate::config::{AnyConfig, Source};
 use crate::progress;
 
@@ -35,9 +35,6 @@ use crate::progress;
 /// network's normalisation (one simulation's states would misjudge the others': a cold
 /// collapse's accelerations dwarf a Plummer sphere's).
 const NORMALIZATION_STATES: usize = 64;
-
-/// Direct summation up to this many particles when `sim.method = "auto"`.
-const DIRECT_UP_TO: u32 = 5000;
 
 pub(crate) fn run(command: NbodyCommand, out: &mut dyn Write) -> Result<()> {
     match command {
@@ -132,27 +129,6 @@ fn load(args: &ConfigArgs) -> Result<ParticlesConfig> {
             other.workload().name()
         ))
         .into()),
-    }
-}
-
-/// The recording a configuration's `[sim]` and `[model]` describe.
-fn recording(c: &ParticlesConfig) -> Recording {
-    let method = match c.sim.method {
-        SimMethod::Direct => Method::Direct,
-        SimMethod::BarnesHut => Method::BarnesHut { theta: c.sim.theta },
-        SimMethod::Auto if c.model.particles <= DIRECT_UP_TO => Method::Direct,
-        SimMethod::Auto => Method::BarnesHut { theta: c.sim.theta },
-    };
-    Recording {
-        particles: c.model.particles as usize,
-        simulations: u64::from(c.sim.simulations),
-        steps: u64::from(c.sim.steps),
-        record_every: u64::from(c.sim.record_every),
-        dt: c.sim.dt,
-        softening: c.sim.softening,
-        initial: c.sim.initial.clone(),
-        method,
-        seed: c.seed,
     }
 }
 
@@ -253,7 +229,7 @@ fn data_dir(config: &ParticlesConfig) -> PathBuf {
 
 /// Runs the simulations the dataset still lacks (none when it is complete).
 fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<GenerateSummary> {
-    let settings = recording(config);
+    let settings = config.recording();
     let dir = data_dir(config);
     let threads = match config.compute.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

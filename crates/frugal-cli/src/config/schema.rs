@@ -543,6 +543,33 @@ workload_configs! {
     Evolve: EvolveConfig { search: EvolveSearch; job: EvolveJob, genes: std::collections::BTreeMap<String, GeneConfig>, fitness: FitnessConfig, farm: FarmConfig, kinds: std::collections::BTreeMap<String, KindConfig> },
 }
 
+/// Direct summation up to this many particles when `sim.method = "auto"`.
+const DIRECT_UP_TO: u32 = 5000;
+
+impl ParticlesConfig {
+    /// The recording of simulations that `[sim]` and `[model]` describe: what the dataset's
+    /// bytes depend on.
+    pub(crate) fn recording(&self) -> frugal_sim::Recording {
+        let (sim, theta) = (&self.sim, self.sim.theta);
+        let method = match sim.method {
+            SimMethod::Direct => frugal_sim::Method::Direct,
+            SimMethod::Auto if self.model.particles <= DIRECT_UP_TO => frugal_sim::Method::Direct,
+            SimMethod::BarnesHut | SimMethod::Auto => frugal_sim::Method::BarnesHut { theta },
+        };
+        frugal_sim::Recording {
+            particles: self.model.particles as usize,
+            simulations: u64::from(sim.simulations),
+            steps: u64::from(sim.steps),
+            record_every: u64::from(sim.record_every),
+            dt: sim.dt,
+            softening: sim.softening,
+            initial: sim.initial.clone(),
+            method,
+            seed: self.seed,
+        }
+    }
+}
+
 /// A value that parses but makes no sense: the key path and what is wrong.
 pub(crate) type Problem = (Vec<&'static str>, String);
 
@@ -670,31 +697,19 @@ impl AnyConfig {
                     &["model", "layers"],
                     "hidden width and layers must be positive",
                 );
+                // The recording's own settings are checked where they are defined.
+                if let Err(frugal_sim::RecordError::OutOfRange {
+                    field, expected, ..
+                }) = c.recording().validate(usize::MAX)
+                {
+                    let section = if field == "particles" { "model" } else { "sim" };
+                    check(false, &[section, field], &format!("must be {expected}"));
+                }
                 let sim = &c.sim;
-                check(
-                    sim.simulations >= 1,
-                    &["sim", "simulations"],
-                    "must be at least 1",
-                );
                 check(
                     sim.steps >= 2,
                     &["sim", "steps"],
                     "must be at least 2 (a state and the next)",
-                );
-                check(
-                    sim.record_every >= 1,
-                    &["sim", "record_every"],
-                    "must be at least 1",
-                );
-                check(
-                    sim.dt > 0.0 && sim.dt.is_finite(),
-                    &["sim", "dt"],
-                    "must be a positive number",
-                );
-                check(
-                    sim.softening >= 0.0 && sim.softening.is_finite(),
-                    &["sim", "softening"],
-                    "must be zero or positive",
                 );
                 check(
                     sim.theta > 0.0 && sim.theta <= 1.0,
@@ -710,11 +725,6 @@ impl AnyConfig {
                     (0.0..1.0).contains(&m.noise),
                     &["model", "noise"],
                     "must be in [0, 1)",
-                );
-                check(
-                    !sim.initial.is_empty(),
-                    &["sim", "initial"],
-                    "needs at least one kind (plummer, uniform_cube, cold_collapse, two_body)",
                 );
                 check(
                     m.particles == 2 || !sim.initial.contains(&frugal_sim::Initial::TwoBody),
