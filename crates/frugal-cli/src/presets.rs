@@ -11,12 +11,11 @@ use std::str::FromStr;
 use frugal_hw::Tier;
 use serde::{Deserialize, Serialize};
 
-use crate::args::PresetDirArg;
 use crate::config::{AnyConfig, ConfigError, Location, Source};
 
-/// The preset directory: `--presets`, else the user's default one.
-pub(crate) fn user_dir(arg: &PresetDirArg) -> Option<PathBuf> {
-    arg.dir.clone().or_else(default_user_dir)
+/// The preset directory: `--presets` (`given`), else the user's default one.
+pub(crate) fn user_dir(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(Path::to_path_buf).or_else(default_user_dir)
 }
 
 /// Parses a preset as the workload configuration it is, and checks that it configures

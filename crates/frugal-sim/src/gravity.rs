@@ -3,26 +3,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::pairs::{Gravity, LANES};
 use crate::particles::{Particles, Vec3s};
 use crate::tree::Octree;
-
-/// Newtonian gravity with Plummer softening: particles at distance r attract as if at
-/// distance √(r² + ε²), which bounds close-encounter forces (and so the step size they
-/// need) while leaving forces beyond a few ε as they were.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Gravity {
-    /// The gravitational constant (1 in N-body units).
-    pub g: f64,
-    /// The softening length ε.
-    pub softening: f64,
-}
-
-impl Gravity {
-    /// G = 1 with softening length `softening`.
-    pub fn softened(softening: f64) -> Self {
-        Self { g: 1.0, softening }
-    }
-}
 
 /// How forces are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -38,12 +21,6 @@ pub enum Method {
         theta: f64,
     },
 }
-
-/// Targets per parallel task: enough to amortize a task, few enough to balance 2–64 cores.
-const TARGETS_PER_TASK: usize = 64;
-/// Independent accumulators per target in the pair loop, so it vectorizes (a single sum is
-/// a serial dependency the compiler may not reorder).
-const LANES: usize = 4;
 
 /// The accelerations of every particle into `acc` (resized to fit), by `method`, on all
 /// cores when `parallel` (else on the calling thread, for callers that run many small
@@ -65,30 +42,6 @@ pub fn accelerations(
         Method::BarnesHut { theta } => {
             Octree::build(p, theta).accelerations(gravity, parallel, acc);
         }
-    }
-}
-
-/// Splits the three output arrays into matching chunks of targets and fills each with
-/// `fill(first_target, [ax, ay, az])`, in parallel when asked.
-pub(crate) fn for_target_chunks(
-    acc: &mut Vec3s,
-    parallel: bool,
-    fill: impl Fn(usize, [&mut [f64]; 3]) + Sync,
-) {
-    let [ax, ay, az] = acc;
-    let c = TARGETS_PER_TASK;
-    if parallel {
-        ax.par_chunks_mut(c)
-            .zip(ay.par_chunks_mut(c))
-            .zip(az.par_chunks_mut(c))
-            .enumerate()
-            .for_each(|(i, ((x, y), z))| fill(i * c, [x, y, z]));
-    } else {
-        ax.chunks_mut(c)
-            .zip(ay.chunks_mut(c))
-            .zip(az.chunks_mut(c))
-            .enumerate()
-            .for_each(|(i, ((x, y), z))| fill(i * c, [x, y, z]));
     }
 }
 
@@ -284,47 +237,6 @@ fn mutual(
     acc.map(|lanes| lanes.iter().sum())
 }
 
-/// Σⱼ mⱼ (rⱼ − r) / (|rⱼ − r|² + ε²)^{3/2} over the sources `pos`, `mass` (G left out). A
-/// source at `r` itself adds nothing: its offset is zero (and with ε = 0 its inverse
-/// distance is taken as zero).
-#[inline]
-pub(crate) fn pull(r: [f64; 3], pos: [&[f64]; 3], mass: &[f64], eps2: f64) -> [f64; 3] {
-    let mut acc = [[0.0; LANES]; 3];
-    let lanes = |xs: &[f64], ys: &[f64], zs: &[f64], ms: &[f64], acc: &mut [[f64; LANES]; 3]| {
-        for l in 0..xs.len() {
-            let (dx, dy, dz) = (xs[l] - r[0], ys[l] - r[1], zs[l] - r[2]);
-            let r2 = dx * dx + dy * dy + dz * dz + eps2;
-            let inv3 = if r2 > 0.0 {
-                1.0 / (r2 * r2.sqrt())
-            } else {
-                0.0
-            };
-            let s = ms[l] * inv3;
-            acc[0][l] += dx * s;
-            acc[1][l] += dy * s;
-            acc[2][l] += dz * s;
-        }
-    };
-    let [x, y, z] = pos;
-    let (xc, yc, zc, mc) = (
-        x.chunks_exact(LANES),
-        y.chunks_exact(LANES),
-        z.chunks_exact(LANES),
-        mass.chunks_exact(LANES),
-    );
-    let (xr, yr, zr, mr) = (
-        xc.remainder(),
-        yc.remainder(),
-        zc.remainder(),
-        mc.remainder(),
-    );
-    for (((xs, ys), zs), ms) in xc.zip(yc).zip(zc).zip(mc) {
-        lanes(xs, ys, zs, ms, &mut acc);
-    }
-    lanes(xr, yr, zr, mr, &mut acc);
-    acc.map(|lanes| lanes.iter().sum())
-}
-
 /// The softened potential energy −G Σ_{i<j} mᵢ mⱼ / √(r²ᵢⱼ + ε²), by direct summation.
 pub fn potential_energy(p: &Particles, gravity: Gravity, parallel: bool) -> f64 {
     let eps2 = gravity.softening * gravity.softening;
@@ -340,9 +252,15 @@ pub fn potential_energy(p: &Particles, gravity: Gravity, parallel: bool) -> f64 
         }
         p.mass[i] * sum
     };
+    // Rows are computed in parallel but summed in order: a parallel reduction's tree
+    // depends on work stealing, and the last bits of the energy would differ run to run.
     let total: f64 = if parallel {
-        // Rows shrink with i: interleave short and long ones across tasks.
-        (0..p.len()).into_par_iter().with_min_len(16).map(row).sum()
+        let rows: Vec<f64> = (0..p.len())
+            .into_par_iter()
+            .with_min_len(16)
+            .map(row)
+            .collect();
+        rows.iter().sum()
     } else {
         (0..p.len()).map(row).sum()
     };
@@ -352,6 +270,17 @@ pub fn potential_energy(p: &Particles, gravity: Gravity, parallel: bool) -> f64 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn potential_energy_is_the_same_in_parallel() {
+        let p = crate::Initial::Plummer
+            .generate(3000, 4, Gravity::softened(0.05))
+            .unwrap();
+        let serial = potential_energy(&p, Gravity::softened(0.05), false);
+        for _ in 0..5 {
+            assert_eq!(potential_energy(&p, Gravity::softened(0.05), true), serial);
+        }
+    }
 
     #[test]
     fn two_particles_attract_by_the_softened_inverse_square() {

@@ -2,7 +2,7 @@ use std::f64::consts::PI;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gravity::Gravity;
+use crate::pairs::Gravity;
 use crate::particles::Particles;
 use frugal_rand::SplitMix64;
 

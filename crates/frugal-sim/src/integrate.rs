@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
-use crate::gravity::{Gravity, Method, accelerations, potential_energy};
+use crate::gravity::{Method, accelerations, potential_energy};
+use crate::pairs::Gravity;
 use crate::particles::{Particles, Vec3s};
 
 /// Half a leapfrog kick: `v += dt/2 · a`, element by element.

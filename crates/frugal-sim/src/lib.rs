@@ -28,14 +28,16 @@ mod gravity;
 mod init;
 mod integrate;
 mod knn;
+mod pairs;
 mod particles;
 mod record;
 mod tree;
 
-pub use gravity::{Gravity, Method, accelerations, potential_energy};
+pub use gravity::{Method, accelerations, potential_energy};
 pub use init::{Initial, InitialError};
 pub use integrate::{Energies, Simulation, leapfrog};
 pub use knn::{KnnError, KnnGraph, knn_graph};
+pub use pairs::Gravity;
 pub use particles::{Particles, Vec3s};
 pub use record::{RecordError, Recording, State};
 pub use tree::Octree;

@@ -1,6 +1,6 @@
 use std::ops::Range;
 
-use crate::gravity::{Gravity, for_target_chunks, pull};
+use crate::pairs::{Gravity, for_target_chunks, pull};
 use crate::particles::{Particles, Vec3s};
 
 /// Particles a cell may hold before it is split: a few direct pairs cost less than the

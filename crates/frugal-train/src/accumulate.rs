@@ -43,6 +43,13 @@ pub(crate) fn add_scaled<M: Module>(
     });
 }
 
+/// Multiplies every gradient of `model`'s parameters by `factor` (`1 / scale` unscales a
+/// loss-scaled step's gradients).
+pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f64) {
+    let mut part = std::mem::take(grads);
+    add_scaled(model, grads, &mut part, factor);
+}
+
 impl ModuleVisitor for AddScaled<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.part.remove::<D>(param.id) {
@@ -124,7 +131,7 @@ impl Accumulator {
         let loss = if let [(loss, _)] = self.losses.as_slice() {
             loss.clone()
         } else {
-            crate::scaler::scale_grads(model, &mut grads, 1.0 / n);
+            scale_grads(model, &mut grads, 1.0 / n);
             let mut parts = self.losses.into_iter().map(|(l, s)| l * (s as f64 / n));
             let first = parts.next().expect("a step has at least one micro-batch");
             parts.fold(first, |sum, l| sum + l)

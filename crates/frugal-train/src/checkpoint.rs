@@ -19,15 +19,15 @@
 //! the recomputation, and applies whenever training — also in the no-autodiff first run,
 //! where burn's own `Dropout` would switch itself off.
 
-use std::ops::Range;
+use std::cell::{Cell, RefCell};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use std::cell::{Cell, RefCell};
-
 use burn::tensor::{Gradients, Tensor, TensorData};
 use frugal_rand::SplitMix64;
 use rayon::prelude::*;
+
+pub use crate::segments::{default_segments, segment_ranges};
 
 /// Per-forward context handed to blocks: whether this is training, and the random stream
 /// dropout draws from.
@@ -210,20 +210,6 @@ impl<A: Carry, B: Carry> Carry for (A, B) {
 pub trait Block<A: Carry = Tensor<2>>: Module {
     /// Applies the block.
     fn forward(&self, x: A, ctx: &Ctx) -> A;
-}
-
-/// Cuts `blocks` blocks into `segments` contiguous, near-equal ranges (at least one
-/// segment, at most one per block).
-pub fn segment_ranges(blocks: usize, segments: usize) -> Vec<Range<usize>> {
-    let segments = segments.clamp(1, blocks.max(1));
-    (0..segments)
-        .map(|s| (s * blocks / segments)..((s + 1) * blocks / segments))
-        .collect()
-}
-
-/// The default segment count for `blocks` blocks: ⌈√L⌉.
-pub fn default_segments(blocks: usize) -> usize {
-    (blocks as f64).sqrt().ceil() as usize
 }
 
 /// The dropout context of block `block` in a step seeded with `step_seed`: per block, not

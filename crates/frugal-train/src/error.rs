@@ -101,7 +101,7 @@ pub enum TrainError {
     )]
     OverBudget {
         /// The plan of the run as configured.
-        plan: Box<crate::plan::MemoryPlan>,
+        plan: Box<crate::breakdown::MemoryPlan>,
         /// The budget.
         budget_bytes: u64,
         /// Whether other settings were searched for.

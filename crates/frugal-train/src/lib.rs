@@ -73,6 +73,7 @@
 //! ```
 
 pub mod accumulate;
+mod breakdown;
 pub mod checkpoint;
 mod deferred;
 pub mod device;
@@ -84,7 +85,9 @@ pub mod plan;
 pub mod precision;
 pub mod scaler;
 pub mod schedule;
+mod segments;
 pub mod snapshot;
+mod task;
 pub mod trainer;
 
 pub use accumulate::Accumulator;
@@ -94,6 +97,5 @@ pub use error::{Result, TrainError};
 pub use fit::{Fit, Fitted, Planner, fit};
 pub use precision::Precision;
 pub use scaler::{LossScaler, ScaledStep};
-pub use trainer::{
-    EvalOutput, Evaluation, StepInput, StepOutput, Task, TrainData, TrainSpec, run_step, train,
-};
+pub use task::{EvalOutput, StepInput, StepOutput, Task};
+pub use trainer::{Evaluation, TrainData, TrainSpec, run_step, train};

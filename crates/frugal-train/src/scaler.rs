@@ -99,12 +99,6 @@ pub fn grads_finite<M: Module>(model: &M, grads: &GradientsParams) -> Result<boo
     Ok(values.first().copied().unwrap_or(true))
 }
 
-/// Multiplies every gradient of `model`'s parameters by `factor` (`1 / scale` unscales).
-pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f64) {
-    let mut part = std::mem::take(grads);
-    crate::accumulate::add_scaled(model, grads, &mut part, factor);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,8 @@ fn uneven_micro_batches_add_up_to_the_whole_batch() {
 
 #[test]
 fn the_scaler_sees_an_overflow_and_unscales() {
-    use frugal_train::scaler::{grads_finite, scale_grads};
+    use frugal_train::accumulate::scale_grads;
+    use frugal_train::scaler::grads_finite;
     let device = Device::flex().autodiff();
     device.seed(3);
     let model = Model {

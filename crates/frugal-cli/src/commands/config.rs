@@ -42,7 +42,11 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
                 Some(t) => t,
                 None => machine_tier()?,
             };
-            let chosen = presets::resolve(workload, tier, presets::user_dir(&dir).as_deref())?;
+            let chosen = presets::resolve(
+                workload,
+                tier,
+                presets::user_dir(dir.dir.as_deref()).as_deref(),
+            )?;
             // Check it before handing it out: a broken user preset is reported, not copied.
             presets::parse(&chosen)?;
             write!(out, "{}", chosen.text)?;

@@ -50,7 +50,7 @@ pub(crate) fn run(args: ProbeArgs, out: &mut dyn Write) -> Result<()> {
         path: args.path.clone(),
         disk_bench_bytes: args.disk_bench.then_some(args.disk_bench_size),
     })?;
-    let dir = presets::user_dir(&args.presets);
+    let dir = presets::user_dir(args.presets.dir.as_deref());
     let mut chosen = BTreeMap::new();
     for workload in Workload::ALL {
         let p = presets::resolve(workload, report.tier.tier, dir.as_deref())?;
