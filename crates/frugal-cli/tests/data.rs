@@ -151,6 +151,41 @@ fn damage_is_named_by_verify_and_stops_a_read() {
             predicate::str::contains("shard-000003.safetensors")
                 .and(predicate::str::contains("truncated")),
         );
+    // Inspect reads no data: the flipped bit passes, the truncated and the missing shard
+    // do not.
+    std::fs::remove_file(dir.join("shard-000004.safetensors")).unwrap();
+    frugal()
+        .args(["data", "inspect"])
+        .arg(&dir)
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("status    damaged: 2 of 5 shards")
+                .and(predicate::str::contains(
+                    "shard-000003.safetensors: file is",
+                ))
+                .and(predicate::str::contains(
+                    "shard-000004.safetensors: missing",
+                ))
+                .and(predicate::str::contains("shard-000001").not()),
+        )
+        .stderr(predicate::str::contains("2 of 5 shards"));
+}
+
+/// An operating-system error reaches the user once, not once per layer that wraps it.
+#[test]
+fn an_os_error_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A manifest that cannot be read: a directory where the file should be.
+    std::fs::create_dir_all(tmp.path().join("manifest.json")).unwrap();
+    let out = frugal()
+        .args(["data", "inspect"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("os error 21").count(), 1, "{stderr}");
 }
 
 #[test]

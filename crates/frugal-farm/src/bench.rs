@@ -51,12 +51,12 @@ pub enum BenchError {
     #[error("a benchmark worker panicked")]
     WorkerPanicked,
     /// The single-client reference failed.
-    #[error("redis at {url}: {source}")]
+    #[error("redis at {url}: {cause}")]
     Redis {
         /// The server, without its password.
         url: String,
         /// The failure.
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 }
 
@@ -313,10 +313,10 @@ pub fn redis(
         });
     }
     let mut con = connect(url)?;
-    let bare_seconds = bare(&mut con, &Keys::new(&bare_queue), jobs, batch).map_err(|source| {
+    let bare_seconds = bare(&mut con, &Keys::new(&bare_queue), jobs, batch).map_err(|cause| {
         BenchError::Redis {
             url: redacted(url),
-            source,
+            cause,
         }
     })?;
     let jobs_per_s = jobs as f64 / seconds;

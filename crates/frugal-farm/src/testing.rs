@@ -132,6 +132,10 @@ impl RedisServer {
     }
 
     fn launch(password: Option<&str>, tls: Option<&[String]>) -> Option<Self> {
+        // Tests start servers from parallel threads: one at a time, so two never race for
+        // the same free port.
+        static LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
         // The free port may be taken between finding it and the server binding it: retry.
         for _ in 0..20 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -177,7 +181,13 @@ impl RedisServer {
                     break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(server);
+                    // Something answers on the port; it is this server only if this one
+                    // is still running (a server that lost the port to another exits).
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(None) = server.child.try_wait() {
+                        return Some(server);
+                    }
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

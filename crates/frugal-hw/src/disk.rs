@@ -59,9 +59,9 @@ const CHUNK: usize = 8 << 20;
 /// Writes a temporary file of `bytes` in `dir`, syncs it, drops it from the page cache
 /// and reads it back sequentially, timing both directions. The file is removed after.
 pub fn bench_sequential(dir: &Path, bytes: u64) -> Result<DiskBench> {
-    let fail = |source| HwError::DiskBench {
+    let fail = |cause| HwError::DiskBench {
         dir: dir.to_path_buf(),
-        source,
+        cause,
     };
     let bytes = bytes.max(CHUNK as u64).div_ceil(CHUNK as u64) * CHUNK as u64;
     let free = DiskInfo::at(dir)?.free_bytes;

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum HwError {
     /// A system or fixture file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file that failed.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A system file did not have the shape the kernel documents.
     #[error("{path}: {message}")]
@@ -29,12 +29,12 @@ pub enum HwError {
         message: String,
     },
     /// The disk benchmark failed part-way.
-    #[error("disk benchmark in {dir}: {source}")]
+    #[error("disk benchmark in {dir}: {cause}")]
     DiskBench {
         /// The directory the benchmark wrote to.
         dir: PathBuf,
         /// Why it failed.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -42,8 +42,8 @@ pub enum HwError {
 pub type Result<T, E = HwError> = std::result::Result<T, E>;
 
 pub(crate) fn read_to_string(path: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| HwError::Read {
+    std::fs::read_to_string(path).map_err(|cause| HwError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }

@@ -155,9 +155,9 @@ impl MemoryMeter {
                         std::thread::sleep(interval);
                     }
                 })
-                .map_err(|source| HwError::Read {
+                .map_err(|cause| HwError::Read {
                     path: "/proc/self/status".into(),
-                    source,
+                    cause,
                 })?
         };
         Ok(PeakWindow {

@@ -8,10 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use frugal_models::particles::{Gnn, ParticleGnn};
 use frugal_sim::{Gravity, Initial, Method, Simulation, Vec3s};
-use frugal_store::{
-    Batch, Column, DType, Dataset, DatasetWriter, Order, OrderSpec, Schema, StreamOptions,
-    WriterOptions,
-};
+use frugal_store::{Batch, Dataset, DatasetWriter, Order, OrderSpec, StreamOptions, WriterOptions};
 use frugal_train::checkpoint::scalar;
 use frugal_train::trainer::{init_on_cpu, move_to};
 use frugal_train::{Precision, StepInput, Task, run_step};
@@ -21,15 +18,7 @@ const PARTICLES: usize = 64;
 /// `sims` Plummer spheres of 64 particles, `states` recorded states each, as
 /// `frugal nbody generate` lays them out.
 fn dataset(dir: &Path, sims: u64, states: u32) -> Dataset {
-    let schema = Schema {
-        columns: vec![
-            Column::new("pos", DType::F32, [PARTICLES, 3]),
-            Column::new("vel", DType::F32, [PARTICLES, 3]),
-            Column::new("acc", DType::F32, [PARTICLES, 3]),
-            Column::new("sim", DType::U32, []),
-            Column::new("step", DType::U32, []),
-        ],
-    };
+    let schema = frugal_models::simulations::schema(PARTICLES);
     let mut w = DatasetWriter::create(dir, schema, WriterOptions::default()).unwrap();
     let bytes = |v: &Vec3s| -> Vec<u8> {
         (0..PARTICLES)

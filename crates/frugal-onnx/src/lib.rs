@@ -22,13 +22,12 @@ use tract_onnx::tract_hir::internal::{DimLike, Factoid};
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// The file could not be read (missing, unreadable).
-    #[error("cannot read ONNX model {}: {source}", path.display())]
+    #[error("cannot read ONNX model {}: {cause}", path.display())]
     Read {
         /// The model file.
         path: PathBuf,
         /// What the file system said.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not an ONNX model tract can parse.
     #[error("{} is not a valid ONNX model: {message}", path.display())]
@@ -112,9 +111,9 @@ impl OnnxModel {
             problem,
         };
         // Read first so a missing file is reported as such, not as a parse failure.
-        let bytes = std::fs::read(path).map_err(|source| OnnxError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| OnnxError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let parse_error = |message: String| OnnxError::Parse {
             path: path.to_owned(),

@@ -80,12 +80,12 @@ pub enum RecordError {
         simulations: u64,
     },
     /// The initial conditions of a simulation could not be made.
-    #[error("simulation {index}: {source}")]
+    #[error("simulation {index}: {cause}")]
     Initial {
         /// The simulation.
         index: u64,
         /// Why.
-        source: InitialError,
+        cause: InitialError,
     },
 }
 
@@ -171,7 +171,7 @@ impl Recording {
         let gravity = Gravity::softened(self.softening);
         let start = initial
             .generate(self.particles, seed, gravity)
-            .map_err(|source| RecordError::Initial { index, source })?;
+            .map_err(|cause| RecordError::Initial { index, cause })?;
         let mut sim = Simulation::new(start, gravity, self.method, false);
         let interleave = |v: &Vec3s| -> Vec<u8> {
             let mut bytes = Vec::with_capacity(self.particles * 12);

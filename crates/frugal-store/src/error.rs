@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum StoreError {
     /// An operating-system error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `manifest.json` (or a part manifest) is not a valid manifest.
     #[error("{path}: {message}")]
@@ -65,10 +65,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 
@@ -96,3 +96,30 @@ impl StoreError {
 
 /// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_printed_once() {
+        let e = StoreError::io(
+            "/data/shard-000001.safetensors",
+            std::io::Error::from_raw_os_error(28),
+        );
+        // What `{:#}` of an error chain prints: each error, then its sources.
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text = format!("{text}: {cause}");
+            next = cause.source();
+        }
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(
+            text.starts_with("/data/shard-000001.safetensors: "),
+            "{text}"
+        );
+    }
+}

@@ -58,7 +58,7 @@ pub use reader::{
     AlignedBytes, Batch, ColumnData, Dataset, ReadState, Stream, StreamOptions, Verify,
 };
 pub use shard::ShardBuffer;
-pub use verify::{ShardFault, VerifyReport, verify};
+pub use verify::{ShardFault, VerifyReport, check_files, verify};
 pub use writer::{
     DEFAULT_SHARD_BYTES, DatasetWriter, PartWriter, WriterOptions, generate_shards, merge_parts,
     recorded_shards, samples_per_shard,

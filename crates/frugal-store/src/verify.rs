@@ -41,6 +41,32 @@ impl VerifyReport {
     }
 }
 
+/// The cheap check: every shard of `manifest` (the dataset in `dir`) exists with the size
+/// the manifest records. Nothing is read or hashed, so it is instant on any dataset;
+/// [`verify`] is the deep check. Damaged shards are listed, all of them.
+pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<ShardFault> {
+    manifest
+        .shards
+        .iter()
+        .filter_map(|entry| {
+            let path = dir.join(&entry.file);
+            let fault = match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_string(),
+                Err(e) => e.to_string(),
+                Ok(m) => match crate::shard::check_size(&path, m.len(), entry) {
+                    Ok(()) => return None,
+                    Err(StoreError::Shard { fault, .. }) => fault,
+                    Err(e) => e.to_string(),
+                },
+            };
+            Some(ShardFault {
+                file: entry.file.clone(),
+                fault,
+            })
+        })
+        .collect()
+}
+
 /// Checks every shard of the dataset in `dir` against its manifest entry, calling
 /// `progress` with the bytes of each shard done. A broken manifest is an error; damaged
 /// shards are listed in the report, all of them, not just the first.
@@ -56,7 +82,7 @@ pub fn verify(dir: &Path, mut progress: impl FnMut(u64)) -> Result<VerifyReport>
         let path = dir.join(&entry.file);
         let fault = match open_shard(&path, &manifest.schema, entry) {
             Err(StoreError::Shard { fault, .. }) => Some(fault),
-            Err(StoreError::Io { source, .. }) => Some(source.to_string()),
+            Err(StoreError::Io { cause, .. }) => Some(cause.to_string()),
             Err(e) => return Err(e),
             Ok((file, layout)) => {
                 report.bytes += entry.bytes;

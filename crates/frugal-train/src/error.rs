@@ -12,12 +12,12 @@ pub enum TrainError {
     #[error(transparent)]
     Store(#[from] frugal_store::StoreError),
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A checkpoint that cannot be used.
     #[error("checkpoint {}: {message}", path.display())]
@@ -110,10 +110,10 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            cause,
         }
     }
 }

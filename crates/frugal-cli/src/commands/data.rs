@@ -149,20 +149,49 @@ fn import_hdf5(_: &Path, _: &[(String, String)], _: &Path, _: WriterOptions) -> 
 
 fn inspect(dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     let m = Manifest::load(dir)?;
+    let faults = frugal_store::check_files(dir, &m);
     if json {
         super::print_json(out, &m)?;
-        return Ok(());
+    } else {
+        describe(dir, &m, &faults, out)?;
     }
+    if !faults.is_empty() {
+        let names: Vec<&str> = faults.iter().map(|f| f.file.as_str()).collect();
+        bail!(
+            "{} of {} shards in {} are missing or of the wrong size: {}; regenerate or restore them",
+            names.len(),
+            m.shards.len(),
+            dir.display(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn describe(
+    dir: &Path,
+    m: &Manifest,
+    faults: &[frugal_store::ShardFault],
+    out: &mut dyn Write,
+) -> Result<()> {
     writeln!(out, "dataset   {}", dir.display())?;
-    writeln!(
-        out,
-        "status    {}",
-        if m.complete {
-            "complete"
-        } else {
-            "unfinished (re-run the writing command to complete it)"
-        }
-    )?;
+    let status = match (faults.len(), m.complete) {
+        (0, true) => "complete".to_string(),
+        (0, false) => "unfinished (re-run the writing command to complete it)".to_string(),
+        (n, _) => format!(
+            "damaged: {n} of {} shards missing or of the wrong size",
+            m.shards.len()
+        ),
+    };
+    writeln!(out, "status    {status}")?;
+    for f in faults {
+        writeln!(
+            out,
+            "DAMAGED   {}: {}",
+            dir.join(&f.file).display(),
+            f.fault
+        )?;
+    }
     writeln!(out, "format    frugal-store v{}", m.version)?;
     writeln!(out, "samples   {}", m.samples)?;
     let sizes = m.shard_sizes();
