@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
-use crate::manifest::{MANIFEST_FILE, Manifest, Schema, ShardEntry, shard_file_name, shard_index};
+use crate::manifest::{
+    MANIFEST_FILE, Manifest, Schema, ShardEntry, parse_checksum, shard_file_name, shard_index,
+};
 use crate::shard::ShardBuffer;
 
 /// Directory (inside a dataset) holding the manifests of parallel writers until merge.
@@ -66,6 +68,23 @@ pub struct DatasetWriter {
     saved: Instant,
     /// Samples in the shards the manifest on disk records.
     durable: u64,
+    /// For a producer that starts again from its first row ([`DatasetWriter::replay`]):
+    /// the shards already written, which its first rows are checked against.
+    replay: Option<Replay>,
+}
+
+/// Rows of an earlier run being checked instead of written again.
+#[derive(Debug)]
+struct Replay {
+    /// The shards written before, in order, and where the check stands.
+    shards: Vec<ShardEntry>,
+    shard: usize,
+    row: u64,
+    /// Rows checked so far, over all shards.
+    rows: u64,
+    /// Per column, the sum of the current shard's row hashes so far (see
+    /// [`crate::shard::column_checksum`]).
+    sums: Vec<u64>,
 }
 
 /// A manifest of up to this many shards is replaced after every shard (a few hundred KiB
@@ -77,6 +96,35 @@ const SAVE_EACH_UP_TO: usize = 4096;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl DatasetWriter {
+    /// Starts a dataset in `dir` for a producer that starts from its first row every time
+    /// it runs, such as an importer reading its input files from the top, or continues an
+    /// unfinished one it began: the rows already in that dataset's shards are read from
+    /// the producer again and checked against the shards' column checksums instead of
+    /// being written twice, and writing resumes after them. The finished dataset is the
+    /// one an uninterrupted run writes; a producer whose first rows differ from those
+    /// written (another input) is refused before anything is written.
+    pub fn replay(dir: &Path, schema: Schema, options: WriterOptions) -> Result<Self> {
+        let mut writer = Self::create(dir, schema, options)?;
+        if !writer.manifest.shards.is_empty() {
+            writer.replay = Some(Replay {
+                shards: writer.manifest.shards.clone(),
+                shard: 0,
+                row: 0,
+                rows: 0,
+                sums: vec![0; writer.manifest.schema.columns.len()],
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Rows of an earlier run that a replaying producer has yet to go through: they are
+    /// checked, not written.
+    pub fn rows_to_replay(&self) -> u64 {
+        self.replay.as_ref().map_or(0, |r| {
+            r.shards.iter().map(|s| s.samples).sum::<u64>() - r.rows
+        })
+    }
+
     /// Starts a dataset in `dir`, or continues an unfinished one with the same schema.
     pub fn create(dir: &Path, schema: Schema, options: WriterOptions) -> Result<Self> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
@@ -146,6 +194,7 @@ impl DatasetWriter {
             next_shard,
             saved: Instant::now(),
             durable: 0,
+            replay: None,
         };
         let mut writer = writer;
         writer.save()?;
@@ -224,7 +273,7 @@ impl DatasetWriter {
                 )));
             }
         }
-        let mut done = 0u64;
+        let mut done = self.check_replayed(rows, columns, &widths)?;
         while done < rows {
             let take = (self.per_shard - self.buffer.samples()).min(rows - done);
             let slices: Vec<&[u8]> = columns
@@ -239,6 +288,52 @@ impl DatasetWriter {
             }
         }
         self.maybe_save()
+    }
+
+    /// Checks the first of `rows` rows against the shards being replayed, as many as are
+    /// left to replay; returns how many it consumed.
+    fn check_replayed(&mut self, rows: u64, columns: &[&[u8]], widths: &[usize]) -> Result<u64> {
+        let Some(r) = self.replay.as_mut() else {
+            return Ok(0);
+        };
+        let mut done = 0u64;
+        while done < rows && r.shard < r.shards.len() {
+            for ((sum, data), &w) in r.sums.iter_mut().zip(columns).zip(widths) {
+                let bytes = &data[done as usize * w..(done as usize + 1) * w];
+                *sum = sum.wrapping_add(xxhash_rust::xxh3::xxh3_64_with_seed(bytes, r.row));
+            }
+            done += 1;
+            r.row += 1;
+            r.rows += 1;
+            let entry = &r.shards[r.shard];
+            if r.row == entry.samples {
+                for (c, sum) in self.manifest.schema.columns.iter().zip(&r.sums) {
+                    let recorded = entry
+                        .column_checksums
+                        .get(&c.name)
+                        .and_then(|s| parse_checksum(s));
+                    if recorded != Some(*sum) {
+                        return Err(StoreError::Directory {
+                            dir: self.dir.clone(),
+                            problem: format!(
+                                "holds an unfinished dataset whose shard {} (column `{}`) differs from rows {}..{} of this input: it was started from other input; re-run with the input it began with, or remove it",
+                                entry.file,
+                                c.name,
+                                r.rows - entry.samples,
+                                r.rows
+                            ),
+                        });
+                    }
+                }
+                r.shard += 1;
+                r.row = 0;
+                r.sums.iter_mut().for_each(|s| *s = 0);
+            }
+        }
+        if r.shard == r.shards.len() {
+            self.replay = None;
+        }
+        Ok(done)
     }
 
     fn flush_shard(&mut self) -> Result<()> {
@@ -266,6 +361,16 @@ impl DatasetWriter {
     /// Writes the last partial shard and marks the dataset (or part) finished. A part
     /// stays incomplete until [`merge_parts`].
     pub fn finish(mut self) -> Result<Manifest> {
+        if let Some(r) = &self.replay {
+            let before: u64 = r.shards.iter().map(|s| s.samples).sum();
+            return Err(StoreError::Directory {
+                dir: self.dir.clone(),
+                problem: format!(
+                    "holds {before} rows from an unfinished earlier run, and this input has only {}: it was started from other input; re-run with the input it began with, or remove it",
+                    r.rows
+                ),
+            });
+        }
         self.flush_shard()?;
         if self.manifest_path == self.dir.join(MANIFEST_FILE) {
             self.manifest.complete = true;

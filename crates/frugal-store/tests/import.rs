@@ -520,6 +520,205 @@ fn gunzip(path: &Path) -> Vec<u8> {
     out
 }
 
+/// IDX files of `n` 28×28 images and their labels, gzipped, with pixel values drawn from
+/// `seed`.
+fn idx_gz(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut state = seed;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        // Low-entropy pixels: a compressible stream, like real images.
+        ((state >> 60) as u8) * 16
+    };
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        images.extend(d.to_be_bytes());
+    }
+    images.extend((0..n * 784).map(|_| next()));
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    labels.extend((0..n).map(|i| (i % 10) as u8));
+    let gz = |raw: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(raw).unwrap();
+        e.finish().unwrap()
+    };
+    (gz(&images), gz(&labels))
+}
+
+/// Every shard file and the manifest's shards, for comparing two datasets byte for byte.
+fn dataset_bytes(dir: &Path) -> (Vec<Vec<u8>>, serde_json::Value) {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let shards = m["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| std::fs::read(dir.join(s["file"].as_str().unwrap())).unwrap())
+        .collect();
+    (shards, m)
+}
+
+/// An import cut short by a truncated input, run again with the whole input, gives the
+/// dataset an uninterrupted import gives, byte for byte: the rows already written are
+/// checked against the input, not appended again. Another input is refused.
+#[test]
+fn a_truncated_import_resumes_to_the_uninterrupted_dataset() {
+    // Three read blocks of images, so a cut input has written whole blocks first.
+    const N: usize = 32_000;
+    let shards = || WriterOptions {
+        shard_bytes: 256 << 10,
+        ..WriterOptions::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, labels) = idx_gz(N, 7);
+    let labels_path = write_file(tmp.path(), "labels.gz", &labels);
+    let whole = tmp.path().join("whole");
+    let images_path = write_file(tmp.path(), "images.gz", &images);
+    import_mnist(&images_path, &labels_path, &whole, shards()).unwrap();
+    let expected = dataset_bytes(&whole);
+    assert_eq!(expected.1["samples"], N);
+
+    for (k, cut) in [0.45, 0.7, 0.95].into_iter().enumerate() {
+        let out = tmp.path().join(format!("cut-{k}"));
+        write_file(
+            tmp.path(),
+            "images.gz",
+            &images[..(images.len() as f64 * cut) as usize],
+        );
+        assert!(import_mnist(&images_path, &labels_path, &out, shards()).is_err());
+        let partial: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(partial["complete"], false);
+        assert!(
+            partial["samples"].as_u64().unwrap() > 0,
+            "cut {cut}: {partial}"
+        );
+
+        // Other images of the same shape: refused, and the dataset left as it was.
+        let (other, _) = idx_gz(N, 8);
+        let other_path = write_file(tmp.path(), "other.gz", &other);
+        let err = import_mnist(&other_path, &labels_path, &out, shards()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Directory { problem, .. } if problem.contains("other input")),
+            "{err}"
+        );
+        let after: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(after["shards"], partial["shards"]);
+
+        // The whole input, at the path the import began with: the uninterrupted dataset.
+        write_file(tmp.path(), "images.gz", &images);
+        import_mnist(&images_path, &labels_path, &out, shards()).unwrap();
+        let got = dataset_bytes(&out);
+        assert!(got.0 == expected.0, "cut {cut}: shard bytes differ");
+        assert_eq!(got.1["shards"], expected.1["shards"]);
+        assert_eq!(got.1["samples"], N);
+    }
+
+    // An input shorter than what was written is refused at its end.
+    let out = tmp.path().join("short");
+    write_file(tmp.path(), "images.gz", &images[..images.len() / 2]);
+    assert!(import_mnist(&images_path, &labels_path, &out, shards()).is_err());
+    let (few_images, few_labels) = idx_gz(100, 7);
+    let few_i = write_file(tmp.path(), "few-images.gz", &few_images);
+    let few_l = write_file(tmp.path(), "few-labels.gz", &few_labels);
+    let err = import_mnist(&few_i, &few_l, &out, shards()).unwrap_err();
+    assert!(err.to_string().contains("only 100"), "{err}");
+}
+
+/// Leaves `dir` as an import killed after its first `shards` shards leaves it: the
+/// manifest unfinished and listing only those, the later shard files gone.
+fn cut_after(dir: &Path, shards: usize) {
+    let path = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let all = m["shards"].as_array().unwrap().clone();
+    for s in &all[shards..] {
+        std::fs::remove_file(dir.join(s["file"].as_str().unwrap())).unwrap();
+    }
+    let kept = &all[..shards];
+    m["samples"] = kept
+        .iter()
+        .map(|s| s["samples"].as_u64().unwrap())
+        .sum::<u64>()
+        .into();
+    m["shards"] = kept.to_vec().into();
+    m["complete"] = false.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Runs `import` into a fresh directory, then again into copies cut after several
+/// numbers of shards: every resumed import ends with the uninterrupted one's bytes.
+fn resumes_exactly(
+    tmp: &Path,
+    import: impl Fn(&Path) -> frugal_store::Result<frugal_store::Manifest>,
+) {
+    let whole = tmp.join("whole");
+    let shards = import(&whole).unwrap().shards.len();
+    assert!(shards >= 4, "{shards} shards");
+    let expected = dataset_bytes(&whole);
+    for cut in [1, shards / 2, shards - 1] {
+        let out = tmp.join(format!("cut-{cut}"));
+        import(&out).unwrap();
+        cut_after(&out, cut);
+        import(&out).unwrap();
+        let got = dataset_bytes(&out);
+        assert!(got.0 == expected.0, "cut after {cut}: shard bytes differ");
+        assert_eq!(got.1, expected.1, "cut after {cut}");
+    }
+}
+
+#[test]
+fn npy_and_npz_imports_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arrays = arrays(2000);
+    let files: Vec<(String, PathBuf)> = arrays
+        .iter()
+        .map(|(name, bytes, ..)| {
+            (
+                name.to_string(),
+                write_file(tmp.path(), &format!("{name}.npy"), bytes),
+            )
+        })
+        .collect();
+    let npy = tmp.path().join("npy");
+    std::fs::create_dir(&npy).unwrap();
+    resumes_exactly(&npy, |out| import_npy(&files, out, small_shards()));
+
+    let members: Vec<(String, &[u8])> = arrays
+        .iter()
+        .map(|(name, bytes, ..)| (format!("{name}.npy"), bytes.as_slice()))
+        .collect();
+    let members: Vec<(&str, &[u8])> = members.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let archive = tmp.path().join("arrays.npz");
+    write_npz(&archive, &members, zip::CompressionMethod::Deflated);
+    let npz = tmp.path().join("npz");
+    std::fs::create_dir(&npz).unwrap();
+    resumes_exactly(&npz, |out| import_npz(&archive, out, small_shards()));
+
+    // Other arrays of the same shapes into a cut dataset: refused, nothing changed.
+    let out = npz.join("cut-1");
+    cut_after(&out, 1);
+    let before = dataset_bytes(&out);
+    let other: Vec<(String, PathBuf)> = arrays
+        .iter()
+        .map(|(name, bytes, .., le)| {
+            // A bit of the first row differs: the first shard no longer matches.
+            let mut b = bytes.clone();
+            let data = b.len() - le.len();
+            b[data] ^= 1;
+            (
+                name.to_string(),
+                write_file(tmp.path(), &format!("other-{name}.npy"), &b),
+            )
+        })
+        .collect();
+    let err = import_npy(&other, &out, small_shards()).unwrap_err();
+    assert!(matches!(err, StoreError::Directory { .. }), "{err}");
+    assert!(dataset_bytes(&out) == before);
+}
+
 #[test]
 fn mnist_train_matches_a_direct_decode() {
     let Some(dir) = mnist_dir() else { return };
@@ -660,6 +859,35 @@ with h5py.File(path, "r") as f:
         a = f["group/" + name][...]
         a.astype(a.dtype.newbyteorder("<")).tofile(f"{dump}/{name}.bin")
 "#;
+
+    #[test]
+    fn an_hdf5_import_resumes_exactly() {
+        if !crate::common::python_ready("h5py, numpy") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("data.h5");
+        let status = Command::new("python3")
+            .args(["-c", WRITE])
+            .arg(&file)
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let datasets: Vec<(String, String)> = ["wide", "id", "flag"]
+            .iter()
+            .map(|n| (n.to_string(), format!("group/{n}")))
+            .collect();
+        let runs = tmp.path().join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        let options = WriterOptions {
+            shard_bytes: 256 << 10,
+            ..WriterOptions::default()
+        };
+        resumes_exactly(&runs, |out| {
+            import_hdf5(&file, &datasets, out, options.clone())
+        });
+    }
 
     #[test]
     fn hdf5_chunked_compressed_matches_h5py() {

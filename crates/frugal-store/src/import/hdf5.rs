@@ -300,7 +300,7 @@ pub fn import_hdf5(
     )?;
     let rows = inputs[0].shape[0];
 
-    let mut writer = DatasetWriter::create(out, schema, options)?;
+    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let map: serde_json::Map<String, serde_json::Value> = datasets
         .iter()
         .map(|(column, path)| (column.clone(), path.clone().into()))

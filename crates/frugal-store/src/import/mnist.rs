@@ -174,7 +174,7 @@ pub fn import_mnist(
     ])?;
     let pixels = rows * cols;
     let block = block_rows([pixels, 1]);
-    let mut writer = DatasetWriter::create(out, schema, options)?;
+    let mut writer = DatasetWriter::replay(out, schema, options)?;
     writer.metadata_mut().insert(
         "source".into(),
         serde_json::json!({

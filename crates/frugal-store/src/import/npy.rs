@@ -591,7 +591,7 @@ pub fn import_npy(
             .zip(&sources)
             .map(|((name, _), s)| (name.as_str(), &s.origin, &s.header)),
     )?;
-    let mut writer = DatasetWriter::create(out, schema, options)?;
+    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let files: serde_json::Map<String, serde_json::Value> = inputs
         .iter()
         .map(|(name, path)| (name.clone(), provenance(path).into()))
@@ -700,7 +700,7 @@ pub fn import_npz(path: &Path, out: &Path, options: WriterOptions) -> Result<Man
             reader,
         });
     }
-    let mut writer = DatasetWriter::create(out, schema, options)?;
+    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let arrays: serde_json::Map<String, serde_json::Value> = members
         .iter()
         .map(|(_, name, key, _)| (key.clone(), name.clone().into()))
