@@ -36,6 +36,95 @@ fn tick(v: f64) -> String {
 
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
+/// Series with at most this many points also get a marker at each point, so a short
+/// series (an evaluation run once) is visible, not a line of zero length.
+const MARKERS_UP_TO: usize = 25;
+
+/// A positive series spanning this factor or more is drawn on a log axis: errors and
+/// losses that fall by decades would otherwise be a flat line at the bottom.
+const LOG_SPAN: f64 = 100.0;
+
+/// How a chart's axes are laid out for its series.
+#[derive(Debug, PartialEq)]
+struct Axes {
+    /// y is drawn as log10 (positive values spanning [`LOG_SPAN`] or more).
+    log: bool,
+    x: (f64, f64),
+    /// In drawn units (log10 when `log`), padded.
+    y: (f64, f64),
+    /// Every x is a whole number: ticks are too.
+    whole_x: bool,
+}
+
+fn axes(series: &[Series<'_>]) -> Axes {
+    let points = || series.iter().flat_map(|s| s.2.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in points() {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x1 <= x0 {
+        // One x: centre it.
+        (x0, x1) = (x0 - 1.0, x1 + 1.0);
+    }
+    let log = y0 > 0.0 && y1 / y0 >= LOG_SPAN;
+    let (y0, y1) = if log {
+        (y0.log10(), y1.log10())
+    } else {
+        (y0, y1)
+    };
+    let pad = if y1 > y0 {
+        (y1 - y0) * 0.05
+    } else {
+        y1.abs().max(1e-12) * 0.05
+    };
+    // A quantity that cannot be negative gets no negative ticks.
+    let low = if !log && y0 >= 0.0 {
+        (y0 - pad).max(0.0)
+    } else {
+        y0 - pad
+    };
+    Axes {
+        log,
+        x: (x0, x1),
+        y: (low, y1 + pad),
+        whole_x: points().all(|&(x, _)| x.fract() == 0.0),
+    }
+}
+
+/// The corner of the plot whose region (a third of the width, a quarter of the height)
+/// holds the fewest points: where the legend hides the least.
+fn legend_corner(
+    series: &[Series<'_>],
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    to_y: impl Fn(f64) -> f64,
+) -> SeriesLabelPosition {
+    let (w, h) = (x.end - x.start, y.end - y.start);
+    let count = |right: bool, top: bool| {
+        series
+            .iter()
+            .flat_map(|s| s.2.iter())
+            .filter(|&&(px, py)| {
+                let (fx, fy) = ((px - x.start) / w, (to_y(py) - y.start) / h);
+                (if right { fx > 0.66 } else { fx < 0.34 })
+                    && (if top { fy > 0.75 } else { fy < 0.25 })
+            })
+            .count()
+    };
+    [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, right, top)| count(right, top))
+    .map_or(SeriesLabelPosition::UpperRight, |c| c.0)
+}
+
 fn chart(
     path: &Path,
     title: &str,
@@ -46,20 +135,19 @@ fn chart(
     if points().next().is_none() {
         return Ok(());
     }
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points() {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let pad = if y1 > y0 {
-        (y1 - y0) * 0.05
+    let Axes {
+        log,
+        x: (x0, x1),
+        y: (low, high),
+        whole_x,
+    } = axes(series);
+    let to_y = |y: f64| if log { y.log10() } else { y };
+    // Ticks within rounding of zero read 0, not -1.4e-20.
+    let tiny = (high - low).abs() * 1e-9;
+    let y_desc = if log {
+        format!("{y_label}, log scale")
     } else {
-        y1.abs().max(1e-12) * 0.05
+        y_label.to_string()
     };
     let (w, h) = SIZE;
     let mut buf = vec![0u8; (w * h * 3) as usize];
@@ -71,20 +159,35 @@ fn chart(
             .caption(title, ("sans-serif", 24))
             .margin(14)
             .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .y_label_area_size(72)
+            .build_cartesian_2d(x0..x1, low..high)
             .map_err(e)?;
         c.configure_mesh()
             .x_desc(x_label)
-            .y_desc(y_label)
+            .y_desc(y_desc)
             .x_label_formatter(&|v| {
-                if v.abs() >= 10.0 {
+                if whole_x {
+                    // Steps, generations, particles: whole numbers only.
+                    if v.fract() == 0.0 {
+                        format!("{v:.0}")
+                    } else {
+                        String::new()
+                    }
+                } else if v.abs() >= 10.0 {
                     format!("{v:.0}")
                 } else {
                     tick(*v)
                 }
             })
-            .y_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| {
+                if log {
+                    format!("{:.1e}", 10f64.powf(*v))
+                } else if v.abs() < tiny {
+                    "0".into()
+                } else {
+                    tick(*v)
+                }
+            })
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()
@@ -94,15 +197,20 @@ fn chart(
                 continue;
             }
             let color = *color;
+            let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x, to_y(y))).collect();
             c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                 .map_err(e)?
                 .label(*name)
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 22, y)], color.stroke_width(2))
                 });
+            if pts.len() <= MARKERS_UP_TO {
+                c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .map_err(e)?;
+            }
         }
         c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(series, x0..x1, low..high, to_y))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
@@ -166,7 +274,10 @@ pub(crate) fn rollout_errors(learned: &[f64], baseline: &[f64], path: &Path) -> 
     chart(
         path,
         "Rollout position error on held-out simulations",
-        ("rollout step", "position MSE"),
+        (
+            "recorded step of the rollout",
+            "position MSE (N-body length units²)",
+        ),
         &[
             ("graph network", RGBColor(31, 119, 180), points(learned)),
             ("constant velocity", RGBColor(230, 115, 0), points(baseline)),
@@ -238,4 +349,55 @@ pub(crate) fn pareto_front(
         (&labels.0, &labels.1),
         &[("non-dominated candidates", RGBColor(31, 119, 180), points)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_spanning_decades_get_a_log_axis_and_steps_whole_ticks() {
+        let errors: Vec<(f64, f64)> = (1..=20)
+            .map(|i| (i as f64, 1e-9 * 10f64.powi(i / 4)))
+            .collect();
+        let a = axes(&[("e", BLACK, errors)]);
+        assert!(a.log && a.whole_x);
+        assert!(a.y.0 < -8.9 && a.y.1 > -4.1, "{a:?}");
+
+        let accuracy = vec![(100.0, 0.91), (200.0, 0.95), (300.0, 0.97)];
+        let a = axes(&[("a", BLACK, accuracy)]);
+        assert!(!a.log && a.whole_x);
+        assert!(a.y.0 >= 0.0 && a.y.0 < 0.91 && a.y.1 > 0.97, "{a:?}");
+
+        // Near zero, linear, never below it.
+        let small = vec![(0.5, 0.0), (1.5, 3e-3)];
+        let a = axes(&[("s", BLACK, small)]);
+        assert!(!a.log && !a.whole_x && a.y.0 == 0.0, "{a:?}");
+    }
+
+    #[test]
+    fn a_one_point_series_is_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.png");
+        fonts().unwrap();
+        chart(
+            &path,
+            "one",
+            ("step", "loss"),
+            &[("test", BLACK, vec![(300.0, 0.5)])],
+        )
+        .unwrap();
+        let png = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut reader = png.read_info().unwrap();
+        let mut img = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut img).unwrap();
+        // The marker: black pixels beside the axes' (the plot area's middle is empty
+        // without it, a line of one point having no length).
+        let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
+        let dark = (h / 3..2 * h / 3)
+            .flat_map(|y| (w / 3..2 * w / 3).map(move |x| (x, y)))
+            .filter(|&(x, y)| img[(y * w + x) * 3] < 60)
+            .count();
+        assert!(dark > 10, "{dark} dark pixels in the middle");
+    }
 }
