@@ -30,7 +30,9 @@ fn tick(v: f64) -> String {
     if a != 0.0 && !(1e-2..1e4).contains(&a) {
         format!("{v:.1e}")
     } else {
-        format!("{v:.3}")
+        // 1.4, not 1.400.
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -373,6 +375,14 @@ mod tests {
         let small = vec![(0.5, 0.0), (1.5, 3e-3)];
         let a = axes(&[("s", BLACK, small)]);
         assert!(!a.log && !a.whole_x && a.y.0 == 0.0, "{a:?}");
+    }
+
+    #[test]
+    fn ticks_read_plainly() {
+        assert_eq!(tick(1.4), "1.4");
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(250.0), "250");
+        assert_eq!(tick(3e-5), "3.0e-5");
     }
 
     #[test]
