@@ -58,7 +58,16 @@ struct Axes {
     whole_x: bool,
 }
 
-fn axes(series: &[Series<'_>]) -> Axes {
+/// Whether a chart may switch its y axis to log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scale {
+    /// Log when the values span decades (errors, losses, objectives over time).
+    Auto,
+    /// Always linear: a shape the reader knows in linear axes (a Pareto front).
+    Linear,
+}
+
+fn axes(series: &[Series<'_>], scale: Scale) -> Axes {
     let points = || series.iter().flat_map(|s| s.2.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points() {
@@ -71,7 +80,7 @@ fn axes(series: &[Series<'_>]) -> Axes {
         // One x: centre it.
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
     }
-    let log = y0 > 0.0 && y1 / y0 >= LOG_SPAN;
+    let log = scale == Scale::Auto && y0 > 0.0 && y1 / y0 >= LOG_SPAN;
     let (y0, y1) = if log {
         (y0.log10(), y1.log10())
     } else {
@@ -133,6 +142,16 @@ fn chart(
     (x_label, y_label): (&str, &str),
     series: &[Series<'_>],
 ) -> Result<()> {
+    chart_with(path, title, (x_label, y_label), series, Scale::Auto)
+}
+
+fn chart_with(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    series: &[Series<'_>],
+    scale: Scale,
+) -> Result<()> {
     let points = || series.iter().flat_map(|s| s.2.iter());
     if points().next().is_none() {
         return Ok(());
@@ -142,7 +161,7 @@ fn chart(
         x: (x0, x1),
         y: (low, high),
         whole_x,
-    } = axes(series);
+    } = axes(series, scale);
     let to_y = |y: f64| if log { y.log10() } else { y };
     // Ticks within rounding of zero read 0, not -1.4e-20.
     let tiny = (high - low).abs() * 1e-9;
@@ -345,11 +364,12 @@ pub(crate) fn pareto_front(
     fonts()?;
     let mut points = front.to_vec();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    chart(
+    chart_with(
         path,
         "Pareto front of the final population",
         (&labels.0, &labels.1),
         &[("non-dominated candidates", RGBColor(31, 119, 180), points)],
+        Scale::Linear,
     )
 }
 
@@ -362,18 +382,19 @@ mod tests {
         let errors: Vec<(f64, f64)> = (1..=20)
             .map(|i| (i as f64, 1e-9 * 10f64.powi(i / 4)))
             .collect();
-        let a = axes(&[("e", BLACK, errors)]);
+        let a = axes(&[("e", BLACK, errors.clone())], Scale::Auto);
+        assert!(!axes(&[("e", BLACK, errors)], Scale::Linear).log);
         assert!(a.log && a.whole_x);
         assert!(a.y.0 < -8.9 && a.y.1 > -4.1, "{a:?}");
 
         let accuracy = vec![(100.0, 0.91), (200.0, 0.95), (300.0, 0.97)];
-        let a = axes(&[("a", BLACK, accuracy)]);
+        let a = axes(&[("a", BLACK, accuracy)], Scale::Auto);
         assert!(!a.log && a.whole_x);
         assert!(a.y.0 >= 0.0 && a.y.0 < 0.91 && a.y.1 > 0.97, "{a:?}");
 
         // Near zero, linear, never below it.
         let small = vec![(0.5, 0.0), (1.5, 3e-3)];
-        let a = axes(&[("s", BLACK, small)]);
+        let a = axes(&[("s", BLACK, small)], Scale::Auto);
         assert!(!a.log && !a.whole_x && a.y.0 == 0.0, "{a:?}");
     }
 
