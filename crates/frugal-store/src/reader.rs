@@ -45,18 +45,11 @@ impl Dataset {
                 problem: "is unfinished: its writer stopped before the end; run the same command again to complete it".into(),
             });
         }
-        for s in &manifest.shards {
-            let path = dir.join(&s.file);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        StoreError::shard(&path, "missing")
-                    } else {
-                        StoreError::io(&path, e)
-                    }
-                })?
-                .len();
-            crate::shard::check_size(&path, len, s)?;
+        if let Some(f) = crate::verify::check_files(dir, &manifest)
+            .into_iter()
+            .next()
+        {
+            return Err(StoreError::shard(dir.join(&f.file), f.fault));
         }
         Ok(Self {
             dir: dir.to_owned(),

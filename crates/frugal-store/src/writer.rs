@@ -117,14 +117,6 @@ impl DatasetWriter {
         Ok(writer)
     }
 
-    /// Rows of an earlier run that a replaying producer has yet to go through: they are
-    /// checked, not written.
-    pub fn rows_to_replay(&self) -> u64 {
-        self.replay.as_ref().map_or(0, |r| {
-            r.shards.iter().map(|s| s.samples).sum::<u64>() - r.rows
-        })
-    }
-
     /// Starts a dataset in `dir`, or continues an unfinished one with the same schema.
     pub fn create(dir: &Path, schema: Schema, options: WriterOptions) -> Result<Self> {
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;

@@ -935,11 +935,8 @@ with h5py.File(path, "r") as f:
         a.astype(a.dtype.newbyteorder("<")).tofile(f"{dump}/{name}.bin")
 "#;
 
-    #[test]
-    fn an_hdf5_import_resumes_exactly() {
-        if !crate::common::python_ready("h5py, numpy") {
-            return;
-        }
+    /// The arrays of `WRITE` in `data.h5`, and what h5py reads of them beside it.
+    fn h5_file() -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("data.h5");
         let status = Command::new("python3")
@@ -949,6 +946,15 @@ with h5py.File(path, "r") as f:
             .status()
             .unwrap();
         assert!(status.success());
+        (tmp, file)
+    }
+
+    #[test]
+    fn an_hdf5_import_resumes_exactly() {
+        if !crate::common::python_ready("h5py, numpy") {
+            return;
+        }
+        let (tmp, file) = h5_file();
         let datasets: Vec<(String, String)> = ["wide", "id", "flag"]
             .iter()
             .map(|n| (n.to_string(), format!("group/{n}")))
@@ -969,15 +975,7 @@ with h5py.File(path, "r") as f:
         if !crate::common::python_ready("h5py, numpy") {
             return;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("data.h5");
-        let status = Command::new("python3")
-            .args(["-c", WRITE])
-            .arg(&file)
-            .arg(tmp.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let (tmp, file) = h5_file();
 
         let names = ["wide", "id", "half", "flag", "u", "d", "b"];
         let datasets: Vec<(String, String)> = names
