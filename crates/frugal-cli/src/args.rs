@@ -425,6 +425,22 @@ pub(crate) enum ImportCommand {
         #[command(flatten)]
         shard: ShardSizeArg,
     },
+    /// Flat binary files (`a.tofile()`, Fortran stream writes), one per column, their
+    /// layout given here; column-major files are transposed a block at a time.
+    Raw {
+        /// A column and its file's layout, `NAME=FILE:DTYPE[:SHAPE][:ORDER][:ENDIAN]`, e.g.
+        /// `x=images.bin:f32:3072:column-major` or `y=labels.bin:i32` (repeatable). SHAPE is
+        /// one sample's (`3072`, `32x32x3`; default one element), ORDER `row-major`
+        /// (default) or `column-major` (sample index fastest, as `a.T.tofile()` writes),
+        /// ENDIAN `le` (default) or `be`.
+        #[arg(long, value_name = "SPEC", required = true, value_parser = parse_raw_column)]
+        column: Vec<frugal_store::import::RawColumn>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardSizeArg,
+    },
     /// Datasets of an HDF5 file, read chunk by chunk (needs the `hdf5` feature).
     Hdf5 {
         /// The HDF5 file.
@@ -587,6 +603,10 @@ fn parse_verify(s: &str) -> Result<frugal_store::Verify, String> {
         "off" => Ok(frugal_store::Verify::Off),
         _ => Err(format!("`{s}`: expected on-read, before or off")),
     }
+}
+
+fn parse_raw_column(s: &str) -> Result<frugal_store::import::RawColumn, String> {
+    s.parse()
 }
 
 fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {

@@ -364,3 +364,56 @@ fn mnist_imports_and_streams() {
     let b = json(frugal().args(["data", "bench", "--json"]).arg(&dir));
     assert_eq!(b["samples"], 10000);
 }
+
+/// `frugal data import raw` reads seed-001's layout (features × samples f32, i32 labels)
+/// and names what is wrong with a spec or a file.
+#[test]
+fn raw_files_import_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, features) = (500usize, 6usize);
+    let mut images = Vec::new();
+    for f in 0..features {
+        for i in 0..n {
+            images.extend(((i * features + f) as f32).to_le_bytes());
+        }
+    }
+    let labels: Vec<u8> = (0..n as i32).flat_map(|i| (i % 10).to_le_bytes()).collect();
+    std::fs::write(tmp.path().join("images.bin"), &images).unwrap();
+    std::fs::write(tmp.path().join("labels.bin"), &labels).unwrap();
+    let dir = tmp.path().join("ds");
+    frugal()
+        .current_dir(tmp.path())
+        .args(["data", "import", "raw"])
+        .args(["--column", "x=images.bin:f32:6:column-major"])
+        .args(["--column", "y=labels.bin:i32", "--out", "ds"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("wrote 500 samples"));
+    let m = json(frugal().args(["data", "inspect", "--json"]).arg(&dir));
+    assert_eq!(m["schema"]["columns"][0]["shape"], serde_json::json!([6]));
+    assert_eq!(m["schema"]["columns"][1]["dtype"], "I32");
+
+    frugal()
+        .current_dir(tmp.path())
+        .args([
+            "data",
+            "import",
+            "raw",
+            "--column",
+            "x=images.bin:float32:6",
+        ])
+        .args(["--out", "bad"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown dtype `float32`"));
+    frugal()
+        .current_dir(tmp.path())
+        .args(["data", "import", "raw", "--column", "x=images.bin:f32:7"])
+        .args(["--out", "bad"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("images.bin").and(predicate::str::contains("28-byte samples")),
+        );
+    assert!(!tmp.path().join("bad").exists());
+}

@@ -1,5 +1,6 @@
 //! Command jobs: a program named in the worker's own configuration, run without a shell,
-//! in its own process group, killed on timeout and when its worker dies.
+//! in a process group of its own that is killed, helpers and all, on timeout, on
+//! cancellation and when its worker dies.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ pub enum ChildError {
     /// Its exit could not be collected.
     #[error("cannot wait: {0}")]
     Wait(std::io::Error),
+    /// The guard that kills its process group when the worker dies (`/bin/sh`) could not be
+    /// started; the program is not run without it.
+    #[error("cannot start /bin/sh, which guards the job's process group: {0}")]
+    Guard(std::io::Error),
 }
 
 /// Where a command leaves its metrics.
@@ -308,22 +313,28 @@ pub struct ChildRun {
     pub stopped: Option<String>,
 }
 
-/// Runs `cmd` to completion in its own process group, killing the whole group at
-/// `deadline`, when `ctx` is cancelled, and (through the parent-death signal) when the
-/// calling thread's process dies. Call it from a long-lived thread: Linux sends the
-/// parent-death signal when the *thread* that forked exits.
+/// Runs `cmd` to completion in a process group of its own, killing the whole group at
+/// `deadline`, when `ctx` is cancelled, after the program exits (whatever it left running
+/// goes with it), and when this process dies, however it dies.
+///
+/// The last is the guard's work: a small `/bin/sh` started first, as the leader of the
+/// group the program then joins. Its standard input is a pipe whose only writer is this
+/// process; when this process dies the kernel closes that end, the guard reads end-of-file
+/// and SIGKILLs its group. The program also gets the parent-death signal, so it dies at once
+/// even before the guard has run. A process that leaves the group (setsid, setpgid) escapes
+/// all of this.
 pub fn run_child(
     mut cmd: Command,
     deadline: Option<Instant>,
     ctx: &Context,
 ) -> Result<ChildRun, ChildError> {
+    let guard = Guard::start()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    own_group_dies_with_parent(&mut cmd);
+    join_group_die_with_parent(&mut cmd, guard.group);
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(ChildError::Spawn)?;
-    let group = rustix::process::Pid::from_child(&child);
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let mut stopped = None;
@@ -339,25 +350,106 @@ pub fn run_child(
                 "timed out after {:.1} s and was killed",
                 started.elapsed().as_secs_f64()
             ))
+        } else if guard.died() {
+            // Without its guard the job would outlive a killed worker; only SIGKILL (which
+            // it cannot ignore) ends the guard early.
+            Some("was killed: its guard (the /bin/sh leading its process group) was killed".into())
         } else {
             None
         };
         if let Some(why) = why {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            guard.kill_group();
+            // The program itself may have left the group (setsid); waiting must not hang.
+            let _ = child.kill();
             stopped = Some(why);
             break wait(&mut child)?;
         }
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(20));
     };
-    // Whatever the program left running in its group goes with it.
-    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    // Kills what the program left running in its group (which holds its output pipes open)
+    // and reaps the guard.
+    drop(guard);
     Ok(ChildRun {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
         stopped,
     })
+}
+
+/// The guard's script. It ignores the catchable signals a job may send its own group (`kill
+/// 0` in a script's exit trap, a terminal's stop keys), so only end-of-file on its standard
+/// input, or SIGKILL, ends it; then it says it is ready.
+const GUARD_SCRIPT: &str = "trap '' HUP INT QUIT TERM PIPE ALRM USR1 USR2 TSTP TTIN TTOU; echo; read -r _line; kill -s KILL 0";
+
+/// A job's guard: the leader of its process group, alive until that group is killed.
+struct Guard {
+    child: Child,
+    group: rustix::process::Pid,
+    /// The pipe's only writer (close-on-exec, so no other program keeps it); its end is
+    /// the guard's signal.
+    _lifeline: std::io::PipeWriter,
+}
+
+impl Guard {
+    fn start() -> Result<Self, ChildError> {
+        use std::os::unix::process::CommandExt;
+        let (read, lifeline) = std::io::pipe().map_err(ChildError::Guard)?;
+        let child = Command::new("/bin/sh")
+            .args(["-c", GUARD_SCRIPT, "frugal-job-guard"])
+            .env_clear()
+            // Holds no directory (a scratch directory, a mount) busy.
+            .current_dir("/")
+            .stdin(read)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(ChildError::Guard)?;
+        let group = rustix::process::Pid::from_child(&child);
+        let mut guard = Self {
+            child,
+            group,
+            _lifeline: lifeline,
+        };
+        // A job that signals its group at once must find the traps already set.
+        let mut ready = [0u8];
+        if let Some(mut out) = guard.child.stdout.take() {
+            match out.read(&mut ready) {
+                Ok(1) => {}
+                Ok(_) => {
+                    return Err(ChildError::Guard(std::io::Error::other(
+                        "it exited before it was ready",
+                    )));
+                }
+                Err(e) => return Err(ChildError::Guard(e)),
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Whether the guard has exited, leaving it unreaped: until it is reaped its pid, the
+    /// group's id, cannot be reused, so killing the group can never hit another process.
+    fn died(&self) -> bool {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        waitid(
+            WaitId::Pid(self.group),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        )
+        .is_ok_and(|s| s.is_some())
+    }
+
+    fn kill_group(&self) {
+        let _ = rustix::process::kill_process_group(self.group, rustix::process::Signal::KILL);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill_group();
+        let _ = self.child.wait();
+    }
 }
 
 fn wait(child: &mut Child) -> Result<ExitStatus, ChildError> {
@@ -374,12 +466,14 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<V
     })
 }
 
-/// Puts the child in a process group of its own (so a timeout kills its helpers too) and
-/// asks the kernel to SIGKILL it when its parent dies, so a killed worker leaves nothing behind.
+/// Puts the child in its guard's process group (so one kill ends it and its helpers) and
+/// asks the kernel to SIGKILL it when its parent dies: it then dies at once, before the
+/// guard has read end-of-file. Linux sends that signal when the forking *thread* exits,
+/// which here is the thread waiting in [`run_child`]; the guard watches the whole process.
 #[allow(unsafe_code)]
-fn own_group_dies_with_parent(cmd: &mut Command) {
+fn join_group_die_with_parent(cmd: &mut Command, group: rustix::process::Pid) {
     use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
+    cmd.process_group(group.as_raw_nonzero().get());
     let parent = rustix::process::getpid();
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe work is allowed. It makes two raw system calls (prctl and getppid)
@@ -403,6 +497,7 @@ fn own_group_dies_with_parent(cmd: &mut Command) {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
 
     fn template(command: &[&str]) -> CommandTemplate {
         CommandTemplate {
@@ -501,5 +596,186 @@ mod tests {
             crate::testing::gone(pid, Duration::from_secs(5)),
             "the grandchild {pid} outlived the timeout"
         );
+    }
+
+    fn sh(script: &str, args: &[&Path]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg("sh").args(args);
+        cmd
+    }
+
+    /// Waits for `file` to hold a whole line (a pid) and reads it.
+    fn pid_in(file: &Path) -> u32 {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(file)
+                && s.ends_with('\n')
+            {
+                return s.trim().parse().unwrap();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{} was never written",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A process's pid and process group (for a job, its guard's pid) from its
+    /// `/proc/PID/stat` line.
+    fn pid_and_group(stat: &str) -> (u32, u32) {
+        let (pid, rest) = stat.split_once(' ').unwrap();
+        let (_, rest) = rest.rsplit_once(')').unwrap();
+        let group = rest.split_whitespace().nth(2).unwrap();
+        (pid.parse().unwrap(), group.parse().unwrap())
+    }
+
+    /// A live process's process group.
+    fn group_of(pid: u32) -> u32 {
+        pid_and_group(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()).1
+    }
+
+    /// Where [`killed_worker`] writes its job's and helper's pids.
+    const WORKER_DIR: &str = "FRUGAL_FARM_TEST_KILLED_WORKER_DIR";
+
+    /// The worker of `a_killed_worker_takes_the_jobs_helpers_with_it`, run in a process of
+    /// its own; by itself (no directory given) it does nothing.
+    #[test]
+    #[ignore = "started by a_killed_worker_takes_the_jobs_helpers_with_it"]
+    fn killed_worker() {
+        let Some(dir) = std::env::var_os(WORKER_DIR) else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        let cmd = sh(
+            "echo $$ > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"; sleep 300 & echo $! > \"$2.tmp\" && mv \"$2.tmp\" \"$2\"; wait",
+            &[&dir.join("job"), &dir.join("helper")],
+        );
+        let _ = run_child(cmd, None, &Context::unbounded());
+        panic!("the job ended while its worker was alive");
+    }
+
+    #[test]
+    fn a_killed_worker_takes_the_jobs_helpers_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "command::tests::killed_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(WORKER_DIR, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut worker = crate::testing::KillOnDrop(worker);
+        let job = pid_in(&dir.path().join("job"));
+        let helper = pid_in(&dir.path().join("helper"));
+        let guard = group_of(job);
+        assert_eq!(group_of(helper), guard);
+        assert_ne!(guard, job, "the job should be in its guard's group");
+        for pid in [job, helper, guard] {
+            assert!(
+                !crate::testing::gone(pid, Duration::ZERO),
+                "{pid} died early"
+            );
+        }
+        worker.0.kill().unwrap();
+        worker.0.wait().unwrap();
+        for (what, pid) in [("job", job), ("helper", helper), ("guard", guard)] {
+            assert!(
+                crate::testing::gone(pid, Duration::from_secs(5)),
+                "the {what} {pid} outlived its killed worker"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_pass_through_and_helpers_go_with_the_job() {
+        let ctx = Context::unbounded();
+        let run = run_child(sh("echo out; echo err >&2; exit 7", &[]), None, &ctx).unwrap();
+        assert_eq!(run.status.code(), Some(7));
+        assert_eq!(
+            (&run.stdout[..], &run.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        assert!(run.stopped.is_none());
+
+        use std::os::unix::process::ExitStatusExt;
+        let run = run_child(sh("kill -s TERM $$; sleep 5", &[]), None, &ctx).unwrap();
+        let term = rustix::process::Signal::TERM.as_raw();
+        assert_eq!(run.status.signal(), Some(term), "{:?}", run.status);
+        assert!(run.stopped.is_none());
+
+        // A job that exits at once, leaving a helper behind: the helper and the guard go.
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("helper");
+        let stat = dir.path().join("stat");
+        let run = run_child(
+            sh(
+                "cat /proc/$$/stat > \"$1\"; sleep 300 & echo $! > \"$2\"",
+                &[&stat, &helper],
+            ),
+            None,
+            &ctx,
+        )
+        .unwrap();
+        assert!(run.status.success());
+        let helper = pid_in(&helper);
+        let job_stat = std::fs::read_to_string(&stat).unwrap();
+        let (job, guard) = pid_and_group(&job_stat);
+        assert_ne!(guard, job);
+        assert!(crate::testing::gone(helper, Duration::from_secs(5)));
+        assert!(crate::testing::gone(guard, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn timeout_kills_a_job_that_left_its_group() {
+        let mut cmd = Command::new("setsid");
+        cmd.args(["sleep", "30"]);
+        let start = Instant::now();
+        let deadline = Some(start + Duration::from_millis(300));
+        let run = run_child(cmd, deadline, &Context::unbounded()).unwrap();
+        assert!(run.stopped.unwrap().contains("timed out"));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_job_signalling_its_own_group_does_not_end_its_guard() {
+        // A script's `kill 0` (SIGTERM to its whole group) must not take the guard with it.
+        let run = run_child(
+            sh("trap '' TERM; kill 0; sleep 0.3; exit 3", &[]),
+            None,
+            &Context::unbounded(),
+        )
+        .unwrap();
+        assert_eq!(run.status.code(), Some(3), "{:?}", run.stopped);
+        assert!(run.stopped.is_none(), "{:?}", run.stopped);
+    }
+
+    #[test]
+    fn a_killed_guard_ends_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job");
+        let cmd = sh(
+            "echo $$ > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"; exec sleep 300",
+            &[&file],
+        );
+        let run = std::thread::spawn(move || run_child(cmd, None, &Context::unbounded()));
+        let job = pid_in(&file);
+        let guard = group_of(job);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(guard as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        let run = run.join().unwrap().unwrap();
+        let why = run.stopped.unwrap();
+        assert!(why.contains("guard"), "{why}");
+        assert!(crate::testing::gone(job, Duration::from_secs(5)));
     }
 }

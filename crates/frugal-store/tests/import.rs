@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use frugal_store::import::{import_mnist, import_npy, import_npz};
+use frugal_store::import::{RawColumn, import_mnist, import_npy, import_npz, import_raw};
 use frugal_store::{
     Column, DType, Dataset, MANIFEST_FILE, Order, OrderSpec, StoreError, StreamOptions,
     WriterOptions,
@@ -318,6 +318,139 @@ fn fortran_order_npy_imports_as_its_rows() {
         message.contains("Fortran") && message.contains("ascontiguousarray"),
         "{message}"
     );
+}
+
+/// The layout seed-001's Fortran trainer reads: `images.T.astype(np.float32).tofile()`
+/// (features × samples, the sample index fastest) and `labels.astype(np.int32).tofile()`.
+/// A column-major `.bin` imports to the same shards as the Fortran-order `.npy` of the same
+/// array, and a row-major `.bin` to those of the C-order `.npy`.
+#[test]
+fn raw_files_import_as_the_npy_of_the_same_array() {
+    let tmp = tempfile::tempdir().unwrap();
+    // More samples than one read block holds (8 MiB / 48 bytes), so blocks join up.
+    let (n, d1, d2) = (190_000usize, 3usize, 4usize);
+    let value = |i: usize, a: usize, b: usize| ((i * 12 + a * 4 + b) % 100_003) as f32 - 7.5;
+    let mut fortran = Vec::with_capacity(n * d1 * d2 * 4);
+    for b in 0..d2 {
+        for a in 0..d1 {
+            for i in 0..n {
+                fortran.extend(value(i, a, b).to_le_bytes());
+            }
+        }
+    }
+    let mut c_order = Vec::with_capacity(fortran.len());
+    for i in 0..n {
+        for a in 0..d1 {
+            for b in 0..d2 {
+                c_order.extend(value(i, a, b).to_le_bytes());
+            }
+        }
+    }
+    let labels: Vec<u8> = (0..n as i32)
+        .flat_map(|i| (i % 10 - 3).to_le_bytes())
+        .collect();
+    let header = |order: bool| {
+        format!(
+            "{{'descr': '<f4', 'fortran_order': {}, 'shape': ({n}, {d1}, {d2}), }}",
+            if order { "True" } else { "False" }
+        )
+    };
+    let f_npy = write_file(tmp.path(), "f.npy", &npy_raw(1, header(true), &fortran));
+    let c_npy = write_file(tmp.path(), "c.npy", &npy_raw(1, header(false), &c_order));
+    let y_npy = write_file(tmp.path(), "y.npy", &npy(1, "<i4", &[n], &labels));
+    let f_bin = write_file(tmp.path(), "images.bin", &fortran);
+    let c_bin = write_file(tmp.path(), "rows.bin", &c_order);
+    let y_bin = write_file(tmp.path(), "labels.bin", &labels);
+    let raw = |x: &Path, order: &str| -> Vec<RawColumn> {
+        [
+            format!("x={}:f32:{d1}x{d2}:{order}", x.display()),
+            format!("y={}:i32", y_bin.display()),
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
+    };
+    let shards = || WriterOptions {
+        shard_bytes: 1 << 20,
+        ..WriterOptions::default()
+    };
+    for (name, bin, npy_file, order) in [
+        ("column", &f_bin, &f_npy, "column-major"),
+        ("row", &c_bin, &c_npy, "row-major"),
+    ] {
+        let from_raw = tmp.path().join(format!("{name}-raw"));
+        let from_npy = tmp.path().join(format!("{name}-npy"));
+        let m = import_raw(&raw(bin, order), &from_raw, shards()).unwrap();
+        assert_eq!(m.samples, n as u64);
+        assert_eq!(m.schema.columns[0], Column::new("x", DType::F32, [d1, d2]));
+        assert_eq!(m.metadata["source"]["format"], "raw");
+        assert_eq!(m.metadata["source"]["columns"]["x"]["order"], order);
+        import_npy(
+            &[("x".into(), npy_file.clone()), ("y".into(), y_npy.clone())],
+            &from_npy,
+            shards(),
+        )
+        .unwrap();
+        let (a, b) = (dataset_bytes(&from_raw), dataset_bytes(&from_npy));
+        assert!(a.0.len() > 4 && a.0 == b.0, "{name}-major: shards differ");
+        assert_eq!(a.1["shards"], b.1["shards"]);
+        assert!(
+            read_columns(&from_raw)["x"] == c_order,
+            "{name}-major: not the C-order array"
+        );
+    }
+
+    // Big-endian column-major u16, 2-D.
+    let words: Vec<u16> = (0..n * 2).map(|k| (k * 7919 % 65_521) as u16).collect();
+    let mut be = Vec::new();
+    for col in 0..2 {
+        for i in 0..n {
+            be.extend(words[i * 2 + col].to_be_bytes());
+        }
+    }
+    let w = write_file(tmp.path(), "w.bin", &be);
+    let spec: RawColumn = format!("w={}:u16:2:column-major:be", w.display())
+        .parse()
+        .unwrap();
+    import_raw(&[spec], &tmp.path().join("be"), shards()).unwrap();
+    let le: Vec<u8> = words.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert!(read_columns(&tmp.path().join("be"))["w"] == le);
+
+    // A layout that does not fit the file, and files of different lengths, name the file.
+    let wrong: RawColumn = format!("x={}:f32:7", f_bin.display()).parse().unwrap();
+    let (path, message) =
+        import_message(import_raw(&[wrong], &tmp.path().join("no"), shards()).unwrap_err());
+    assert_eq!(path, f_bin);
+    assert!(
+        message.contains("28-byte samples") && message.contains("column `x`"),
+        "{message}"
+    );
+    let short = write_file(tmp.path(), "short.bin", &labels[..400]);
+    let specs: Vec<RawColumn> = [
+        format!("x={}:f32:12:column-major", f_bin.display()),
+        format!("y={}:i32", short.display()),
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let err = import_raw(&specs, &tmp.path().join("no"), shards())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("short.bin") && err.contains("100 rows") && err.contains("190000"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("no").exists(),
+        "a refused import left a directory"
+    );
+
+    // Killed part-way, a raw import resumes to the uninterrupted bytes.
+    let resume = tmp.path().join("resume");
+    std::fs::create_dir(&resume).unwrap();
+    resumes_exactly(&resume, |out| {
+        import_raw(&raw(&f_bin, "column-major"), out, shards())
+    });
 }
 
 #[test]

@@ -106,6 +106,14 @@ fn import(command: ImportCommand, out: &mut dyn Write) -> Result<()> {
             };
             (dir, m)
         }
+        ImportCommand::Raw {
+            column,
+            out: dir,
+            shard,
+        } => {
+            let m = import::import_raw(&column, &dir, options(shard.shard_size))?;
+            (dir, m)
+        }
         ImportCommand::Hdf5 {
             file,
             dataset,

@@ -2,6 +2,8 @@
 //!
 //! - [`npy`]: numpy `.npy` files (one array per column) and `.npz` archives (every
 //!   array a column), parsed here rather than through numpy.
+//! - [`raw`]: flat binary files (`a.tofile()`, Fortran stream writes), their layout
+//!   given by the user, row-major or column-major.
 //! - [`mnist`]: the MNIST IDX files, gzip-compressed or raw.
 //! - `hdf5` (crate feature `hdf5`, links the system libhdf5): named datasets of an HDF5
 //!   file.
@@ -22,11 +24,13 @@ use std::path::Path;
 pub mod hdf5;
 pub mod mnist;
 pub mod npy;
+pub mod raw;
 
 #[cfg(feature = "hdf5")]
 pub use self::hdf5::import_hdf5;
 pub use mnist::import_mnist;
 pub use npy::{NpyHeader, import_npy, import_npz, read_npy_header};
+pub use raw::{RawColumn, RawOrder, import_raw};
 
 /// About how many bytes of each column an importer holds at a time: large enough that
 /// reads are long and sequential, small enough that many columns fit in modest memory.

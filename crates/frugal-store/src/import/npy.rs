@@ -430,13 +430,13 @@ impl Parser<'_> {
 }
 
 /// Where an array comes from, for messages: a file, or a member of an archive.
-struct Origin {
-    path: PathBuf,
-    member: Option<String>,
+pub(super) struct Origin {
+    pub(super) path: PathBuf,
+    pub(super) member: Option<String>,
 }
 
 impl Origin {
-    fn err(&self, message: impl std::fmt::Display) -> StoreError {
+    pub(super) fn err(&self, message: impl std::fmt::Display) -> StoreError {
         match &self.member {
             None => StoreError::import(&self.path, message.to_string()),
             Some(m) => StoreError::import(&self.path, format!("member `{m}`: {message}")),
@@ -451,11 +451,10 @@ impl Origin {
     }
 }
 
-/// One array being imported: its header and a reader positioned in its data.
 /// Reads a Fortran-order (column-major) array file as rows: a block of rows at a time,
 /// each of a row's elements gathered from its own stretch of the file (element `(i, J)`
 /// of `n` rows lies at `i + n·J`), so memory stays one block whatever the file's size.
-struct ColumnMajor {
+pub(super) struct ColumnMajor {
     file: File,
     data_offset: u64,
     rows: u64,
@@ -470,7 +469,7 @@ struct ColumnMajor {
 }
 
 impl ColumnMajor {
-    fn new(file: File, header: &NpyHeader) -> Self {
+    pub(super) fn new(file: File, header: &NpyHeader) -> Self {
         let dims = &header.shape[1..];
         let per_row: usize = dims.iter().product();
         // Fortran index J = j1 + d1·(j2 + d2·(…)); C index c = (j1·d2 + j2)·d3 + ….
@@ -534,14 +533,15 @@ impl Read for ColumnMajor {
     }
 }
 
-struct Source<R> {
-    origin: Origin,
-    header: NpyHeader,
-    reader: R,
+/// One array being imported: its header and a reader positioned in its data.
+pub(super) struct Source<R> {
+    pub(super) origin: Origin,
+    pub(super) header: NpyHeader,
+    pub(super) reader: R,
 }
 
 /// Checks that every array has the same number of rows and returns it and the schema.
-fn plan<'a>(
+pub(super) fn plan<'a>(
     arrays: impl IntoIterator<Item = (&'a str, &'a Origin, &'a NpyHeader)>,
 ) -> Result<(u64, Schema)> {
     let mut rows: Option<(u64, &Origin)> = None;
@@ -566,7 +566,7 @@ fn plan<'a>(
 
 /// Copies `rows` rows from every source into `writer`, a block at a time, and checks
 /// that each source ends exactly where its data does.
-fn copy_rows<R: Read>(
+pub(super) fn copy_rows<R: Read>(
     writer: &mut DatasetWriter,
     sources: &mut [Source<R>],
     rows: u64,
