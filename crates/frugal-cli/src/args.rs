@@ -495,7 +495,12 @@ pub(crate) struct BenchArgs {
     /// Checksum checking while reading: on-read, before or off.
     #[arg(long, default_value = "on-read", value_parser = parse_verify)]
     pub(crate) verify: frugal_store::Verify,
-    /// Print JSON (read_gbps, raw_gbps, ratio, samples_per_s, peak_rss_bytes, ...).
+    /// Timed pairs of (epoch, raw read), alternating which goes first; the report gives
+    /// each and their medians (a disk's rate varies from one read to the next).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) repeats: u32,
+    /// Print JSON (medians read_gbps, raw_gbps, ratio, samples_per_s, peak_rss_bytes, and
+    /// every pair under `runs`).
     #[arg(long)]
     pub(crate) json: bool,
 }

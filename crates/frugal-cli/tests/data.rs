@@ -85,6 +85,27 @@ fn generate_inspect_verify_and_bench() {
             assert!(rss > 1 << 20 && rss < 256 << 20, "{rss}");
         }
     }
+    // Repeated pairs alternate which read goes first; the top-level figures are medians.
+    let b = json(
+        frugal()
+            .args(["data", "bench", "--json", "--cold", "--repeats", "3"])
+            .arg(&dir),
+    );
+    let runs = b["runs"].as_array().unwrap();
+    let firsts: Vec<bool> = runs
+        .iter()
+        .map(|r| r["raw_first"].as_bool().unwrap())
+        .collect();
+    assert_eq!(firsts, [true, false, true]);
+    let mut ratios: Vec<f64> = runs.iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!(b["ratio"].as_f64().unwrap(), ratios[1]);
+    frugal()
+        .args(["data", "bench", "--repeats", "0"])
+        .arg(&dir)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--repeats"));
 }
 
 #[test]

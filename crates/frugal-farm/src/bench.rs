@@ -274,6 +274,7 @@ pub fn redis(
                 jobs: slots,
                 batch,
                 name: format!("bench-{w}"),
+                piece_bytes: crate::queue::PIECE_BYTES,
             };
             let worker = Worker::new(url, registry, options, stop.clone(), |_| {});
             std::thread::spawn(move || worker.run())

@@ -50,6 +50,10 @@ struct FeedState {
     /// Submitted job ids and their indices.
     ids: HashMap<String, u64>,
     ready: HashMap<u64, Outcome>,
+    /// Outcomes [`OrderedFeed::next_ready`] named, waiting for their [`OrderedFeed::take`].
+    claimed: HashMap<u64, Outcome>,
+    /// Indices handed out, by `next_ready` or `take`.
+    handed: usize,
 }
 
 impl<F: Farm> OrderedFeed<F> {
@@ -71,6 +75,8 @@ impl<F: Farm> OrderedFeed<F> {
                 polling: false,
                 ids: HashMap::new(),
                 ready: HashMap::new(),
+                claimed: HashMap::new(),
+                handed: 0,
             }),
             arrived: Condvar::new(),
             window: window.max(1),
@@ -100,9 +106,14 @@ impl<F: Farm> OrderedFeed<F> {
     pub fn take(&self, index: u64) -> Result<Outcome, FeedError> {
         let mut st = self.state.lock().expect("feed lock");
         loop {
-            if let Some(o) = st.ready.remove(&index) {
+            let found = match st.claimed.remove(&index) {
+                Some(o) => Some(o),
+                None => st.ready.remove(&index).inspect(|_| st.handed += 1),
+            };
+            if let Some(o) = found {
                 st.taken += 1;
                 self.submit_ahead(&mut st)?;
+                self.arrived.notify_all();
                 return Ok(o);
             }
             self.submit_ahead(&mut st)?;
@@ -110,34 +121,64 @@ impl<F: Farm> OrderedFeed<F> {
             if in_flight == 0 && st.ready.is_empty() {
                 return Err(FeedError::NotQueued { index });
             }
-            // Another thread polls, or what arrived must be taken before more is sent.
-            if st.polling || in_flight == 0 {
-                st = self
-                    .arrived
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .expect("feed lock")
-                    .0;
-                continue;
-            }
-            st.polling = true;
-            drop(st);
-            let next = self
-                .farm
-                .lock()
-                .expect("farm lock")
-                .next(Duration::from_millis(200));
-            st = self.state.lock().expect("feed lock");
-            st.polling = false;
-            self.arrived.notify_all();
-            if let Some(o) = next? {
-                let i = st
-                    .ids
-                    .remove(&o.id)
-                    .ok_or_else(|| FeedError::Unexpected { id: o.id.clone() })?;
-                st.received += 1;
-                st.ready.insert(i, o);
-            }
+            st = self.wait_or_poll(st)?;
         }
+    }
+
+    /// Waits for whichever outcome arrives first and returns its index, for [`take`]
+    /// (Self::take) to collect; `None` once every index has been handed out. A consumer
+    /// that may write in any order uses this: nothing waits in memory for an earlier index
+    /// whose job is slower, so the window can be as wide as the workers are many.
+    pub fn next_ready(&self) -> Result<Option<u64>, FeedError> {
+        let mut st = self.state.lock().expect("feed lock");
+        loop {
+            if st.handed == st.todo.len() {
+                return Ok(None);
+            }
+            if let Some(&i) = st.ready.keys().min() {
+                let o = st.ready.remove(&i).expect("present");
+                st.claimed.insert(i, o);
+                st.handed += 1;
+                return Ok(Some(i));
+            }
+            self.submit_ahead(&mut st)?;
+            st = self.wait_or_poll(st)?;
+        }
+    }
+
+    /// Polls the farm once for an outcome, unless another thread is polling or nothing is
+    /// in flight (what arrived must be taken before more is sent): then waits for them.
+    fn wait_or_poll<'a>(
+        &'a self,
+        mut st: std::sync::MutexGuard<'a, FeedState>,
+    ) -> Result<std::sync::MutexGuard<'a, FeedState>, FeedError> {
+        let in_flight = st.submitted - st.received;
+        if st.polling || in_flight == 0 {
+            return Ok(self
+                .arrived
+                .wait_timeout(st, Duration::from_millis(500))
+                .expect("feed lock")
+                .0);
+        }
+        st.polling = true;
+        drop(st);
+        let next = self
+            .farm
+            .lock()
+            .expect("farm lock")
+            .next(Duration::from_millis(200));
+        st = self.state.lock().expect("feed lock");
+        st.polling = false;
+        self.arrived.notify_all();
+        if let Some(o) = next? {
+            let i = st
+                .ids
+                .remove(&o.id)
+                .ok_or_else(|| FeedError::Unexpected { id: o.id.clone() })?;
+            st.received += 1;
+            st.ready.insert(i, o);
+        }
+        Ok(st)
     }
 }
 
@@ -177,6 +218,25 @@ mod tests {
             feed.take(20),
             Err(FeedError::NotQueued { index: 20 })
         ));
+    }
+
+    #[test]
+    fn hands_outcomes_over_as_they_arrive() {
+        let feed = OrderedFeed::new(farm(), (0..16).collect(), 8, |i| {
+            Job::new(format!("sq-{i}"), "square", serde_json::json!({}), i)
+        });
+        let mut order = Vec::new();
+        while let Some(i) = feed.next_ready().unwrap() {
+            let o = feed.take(i).unwrap();
+            assert_eq!(o.result.unwrap()["y"], (i * i) as f64);
+            order.push(i);
+            let st = feed.state.lock().unwrap();
+            assert!(st.submitted - st.taken <= 8, "window kept");
+        }
+        // Later jobs of a batch finish first, so arrival order is not index order.
+        assert_ne!(order, (0..16).collect::<Vec<_>>());
+        order.sort_unstable();
+        assert_eq!(order, (0..16).collect::<Vec<_>>());
     }
 
     #[test]

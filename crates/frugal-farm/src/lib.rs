@@ -53,7 +53,8 @@ pub use job::{Job, JobError, Metrics, MetricsError, Outcome, metrics_from_value,
 pub use kind::{Context, Kind, Registry, RegistryError, SPIN_ROUND, register_builtin};
 pub use local::LocalFarm;
 pub use queue::{
-    QueueStatus, RedisFarm, Worker, WorkerInfo, WorkerOptions, WorkerReport, queue_status,
+    PIECE_BYTES, QueueStatus, RedisFarm, Worker, WorkerInfo, WorkerOptions, WorkerReport,
+    queue_status,
 };
 
 /// What went wrong with the farm itself (a job's own failure is an [`Outcome`], not this).

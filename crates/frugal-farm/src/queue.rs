@@ -7,6 +7,10 @@
 //! - `q:lease_ms`: the lease every worker holds a job for, set by the run.
 //! - `q:run`: the run that owns the queue (expires unless the run keeps it alive).
 //! - `q:worker:NAME`: a live worker's description (expires when it stops beating).
+//! - `q:data:ENTRY.N:K`: piece `K` of the data of attempt `N` at job entry `ENTRY`, when
+//!   that data is larger than a piece ([`WorkerOptions::piece_bytes`]); its result entry
+//!   names the pieces, the reader joins and deletes them. They expire after a week if no
+//!   reader comes.
 //!
 //! A worker takes a job with XREADGROUP (delivery 1) or, when some worker's lease on it
 //! expired, with XAUTOCLAIM (each claim counts one more delivery). While it runs, the
@@ -36,6 +40,11 @@ pub(crate) const GROUP: &str = "workers";
 const READ_BYTES: usize = 64 << 20;
 /// How long a run's claim on its queue lasts without being renewed.
 const RUN_CLAIM_MS: u64 = 15_000;
+/// Largest piece of a result's data sent as one Redis value (a value holds at most 512 MiB,
+/// and one long write stalls every other client of the server).
+pub const PIECE_BYTES: usize = 64 << 20;
+/// How long unread pieces live (a run that never comes back for its results).
+const PIECE_TTL_S: u64 = 7 * 24 * 3600;
 
 pub(crate) struct Keys {
     pub(crate) jobs: String,
@@ -44,6 +53,7 @@ pub(crate) struct Keys {
     pub(crate) lease: String,
     run: String,
     worker_prefix: String,
+    data_prefix: String,
 }
 
 impl Keys {
@@ -66,6 +76,7 @@ impl Keys {
             lease: format!("{queue}:lease_ms"),
             run: format!("{queue}:run"),
             worker_prefix: format!("{queue}:worker:"),
+            data_prefix: format!("{queue}:data:"),
         }
     }
 }
@@ -297,6 +308,52 @@ impl RedisFarm {
         Ok(())
     }
 
+    /// Reads, joins and deletes the pieces a result entry names (`PREFIX COUNT BYTES`).
+    fn join_pieces(&mut self, entry: &str, named: &str) -> Result<Vec<u8>, FarmError> {
+        let bad = |message: String| FarmError::Redis {
+            url: self.url.clone(),
+            message: format!("result entry {entry} in {}: {message}", self.keys.results),
+        };
+        let mut words = named.split(' ');
+        let (Some(prefix), Some(Ok(count)), Some(Ok(bytes)), None) = (
+            words.next(),
+            words.next().map(str::parse::<usize>),
+            words.next().map(str::parse::<usize>),
+            words.next(),
+        ) else {
+            return Err(bad(format!("names its data's pieces as {named:?}")));
+        };
+        if !prefix.starts_with(&self.keys.data_prefix) {
+            return Err(bad(format!("names pieces outside this queue: {prefix:?}")));
+        }
+        let mut data = Vec::with_capacity(bytes);
+        let keys: Vec<String> = (0..count).map(|k| format!("{prefix}:{k}")).collect();
+        for key in &keys {
+            let piece: Option<Vec<u8>> = {
+                let r = self.con.get(key);
+                r.map_err(|e| self.err(e))?
+            };
+            match piece {
+                Some(p) if data.len() + p.len() <= bytes => data.extend_from_slice(&p),
+                Some(_) => return Err(bad(format!("piece {key} runs past {bytes} bytes"))),
+                None => {
+                    return Err(bad(format!(
+                        "piece {key} of its data is gone (expired, or deleted by another reader)"
+                    )));
+                }
+            }
+        }
+        if data.len() != bytes {
+            return Err(bad(format!(
+                "its pieces hold {} bytes, not {bytes}",
+                data.len()
+            )));
+        }
+        let r = self.con.del::<_, ()>(&keys);
+        r.map_err(|e| self.err(e))?;
+        Ok(data)
+    }
+
     /// Live workers on this queue (those whose heartbeat has not expired).
     pub fn workers(&mut self) -> Result<Vec<WorkerInfo>, FarmError> {
         let prefix = self.keys.worker_prefix.clone();
@@ -359,7 +416,11 @@ impl Farm for RedisFarm {
                 let text: Option<String> = entry.get("outcome");
                 match text.as_deref().map(serde_json::from_str::<Outcome>) {
                     Some(Ok(o)) => {
-                        let data: Option<Vec<u8>> = entry.get("data");
+                        let pieces: Option<String> = entry.get("pieces");
+                        let data: Option<Vec<u8>> = match pieces {
+                            Some(p) => Some(self.join_pieces(&entry.id, &p)?),
+                            None => entry.get("data"),
+                        };
                         if let Some(d) = &data {
                             largest = largest.max(d.len());
                             with_data.push(entry.id.clone());
@@ -425,6 +486,9 @@ pub struct WorkerOptions {
     pub batch: usize,
     /// This worker's name, unique among the queue's workers (host and process id by default).
     pub name: String,
+    /// A job's data larger than this goes to Redis in pieces of this size
+    /// ([`PIECE_BYTES`] by default), so it may exceed what one Redis value holds.
+    pub piece_bytes: usize,
 }
 
 impl WorkerOptions {
@@ -435,6 +499,7 @@ impl WorkerOptions {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch: 1,
             name: format!("{}-{}", hostname(), std::process::id()),
+            piece_bytes: PIECE_BYTES,
         }
     }
 }
@@ -707,7 +772,19 @@ fn serve(s: &Shared, con: &mut Connection, consumer: &str, taken: Vec<Taken>) ->
         let mut large = false;
         if let Some(outcome) = attempt(s, con, consumer, &t)? {
             large = outcome.data.is_some();
-            finish(s, &mut pipe, &t.entry, &outcome);
+            let pieces = match &outcome.data {
+                Some(data) if data.len() > s.options.piece_bytes.max(1) => {
+                    let prefix = format!("{}{}.{}", s.keys.data_prefix, t.entry, t.deliveries);
+                    Some(send_pieces(
+                        con,
+                        &prefix,
+                        data,
+                        s.options.piece_bytes.max(1),
+                    )?)
+                }
+                _ => None,
+            };
+            finish(s, &mut pipe, &t.entry, &outcome, pieces.as_deref());
             queued += 1;
         }
         // Results of slow jobs and those with data go out at once; those of fast ones
@@ -799,16 +876,44 @@ fn attempt(
     }
 }
 
-/// Queues the outcome, the acknowledgement and the error cleanup into one MULTI.
-fn finish(s: &Shared, pipe: &mut redis::Pipeline, entry: &str, outcome: &Outcome) {
+/// Writes `data` as pieces `PREFIX:0`, `PREFIX:1`, … (each with an expiry, one round trip
+/// each so no request is larger than a piece) and returns how its result entry names them.
+fn send_pieces(
+    con: &mut Connection,
+    prefix: &str,
+    data: &[u8],
+    piece: usize,
+) -> RedisResult<String> {
+    let mut count = 0;
+    for chunk in data.chunks(piece) {
+        let _: () = con.set_ex(format!("{prefix}:{count}"), chunk, PIECE_TTL_S)?;
+        count += 1;
+    }
+    Ok(format!("{prefix} {count} {}", data.len()))
+}
+
+/// Queues the outcome, the acknowledgement and the error cleanup into one MULTI. Data sent
+/// in pieces is named by them instead of carried.
+fn finish(
+    s: &Shared,
+    pipe: &mut redis::Pipeline,
+    entry: &str,
+    outcome: &Outcome,
+    pieces: Option<&str>,
+) {
     let json = serde_json::to_string(outcome).expect("outcomes serialize");
-    match &outcome.data {
-        Some(data) => pipe.xadd(
+    match (&outcome.data, pieces) {
+        (_, Some(pieces)) => pipe.xadd(
+            &s.keys.results,
+            "*",
+            &[("outcome", json.as_str()), ("pieces", pieces)],
+        ),
+        (Some(data), None) => pipe.xadd(
             &s.keys.results,
             "*",
             &[("outcome", json.as_bytes()), ("data", data.as_slice())],
         ),
-        None => pipe.xadd(&s.keys.results, "*", &[("outcome", json)]),
+        (None, None) => pipe.xadd(&s.keys.results, "*", &[("outcome", json)]),
     }
     .ignore()
     .xack(&s.keys.jobs, GROUP, &[entry])

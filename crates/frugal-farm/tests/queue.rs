@@ -317,4 +317,25 @@ fn data_attached_by_a_job_comes_back_whole() {
     let _a = worker(&url, "q7", "a", 2, registry());
     farm.submit(jobs(30, "bytes")).unwrap();
     check(collect(&mut farm, |_| {}).unwrap());
+    drop(_a);
+
+    // Data larger than a piece travels in pieces (here up to 8 of 4,000 bytes), comes back
+    // whole, and its pieces leave the server once read.
+    let mut farm = RedisFarm::connect(&url, "q8", "run-p", Duration::from_secs(5)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut options = WorkerOptions::new("q8");
+    options.jobs = 2;
+    options.piece_bytes = 4000;
+    let w = Worker::new(&url, registry(), options, stop.clone(), |_| {});
+    let _b = Running {
+        stop,
+        thread: Some(std::thread::spawn(move || {
+            w.run().unwrap();
+        })),
+    };
+    farm.submit(jobs(30, "bytes")).unwrap();
+    check(collect(&mut farm, |_| {}).unwrap());
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("q8:data:*").query(&mut con).unwrap();
+    assert!(keys.is_empty(), "pieces left behind: {keys:?}");
 }

@@ -26,6 +26,9 @@ use crate::shard::{ShardLayout, checksum_file, open_shard};
 /// Shard files kept open at once: enough for a window's spread, few enough for any
 /// descriptor limit.
 const OPEN_FILES: usize = 64;
+/// Windows whose reads are handed to the kernel (`WILLNEED`) ahead of the one being read.
+/// They fill the page cache, not this process: memory stays flat.
+const ADVISE_AHEAD: usize = 2;
 
 /// An opened dataset: the manifest, checked against the files on disk.
 #[derive(Debug, Clone)]
@@ -543,19 +546,25 @@ fn read_ahead(
     }
     // At most `buffers` windows exist: the one being consumed and those read ahead.
     let mut allocated = 0;
-    let mut next = None;
-    for w in plan.window_of(begin)..plan.windows() {
+    let first = plan.window_of(begin);
+    let mut advised: std::collections::VecDeque<_> = std::collections::VecDeque::new();
+    for w in first..plan.windows() {
         let (ws, we) = plan.window_range(w);
         if ws >= end {
             return;
         }
-        let content = next.take().unwrap_or_else(|| plan.window(w));
-        // Ask the kernel for the following window now, so the disk stays busy while this
-        // one is copied, hashed and consumed.
-        if w + 1 < plan.windows() && plan.window_range(w + 1).0 < end {
-            let following = plan.window(w + 1);
+        let content = advised.pop_front().unwrap_or_else(|| plan.window(w));
+        // Ask the kernel for the following windows now, so the disk always has requests
+        // queued while this one is copied, hashed and consumed: with one window ahead it
+        // idled whenever hashing a window took longer than the disk took to fetch the next.
+        while advised.len() < ADVISE_AHEAD {
+            let a = w + 1 + advised.len();
+            if a >= plan.windows() || plan.window_range(a).0 >= end {
+                break;
+            }
+            let following = plan.window(a);
             reader.will_need(&following.segments);
-            next = Some(following);
+            advised.push_back(following);
         }
         let buf = match recycled.try_recv() {
             Ok(b) => Some(b),

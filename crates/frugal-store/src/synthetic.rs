@@ -230,6 +230,7 @@ pub fn generate(
         &spec_json,
         shards,
         threads,
+        None,
         &|index, buffer| fill_shard(spec, &teacher, per_shard, index, buffer),
         progress,
         metadata,

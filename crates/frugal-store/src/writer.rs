@@ -575,6 +575,11 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
 /// are produced. Refuses a directory holding a complete dataset, other files, or an
 /// unfinished dataset of other settings. `progress` is called with the samples of each
 /// shard written, after the samples already on disk.
+///
+/// Threads take the missing shards in index order, unless `next` is given: then each
+/// asks it for the shard to write next (`None` when there are no more) — a producer
+/// whose shards become ready in any order (remote workers) hands out each one as it is
+/// ready. It must hand out exactly the shards missing on disk, each once.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_shards(
     dir: &Path,
@@ -582,6 +587,7 @@ pub fn generate_shards(
     settings: &serde_json::Value,
     shards: u64,
     threads: usize,
+    next: Option<&(dyn Fn() -> Result<Option<u64>> + Sync)>,
     fill: &(dyn Fn(u64, &mut ShardBuffer) -> Result<()> + Sync),
     progress: &(dyn Fn(u64) + Sync),
     metadata: BTreeMap<String, serde_json::Value>,
@@ -619,20 +625,30 @@ pub fn generate_shards(
     let done = recorded_shards(dir)?;
     progress(done.values().map(|s| s.samples).sum());
     let todo: Vec<u64> = (0..shards).filter(|i| !done.contains_key(i)).collect();
-    let next = AtomicUsize::new(0);
+    let counter = AtomicUsize::new(0);
     let failure: Mutex<Option<StoreError>> = Mutex::new(None);
     let run = std::process::id();
     std::thread::scope(|s| {
         for t in 0..threads.max(1) {
-            let (todo, next, failure) = (&todo, &next, &failure);
+            let (todo, counter, failure, done) = (&todo, &counter, &failure, &done);
             s.spawn(move || {
                 let result = (|| -> Result<()> {
                     let mut part: Option<PartWriter> = None;
                     let mut buffer = ShardBuffer::new(schema.clone());
                     while failure.lock().expect("lock").is_none() {
-                        let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        let index = match next {
+                            Some(next) => next()?,
+                            None => todo.get(counter.fetch_add(1, Ordering::Relaxed)).copied(),
+                        };
+                        let Some(index) = index else {
                             break;
                         };
+                        if index >= shards || done.contains_key(&index) {
+                            return Err(StoreError::Failed(format!(
+                                "shard {index} was handed out to write, but it is not one of the {} missing",
+                                todo.len()
+                            )));
+                        }
                         if part.is_none() {
                             part = Some(PartWriter::create(
                                 dir,

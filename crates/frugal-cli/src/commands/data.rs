@@ -276,6 +276,7 @@ struct BenchReport {
     bytes: u64,
     window_samples: u64,
     batch_size: usize,
+    /// Medians over `runs`.
     read_seconds: f64,
     raw_seconds: f64,
     read_gbps: f64,
@@ -283,9 +284,11 @@ struct BenchReport {
     ratio: f64,
     samples_per_s: f64,
     peak_rss_bytes: u64,
+    runs: Vec<frugal_store::bench::PairedRun>,
 }
 
 fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    use frugal_store::bench::{median, paired_runs};
     let dataset = Dataset::open(&args.dir)?;
     let m = dataset.manifest();
     let spec = OrderSpec::for_budget(
@@ -293,73 +296,76 @@ fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         args.window_budget,
         m.schema.sample_bytes() as u64,
     );
-    // The raw rate of the same files under the same cache state, measured in this run.
-    // Warm: one untimed read fills the cache, and the timed raw read leaves it full for
-    // the epoch. Cold: the files are dropped before each timed read.
-    if args.cold {
-        frugal_store::bench::drop_cache(&dataset)?;
-    } else {
-        frugal_store::bench::raw_sequential_read(&dataset)?;
-    }
-    let (raw_bytes, raw_seconds) = frugal_store::bench::raw_sequential_read(&dataset)?;
-    if args.cold {
-        frugal_store::bench::drop_cache(&dataset)?;
-    }
     let mut options = StreamOptions::new(spec, args.seed, args.epoch, args.batch_size);
     options.verify = args.verify;
-    let bar = progress::bar(dataset.len(), "reading", false);
-    let start = Instant::now();
-    let mut samples = 0u64;
-    for batch in dataset.stream(options)? {
-        let batch = batch.with_context(|| format!("reading {}", args.dir.display()))?;
-        samples += batch.samples as u64;
-        bar.inc(batch.samples as u64);
-    }
-    let read_seconds = start.elapsed().as_secs_f64();
+    let bar = progress::bar(dataset.len() * args.repeats as u64, "reading", false);
+    let runs = paired_runs(&dataset, &options, args.cold, args.repeats as usize, |n| {
+        bar.inc(n)
+    })
+    .with_context(|| format!("reading {}", args.dir.display()))?;
     bar.finish_and_clear();
     let peak = frugal_hw::MemoryMeter::new().sample()?.peak_rss_bytes;
-    let bytes = m.bytes();
-    let read_gbps = bytes as f64 / read_seconds / 1e9;
-    let raw_gbps = raw_bytes as f64 / raw_seconds / 1e9;
+    let mid = |f: fn(&frugal_store::bench::PairedRun) -> f64| median(runs.iter().map(f));
+    let read_seconds = mid(|r| r.read_seconds);
     let report = BenchReport {
         dir: args.dir.display().to_string(),
         order: args.order.to_string(),
         cold: args.cold,
-        samples,
-        bytes,
+        samples: dataset.len(),
+        bytes: m.bytes(),
         window_samples: spec.window,
         batch_size: args.batch_size,
         read_seconds,
-        raw_seconds,
-        read_gbps,
-        raw_gbps,
-        ratio: read_gbps / raw_gbps,
-        samples_per_s: samples as f64 / read_seconds,
+        raw_seconds: mid(|r| r.raw_seconds),
+        read_gbps: mid(|r| r.read_gbps),
+        raw_gbps: mid(|r| r.raw_gbps),
+        ratio: mid(|r| r.ratio),
+        samples_per_s: dataset.len() as f64 / read_seconds,
         peak_rss_bytes: peak,
+        runs,
     };
     if args.json {
-        super::print_json(out, &report)?;
-    } else {
-        writeln!(
-            out,
-            "{} order, {}: {} samples ({}) in {:.2} s",
-            report.order,
-            if args.cold { "cold" } else { "warm" },
-            samples,
-            Bytes(bytes),
-            read_seconds
-        )?;
-        writeln!(
-            out,
-            "epoch read  {:.2} GB/s, {:.0} samples/s (window {} samples, batch {})",
-            read_gbps, report.samples_per_s, spec.window, args.batch_size
-        )?;
-        writeln!(
-            out,
-            "raw read    {raw_gbps:.2} GB/s (same files, sequential, same run)"
-        )?;
-        writeln!(out, "ratio       {:.3}", report.ratio)?;
-        writeln!(out, "peak RSS    {}", Bytes(peak))?;
+        return super::print_json(out, &report);
     }
+    let temp = if args.cold { "cold" } else { "warm" };
+    writeln!(
+        out,
+        "{} order, {temp}: {} samples ({}), window {} samples, batch {}",
+        report.order,
+        report.samples,
+        Bytes(report.bytes),
+        spec.window,
+        args.batch_size
+    )?;
+    if report.runs.len() > 1 {
+        for (i, r) in report.runs.iter().enumerate() {
+            writeln!(
+                out,
+                "run {:>2}     epoch {:.2} GB/s, raw {:.2} GB/s, ratio {:.3} ({} first)",
+                i + 1,
+                r.read_gbps,
+                r.raw_gbps,
+                r.ratio,
+                if r.raw_first { "raw" } else { "epoch" }
+            )?;
+        }
+    }
+    let of = if report.runs.len() > 1 {
+        format!(" (median of {})", report.runs.len())
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "epoch read  {:.2} GB/s, {:.0} samples/s in {:.2} s{of}",
+        report.read_gbps, report.samples_per_s, report.read_seconds
+    )?;
+    writeln!(
+        out,
+        "raw read    {:.2} GB/s (same files, sequential, same run){of}",
+        report.raw_gbps
+    )?;
+    writeln!(out, "ratio       {:.3}{of}", report.ratio)?;
+    writeln!(out, "peak RSS    {}", Bytes(peak))?;
     Ok(())
 }

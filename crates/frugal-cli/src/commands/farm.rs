@@ -19,8 +19,10 @@ use super::UserError;
 use crate::args::{FarmBenchArgs, FarmCommand, WorkerArgs};
 use crate::config::schema::KindConfig;
 
-/// The most one simulation job may send back through a queue (a Redis value holds 512 MiB).
-pub(crate) const MAX_SIMULATION_BYTES: usize = 256 << 20;
+/// The most one simulation job may send back through a queue. Its data travels in pieces
+/// (`frugal_farm::PIECE_BYTES`), so Redis's 512 MiB value limit does not bind; the bound is
+/// memory: the worker holds a simulation whole, and so does the generator while writing it.
+pub(crate) const MAX_SIMULATION_BYTES: usize = 4 << 30;
 
 /// Built-in kinds plus this machine's own from `kinds` (paths relative to `base`).
 pub(crate) fn registry(

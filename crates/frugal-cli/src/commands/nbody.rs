@@ -180,8 +180,13 @@ impl RemoteSims {
         let run_id = format!("nbody-{:016x}", hash.finish());
         let mut farm =
             RedisFarm::connect(&remote.url, &remote.queue, &run_id, Duration::from_secs(30))?;
-        super::farm::announce_workers(&mut farm, &remote.queue, "nbody")?;
-        let window = (REMOTE_WINDOW_BYTES / settings.simulation_bytes().max(1)).clamp(1, 256);
+        let slots = super::farm::announce_workers(&mut farm, &remote.queue, "nbody")?;
+        // Simulations are written as they arrive, so the window only bounds what finished
+        // results may pile up while a shard is being written: enough to keep every worker
+        // that is there now busy, and at least REMOTE_WINDOW_BYTES of small ones.
+        let window = (REMOTE_WINDOW_BYTES / settings.simulation_bytes().max(1))
+            .max(slots + 2)
+            .clamp(2, 1024);
         let feed = OrderedFeed::new(farm, todo, window, move |i| {
             let params = serde_json::json!({
                 "settings": settings_json,
@@ -194,6 +199,13 @@ impl RemoteSims {
             feed,
             settings: settings.clone(),
         })
+    }
+
+    /// Waits for the next simulation to arrive from the workers, whichever it is.
+    fn next_ready(&self) -> frugal_store::Result<Option<u64>> {
+        self.feed
+            .next_ready()
+            .map_err(|e| StoreError::Failed(e.to_string()))
     }
 
     /// Waits for simulation `index` from the workers and writes its states into `buffer`.
@@ -288,12 +300,15 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert("generator".into(), "frugal nbody generate".into());
     metadata.insert("nbody".into(), settings_json.clone());
+    let next_remote = || remote.as_ref().map_or(Ok(None), RemoteSims::next_ready);
     let manifest = generate_shards(
         &dir,
         &simulations::schema(settings.particles),
         &settings_json,
         settings.simulations,
         threads,
+        // Remote simulations are written as they arrive, whatever their index.
+        remote.as_ref().map(|_| &next_remote as _),
         &|index, buffer| match &remote {
             Some(r) => r.fill(index, buffer),
             None => simulations::simulate(&settings, index, buffer),
@@ -355,6 +370,36 @@ fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let config = load(&args.config)?;
     start_threads(&config)?;
     super::train::train_setup(setup(&config)?, args, out)
+}
+
+/// A setup for `frugal plan`: the configuration's own when its simulations are all on
+/// disk. Otherwise it is planned on a stand-in (two simulations of the same particles, a
+/// micro-batch of states each, generated into the returned temporary directory in
+/// seconds), since memory depends on a state's shape and the batch, not on how many states
+/// there are: planning must never start a generation of days.
+pub(crate) fn plan_setup(
+    config: &ParticlesConfig,
+) -> Result<(Setup<ParticleGnn>, Option<tempfile::TempDir>)> {
+    if frugal_store::Manifest::load(&data_dir(config)).is_ok_and(|m| m.complete) {
+        return Ok((setup(config)?, None));
+    }
+    let tmp = tempfile::tempdir().context("creating a directory for the stand-in simulations")?;
+    let mut stand_in = config.clone();
+    stand_in.sim.simulations = 2;
+    stand_in.sim.held_out = 1;
+    stand_in.sim.steps = (config.compute.batch_size + 1).clamp(2, config.sim.steps.max(2));
+    stand_in.sim.data = Some(tmp.path().join("sims"));
+    stand_in.output_dir = tmp.path().to_owned();
+    #[allow(clippy::print_stderr)] // a note on what the plan is measured on
+    {
+        eprintln!(
+            "planning on a stand-in of 2 simulations × {} states of {} particles: {} holds no finished dataset and `frugal plan` does not generate one",
+            stand_in.sim.steps,
+            config.model.particles,
+            data_dir(config).display()
+        );
+    }
+    Ok((setup(&stand_in)?, Some(tmp)))
 }
 
 /// A particles configuration made ready to train: its simulations recorded (those

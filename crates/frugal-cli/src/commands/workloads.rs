@@ -22,7 +22,10 @@ pub(crate) fn train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
 pub(crate) fn plan(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
     match setup::load(&args.config)? {
         AnyConfig::Classifier(c) => plan::plan(setup::classifier(&c)?, &args, out),
-        AnyConfig::Particles(c) => plan::plan(nbody::setup(&c)?, &args, out),
+        AnyConfig::Particles(c) => {
+            let (setup, _stand_in) = nbody::plan_setup(&c)?;
+            plan::plan(setup, &args, out)
+        }
         _ => unreachable!("setup::load refuses the other workloads"),
     }
 }
