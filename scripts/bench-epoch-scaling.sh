@@ -28,7 +28,7 @@ for n in "${sizes[@]}"; do
         --set data.features=3072 --set data.teacher_hidden=64 --set model.classes=10 \
         --set 'model.hidden=[256, 128]' --set train.epochs=1 --set train.warmup_steps=0 \
         --set train.checkpoint_every=0 --json >"$out.json"
-    python3 - "$out.json" "$out/data/train" "$n" "$rows" <<'PY'
+    python3 - "$out.json" "$out/data/synthetic-train" "$n" "$rows" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 m = json.load(open(f"{sys.argv[2]}/manifest.json"))
