@@ -36,6 +36,25 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// A log axis's tick label: two significant digits (3.2, 0.32, 3200, not 3.2e0), in
+/// scientific notation only where [`tick`] would use it.
+fn log_tick(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() || !(1e-2..1e4).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let exponent = a.log10().floor() as i32;
+    let unit = 10f64.powi(exponent - 1);
+    let rounded = (v / unit).round() * unit;
+    let decimals = (1 - exponent).max(0) as usize;
+    let s = format!("{rounded:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
 /// Series with at most this many points also get a marker at each point, so a short
@@ -202,7 +221,7 @@ fn chart_with(
             })
             .y_label_formatter(&|v| {
                 if log {
-                    format!("{:.1e}", 10f64.powf(*v))
+                    log_tick(10f64.powf(*v))
                 } else if v.abs() < tiny {
                     "0".into()
                 } else {
@@ -404,6 +423,14 @@ mod tests {
         assert_eq!(tick(0.0), "0");
         assert_eq!(tick(250.0), "250");
         assert_eq!(tick(3e-5), "3.0e-5");
+        assert_eq!(log_tick(1.0), "1");
+        assert_eq!(log_tick(10f64.powf(0.5)), "3.2");
+        assert_eq!(log_tick(10f64.powf(-0.5)), "0.32");
+        assert_eq!(log_tick(10f64.powf(1.5)), "32");
+        assert_eq!(log_tick(10f64.powf(3.5)), "3200");
+        assert_eq!(log_tick(0.0316), "0.032");
+        assert_eq!(log_tick(3e-5), "3.0e-5");
+        assert_eq!(log_tick(2.5e7), "2.5e7");
     }
 
     #[test]

@@ -233,7 +233,10 @@ fn the_particles_plan_is_within_15_percent_at_two_sizes() {
         // The plan runs on a stand-in of two short simulations and leaves nothing behind:
         // planning never starts the configuration's own generation, which may take days.
         let plan = json(frugal().arg("plan").arg(&cfg).args(["--set", &set]));
-        assert!(!out.join("sims").exists(), "frugal plan generated the dataset");
+        assert!(
+            !out.join("sims").exists(),
+            "frugal plan generated the dataset"
+        );
         let predicted = plan["predicted_peak_bytes"].as_f64().unwrap();
         let summary = json(frugal().arg("train").arg(&cfg).args(["--set", &set]));
         assert_eq!(summary["steps"], 4);
