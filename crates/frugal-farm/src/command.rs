@@ -416,14 +416,17 @@ impl Guard {
         // A job that signals its group at once must find the traps already set.
         let mut ready = [0u8];
         if let Some(mut out) = guard.child.stdout.take() {
-            match out.read(&mut ready) {
-                Ok(1) => {}
-                Ok(_) => {
-                    return Err(ChildError::Guard(std::io::Error::other(
-                        "it exited before it was ready",
-                    )));
+            loop {
+                match out.read(&mut ready) {
+                    Ok(1) => break,
+                    Ok(_) => {
+                        return Err(ChildError::Guard(std::io::Error::other(
+                            "it exited before it was ready",
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ChildError::Guard(e)),
                 }
-                Err(e) => return Err(ChildError::Guard(e)),
             }
         }
         Ok(guard)

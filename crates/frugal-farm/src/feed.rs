@@ -2,6 +2,7 @@
 //! jobs ahead: the feed of a dataset writer whose rows are made by remote workers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -102,7 +103,8 @@ impl<F: Farm> OrderedFeed<F> {
         Ok(())
     }
 
-    /// Waits for the outcome of `index`'s job.
+    /// Waits for the outcome of `index`'s job. With [`next_ready`](Self::next_ready), take
+    /// only the index it named to this thread.
     pub fn take(&self, index: u64) -> Result<Outcome, FeedError> {
         let mut st = self.state.lock().expect("feed lock");
         loop {
@@ -128,11 +130,12 @@ impl<F: Farm> OrderedFeed<F> {
     /// Waits for whichever outcome arrives first and returns its index, for [`take`]
     /// (Self::take) to collect; `None` once every index has been handed out. A consumer
     /// that may write in any order uses this: nothing waits in memory for an earlier index
-    /// whose job is slower, so the window can be as wide as the workers are many.
-    pub fn next_ready(&self) -> Result<Option<u64>, FeedError> {
+    /// whose job is slower, so the window can be as wide as the workers are many. Returns
+    /// `None` too, within half a second, once `stop` is set (the consumer gave up).
+    pub fn next_ready(&self, stop: &AtomicBool) -> Result<Option<u64>, FeedError> {
         let mut st = self.state.lock().expect("feed lock");
         loop {
-            if st.handed == st.todo.len() {
+            if st.handed == st.todo.len() || stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
             if let Some(&i) = st.ready.keys().min() {
@@ -226,7 +229,8 @@ mod tests {
             Job::new(format!("sq-{i}"), "square", serde_json::json!({}), i)
         });
         let mut order = Vec::new();
-        while let Some(i) = feed.next_ready().unwrap() {
+        let go_on = AtomicBool::new(false);
+        while let Some(i) = feed.next_ready(&go_on).unwrap() {
             let o = feed.take(i).unwrap();
             assert_eq!(o.result.unwrap()["y"], (i * i) as f64);
             order.push(i);
@@ -237,6 +241,12 @@ mod tests {
         assert_ne!(order, (0..16).collect::<Vec<_>>());
         order.sort_unstable();
         assert_eq!(order, (0..16).collect::<Vec<_>>());
+
+        // A consumer that gave up is not kept waiting for outcomes still to come.
+        let feed = OrderedFeed::new(farm(), (0..4).collect(), 4, |i| {
+            Job::new(format!("sq-{i}"), "square", serde_json::json!({}), i)
+        });
+        assert_eq!(feed.next_ready(&AtomicBool::new(true)).unwrap(), None);
     }
 
     #[test]

@@ -273,6 +273,15 @@ impl RedisFarm {
             .ignore()
             .query::<()>(&mut con)
             .map_err(err)?;
+        // Pieces of results an earlier run never read.
+        let pieces: Vec<String> = con
+            .scan_match::<_, String>(format!("{}*", keys.data_prefix))
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        for chunk in pieces.chunks(500) {
+            con.del::<_, ()>(chunk).map_err(err)?;
+        }
         Ok(Self {
             url: redacted(url),
             con,
@@ -326,7 +335,8 @@ impl RedisFarm {
         if !prefix.starts_with(&self.keys.data_prefix) {
             return Err(bad(format!("names pieces outside this queue: {prefix:?}")));
         }
-        let mut data = Vec::with_capacity(bytes);
+        // The size is the entry's word; what is reserved is bounded by what the pieces hold.
+        let mut data = Vec::with_capacity(bytes.min(count.saturating_mul(PIECE_BYTES)));
         let keys: Vec<String> = (0..count).map(|k| format!("{prefix}:{k}")).collect();
         for key in &keys {
             let piece: Option<Vec<u8>> = {
@@ -411,12 +421,24 @@ impl Farm for RedisFarm {
             }
             let mut with_data = Vec::new();
             let mut largest = 0;
+            let mut joined = 0usize;
             for entry in entries {
+                let pieces: Option<String> = entry.get("pieces");
+                // Results in pieces are joined in memory: one read brings back about
+                // READ_BYTES of them (at least one); the rest wait in Redis for the next.
+                let size = pieces
+                    .as_deref()
+                    .and_then(|p| p.split(' ').nth(2)?.parse().ok());
+                if let Some(size) = size {
+                    if joined > 0 && joined.saturating_add(size) > READ_BYTES {
+                        break;
+                    }
+                    joined = joined.saturating_add(size);
+                }
                 self.last_result = entry.id.clone();
                 let text: Option<String> = entry.get("outcome");
                 match text.as_deref().map(serde_json::from_str::<Outcome>) {
                     Some(Ok(o)) => {
-                        let pieces: Option<String> = entry.get("pieces");
                         let data: Option<Vec<u8>> = match pieces {
                             Some(p) => Some(self.join_pieces(&entry.id, &p)?),
                             None => entry.get("data"),
@@ -670,6 +692,12 @@ fn consume(s: &Shared, consumer: &str) {
             Ok(entries) => {
                 if let Err(e) = serve(s, c, consumer, entries) {
                     (s.log)(&format!("{consumer}: {e}"));
+                    // What this consumer took and did not finish stops being renewed, so its
+                    // lease runs out and another worker (or this one) runs it again.
+                    s.held
+                        .lock()
+                        .expect("held lock")
+                        .retain(|_, (holder, _)| holder != consumer);
                     con = None;
                 }
             }

@@ -60,6 +60,6 @@ pub use reader::{
 pub use shard::ShardBuffer;
 pub use verify::{ShardFault, VerifyReport, check_files, verify};
 pub use writer::{
-    DEFAULT_SHARD_BYTES, DatasetWriter, PartWriter, WriterOptions, generate_shards, merge_parts,
-    recorded_shards, samples_per_shard,
+    DEFAULT_SHARD_BYTES, DatasetWriter, NextShard, PartWriter, WriterOptions, generate_shards,
+    merge_parts, recorded_shards, samples_per_shard,
 };

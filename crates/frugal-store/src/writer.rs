@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, StoreError};
@@ -567,6 +567,10 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
     Ok(manifest)
 }
 
+/// Hands a writer thread the shard to write next (see [`generate_shards`]); the flag says
+/// another thread failed.
+pub type NextShard<'a> = dyn Fn(&AtomicBool) -> Result<Option<u64>> + Sync + 'a;
+
 /// Writes shards `0..shards` of the dataset in `dir`, shard `i` filled by
 /// `fill(i, buffer)` (a pure function of `i` and the settings, so any number of threads
 /// writes the same bytes), on `threads` threads taking shards in turn, then merges the
@@ -579,7 +583,8 @@ pub fn merge_parts(dir: &Path, metadata: BTreeMap<String, serde_json::Value>) ->
 /// Threads take the missing shards in index order, unless `next` is given: then each
 /// asks it for the shard to write next (`None` when there are no more) — a producer
 /// whose shards become ready in any order (remote workers) hands out each one as it is
-/// ready. It must hand out exactly the shards missing on disk, each once.
+/// ready. It must hand out exactly the shards missing on disk, each once, and return
+/// `None` soon after its flag is set: another thread failed, and waiting is over.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_shards(
     dir: &Path,
@@ -587,7 +592,7 @@ pub fn generate_shards(
     settings: &serde_json::Value,
     shards: u64,
     threads: usize,
-    next: Option<&(dyn Fn() -> Result<Option<u64>> + Sync)>,
+    next: Option<&NextShard<'_>>,
     fill: &(dyn Fn(u64, &mut ShardBuffer) -> Result<()> + Sync),
     progress: &(dyn Fn(u64) + Sync),
     metadata: BTreeMap<String, serde_json::Value>,
@@ -627,17 +632,18 @@ pub fn generate_shards(
     let todo: Vec<u64> = (0..shards).filter(|i| !done.contains_key(i)).collect();
     let counter = AtomicUsize::new(0);
     let failure: Mutex<Option<StoreError>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
     let run = std::process::id();
     std::thread::scope(|s| {
         for t in 0..threads.max(1) {
-            let (todo, counter, failure, done) = (&todo, &counter, &failure, &done);
+            let (todo, counter, failure, done, stop) = (&todo, &counter, &failure, &done, &stop);
             s.spawn(move || {
                 let result = (|| -> Result<()> {
                     let mut part: Option<PartWriter> = None;
                     let mut buffer = ShardBuffer::new(schema.clone());
                     while failure.lock().expect("lock").is_none() {
                         let index = match next {
-                            Some(next) => next()?,
+                            Some(next) => next(stop)?,
                             None => todo.get(counter.fetch_add(1, Ordering::Relaxed)).copied(),
                         };
                         let Some(index) = index else {
@@ -666,6 +672,7 @@ pub fn generate_shards(
                     part.map_or(Ok(()), PartWriter::finish)
                 })();
                 if let Err(e) = result {
+                    stop.store(true, Ordering::Relaxed);
                     failure.lock().expect("lock").get_or_insert(e);
                 }
             });

@@ -202,9 +202,12 @@ impl RemoteSims {
     }
 
     /// Waits for the next simulation to arrive from the workers, whichever it is.
-    fn next_ready(&self) -> frugal_store::Result<Option<u64>> {
+    fn next_ready(
+        &self,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> frugal_store::Result<Option<u64>> {
         self.feed
-            .next_ready()
+            .next_ready(stop)
             .map_err(|e| StoreError::Failed(e.to_string()))
     }
 
@@ -300,7 +303,9 @@ fn simulate_all(config: &ParticlesConfig, remote: Option<&Remote>) -> Result<Gen
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert("generator".into(), "frugal nbody generate".into());
     metadata.insert("nbody".into(), settings_json.clone());
-    let next_remote = || remote.as_ref().map_or(Ok(None), RemoteSims::next_ready);
+    let next_remote = |stop: &std::sync::atomic::AtomicBool| {
+        remote.as_ref().map_or(Ok(None), |r| r.next_ready(stop))
+    };
     let manifest = generate_shards(
         &dir,
         &simulations::schema(settings.particles),
