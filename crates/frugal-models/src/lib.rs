@@ -3,6 +3,7 @@
 //! precision) and evaluate it, plus what its memory planner needs to know.
 
 pub mod classifier;
+pub mod operator;
 pub mod particles;
 pub mod rollout;
 pub mod simulations;
