@@ -15,6 +15,10 @@
 //! assert_eq!(field.len(), 3 * 16 * 16);
 //! ```
 
+use burn::tensor::activation::{gelu, relu, tanh};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData};
 use frugal_rand::{SplitMix64, mix64};
 use serde::{Deserialize, Serialize};
 
@@ -237,6 +241,174 @@ pub fn smooth_field(
     out
 }
 
+/// An operator built on a device: its convolutions' weights drawn on the host from its
+/// architecture's weight seed, so it is the same network on every backend.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    arch: Architecture,
+    /// Per layer: weight `[out, in, k, k]` and bias `[out]`.
+    layers: Vec<(Tensor<4>, Tensor<1>)>,
+}
+
+impl Operator {
+    /// Builds `arch` for fields of `fields` channels: the first layer maps them to
+    /// `arch.channels`, the hidden ones keep that width, the last maps back (one layer maps
+    /// fields to fields). Weights are normal with variance 2 / fan-in (He), biases zero.
+    pub fn build(arch: &Architecture, fields: usize, device: &Device) -> Self {
+        let mut rng = SplitMix64::new(arch.weight_seed);
+        let n = arch.layers.max(1) as usize;
+        let (c, k) = (arch.channels as usize, arch.kernel as usize);
+        let layers = (0..n)
+            .map(|l| {
+                let inputs = if l == 0 { fields } else { c };
+                let outputs = if l + 1 == n { fields } else { c };
+                let fan_in = (inputs * k * k) as f64;
+                let sd = (2.0 / fan_in).sqrt();
+                let w: Vec<f32> = (0..outputs * inputs * k * k)
+                    .map(|_| (normal(&mut rng) * sd) as f32)
+                    .collect();
+                (
+                    Tensor::<4>::from_data(TensorData::new(w, [outputs, inputs, k, k]), device),
+                    Tensor::<1>::zeros([outputs], device),
+                )
+            })
+            .collect();
+        Self {
+            arch: arch.clone(),
+            layers,
+        }
+    }
+
+    /// The architecture it was built from.
+    pub fn architecture(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// The operator applied to a batch of fields `[batch, channels, height, width]`, on a
+    /// periodic domain: each convolution sees the field wrapped around its edges.
+    pub fn apply(&self, mut x: Tensor<4>) -> Tensor<4> {
+        let last = self.layers.len() - 1;
+        for (l, (w, b)) in self.layers.iter().enumerate() {
+            let pad = self.arch.kernel as usize / 2;
+            let input = x.clone();
+            x = conv2d(
+                periodic_pad(x, pad),
+                w.clone(),
+                Some(b.clone()),
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            );
+            if l < last {
+                if self.arch.norm == Norm::Instance {
+                    x = instance_norm(x);
+                }
+                x = match self.arch.activation {
+                    Activation::Gelu => gelu(x),
+                    Activation::Tanh => tanh(x),
+                    Activation::Relu => relu(x),
+                };
+                // A residual network adds each hidden layer's input back where widths match.
+                if self.arch.residual && l > 0 {
+                    x = x + input;
+                }
+            }
+        }
+        x
+    }
+
+    /// One time step: `state + dt·op(state)`.
+    pub fn step(&self, state: Tensor<4>) -> Tensor<4> {
+        let update = self.apply(state.clone());
+        state + update.mul_scalar(self.arch.dt)
+    }
+}
+
+/// A sample whose field's RMS grows past this factor of its initial RMS has diverged.
+pub const DIVERGED_GROWTH: f64 = 1e3;
+
+impl Operator {
+    /// Rolls a batch of initial fields `[batch, channels, height, width]` forward `steps`
+    /// steps, handing `record` the step number and the batch's values (host, f32,
+    /// sample-major) at step 0 and every `record_every` steps after. Returns, per sample,
+    /// the first recorded step at which it had diverged (a value not finite, or its RMS
+    /// [`DIVERGED_GROWTH`] times its initial RMS), `None` for samples that stayed bounded.
+    pub fn rollout<E>(
+        &self,
+        mut state: Tensor<4>,
+        steps: u32,
+        record_every: u32,
+        mut record: impl FnMut(u32, &[f32]) -> Result<(), E>,
+    ) -> Result<Vec<Option<u32>>, E> {
+        let batch = state.dims()[0];
+        let mut initial: Vec<f64> = Vec::new();
+        let mut diverged = vec![None; batch];
+        let every = record_every.max(1);
+        for t in 0..=steps {
+            if t % every == 0 || t == steps {
+                // Converted to f32 first, so reading it as f32 cannot fail.
+                let values: Vec<f32> = state
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("data converted to f32");
+                let per = values.len() / batch.max(1);
+                for (b, sample) in values.chunks(per.max(1)).enumerate() {
+                    let rms = (sample.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>()
+                        / per.max(1) as f64)
+                        .sqrt();
+                    if t == 0 {
+                        initial.push(rms);
+                    }
+                    let bad = !rms.is_finite()
+                        || sample.iter().any(|v| !v.is_finite())
+                        || rms > DIVERGED_GROWTH * initial[b].max(f64::MIN_POSITIVE);
+                    if bad && diverged[b].is_none() {
+                        diverged[b] = Some(t);
+                    }
+                }
+                record(t, &values)?;
+            }
+            if t < steps {
+                state = self.step(state);
+            }
+        }
+        Ok(diverged)
+    }
+}
+
+/// Wraps `pad` rows and columns of each field around its edges, so that a convolution
+/// without padding keeps the size and treats the domain as a torus.
+fn periodic_pad(x: Tensor<4>, pad: usize) -> Tensor<4> {
+    if pad == 0 {
+        return x;
+    }
+    let [_, _, h, w] = x.dims();
+    let rows = Tensor::cat(
+        vec![
+            x.clone().narrow(2, h - pad, pad),
+            x.clone(),
+            x.narrow(2, 0, pad),
+        ],
+        2,
+    );
+    Tensor::cat(
+        vec![
+            rows.clone().narrow(3, w - pad, pad),
+            rows.clone(),
+            rows.narrow(3, 0, pad),
+        ],
+        3,
+    )
+}
+
+/// Per-sample, per-channel normalisation over the field, without learned scale.
+fn instance_norm(x: Tensor<4>) -> Tensor<4> {
+    let mean = x.clone().mean_dim(2).mean_dim(3);
+    let centered = x - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(3);
+    centered / var.add_scalar(1e-5).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +519,115 @@ mod tests {
         ] {
             assert_eq!(space.validate().unwrap_err().field, field);
         }
+    }
+
+    fn fields_tensor(h: usize, w: usize, device: &Device) -> (Vec<f32>, Tensor<4>) {
+        let mut v = smooth_field(h, w, 3, 3, 9, 0, 0);
+        v.extend(smooth_field(h, w, 3, 3, 9, 0, 1));
+        let t = Tensor::<4>::from_data(TensorData::new(v.clone(), [2, 3, h, w]), device);
+        (v, t)
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// On a torus, shifting the input field shifts the output by the same amount: the
+    /// edges are wrapped, not padded with zeros.
+    #[test]
+    fn operators_commute_with_periodic_shifts() {
+        let device = Device::flex();
+        let space = OperatorSpace {
+            layers: [3, 3],
+            channels: [8, 8],
+            kernel: vec![5],
+            norm: vec![Norm::Instance],
+            activation: vec![Activation::Gelu],
+            residual: vec![true],
+            dt: [0.05, 0.05],
+        };
+        let op = Operator::build(&space.draw(1, 0), 3, &device);
+        let (h, w) = (12, 10);
+        let (raw, x) = fields_tensor(h, w, &device);
+        let (dy, dx) = (5, 3);
+        let mut shifted = vec![0f32; raw.len()];
+        for p in 0..6 {
+            for y in 0..h {
+                for x in 0..w {
+                    shifted[p * h * w + ((y + dy) % h) * w + (x + dx) % w] =
+                        raw[p * h * w + y * w + x];
+                }
+            }
+        }
+        let xs = Tensor::<4>::from_data(TensorData::new(shifted, [2, 3, h, w]), &device);
+        let out = values(op.step(x));
+        let out_shifted = values(op.step(xs));
+        assert_eq!(out.len(), 2 * 3 * h * w);
+        let mut worst = 0f32;
+        for p in 0..6 {
+            for y in 0..h {
+                for x in 0..w {
+                    let a = out[p * h * w + y * w + x];
+                    let b = out_shifted[p * h * w + ((y + dy) % h) * w + (x + dx) % w];
+                    worst = worst.max((a - b).abs());
+                }
+            }
+        }
+        assert!(worst < 1e-4, "shift changed the output by {worst}");
+        // A step moves the state, by a dt-sized amount.
+        let moved: f32 = out
+            .iter()
+            .zip(&raw)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / raw.len() as f32;
+        assert!(moved > 1e-4 && moved < 1.0, "mean change {moved}");
+    }
+
+    #[test]
+    fn an_operator_is_the_same_network_however_often_it_is_built() {
+        let device = Device::flex();
+        let space = OperatorSpace::default();
+        let arch = space.draw(5, 3);
+        let (_, x) = fields_tensor(8, 8, &device);
+        let a = values(Operator::build(&arch, 3, &device).apply(x.clone()));
+        let b = values(Operator::build(&arch, 3, &device).apply(x.clone()));
+        assert_eq!(a, b);
+        let other = values(Operator::build(&space.draw(5, 4), 3, &device).apply(x));
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn rollouts_record_every_few_steps_and_flag_divergence() {
+        let device = Device::flex();
+        let space = |dt: f64| OperatorSpace {
+            layers: [2, 2],
+            channels: [8, 8],
+            norm: vec![Norm::None],
+            activation: vec![Activation::Relu],
+            residual: vec![false],
+            dt: [dt, dt],
+            ..OperatorSpace::default()
+        };
+        let (_, x) = fields_tensor(8, 8, &device);
+        let mut steps = Vec::new();
+        let calm = Operator::build(&space(0.01).draw(2, 0), 3, &device);
+        let flags = calm
+            .rollout(x.clone(), 10, 4, |t, v: &[f32]| {
+                assert_eq!(v.len(), 2 * 3 * 8 * 8);
+                steps.push(t);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(steps, [0, 4, 8, 10], "every 4th step and the last");
+        assert_eq!(flags, [None, None]);
+        // A step a thousand times too long blows up, and is flagged, not hidden.
+        let wild = Operator::build(&space(1e3).draw(2, 0), 3, &device);
+        let flags = wild.rollout(x, 10, 1, |_, _| Ok::<(), ()>(())).unwrap();
+        assert!(
+            flags.iter().all(|f| matches!(f, Some(t) if *t > 0)),
+            "{flags:?}"
+        );
     }
 
     #[test]
