@@ -327,16 +327,17 @@ pub const DIVERGED_GROWTH: f64 = 1e3;
 
 impl Operator {
     /// Rolls a batch of initial fields `[batch, channels, height, width]` forward `steps`
-    /// steps, handing `record` the step number and the batch's values (host, f32,
-    /// sample-major) at step 0 and every `record_every` steps after. Returns, per sample,
-    /// the first recorded step at which it had diverged (a value not finite, or its RMS
-    /// [`DIVERGED_GROWTH`] times its initial RMS), `None` for samples that stayed bounded.
+    /// steps, handing `record` the step number, the batch's values (host, f32,
+    /// sample-major) and the divergence so far at step 0, every `record_every` steps after
+    /// and the last. Divergence is, per sample, the first recorded step at which a value
+    /// was not finite or its RMS had grown [`DIVERGED_GROWTH`]-fold (`None`: bounded so
+    /// far); the final one is returned.
     pub fn rollout<E>(
         &self,
         mut state: Tensor<4>,
         steps: u32,
         record_every: u32,
-        mut record: impl FnMut(u32, &[f32]) -> Result<(), E>,
+        mut record: impl FnMut(u32, &[f32], &[Option<u32>]) -> Result<(), E>,
     ) -> Result<Vec<Option<u32>>, E> {
         let batch = state.dims()[0];
         let mut initial: Vec<f64> = Vec::new();
@@ -366,10 +367,175 @@ impl Operator {
                         diverged[b] = Some(t);
                     }
                 }
-                record(t, &values)?;
+                record(t, &values, &diverged)?;
             }
             if t < steps {
                 state = self.step(state);
+            }
+        }
+        Ok(diverged)
+    }
+}
+
+/// A trajectory dataset of operators drawn from a space: what `frugal operator generate`
+/// records. Shard `s` holds operators `s·per_shard ..`, each rolled out from
+/// `realizations` initial fields; one row per (operator, recorded step, realization).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trajectories {
+    /// Where operators come from.
+    pub space: OperatorSpace,
+    /// The run's seed: operator `i` is `space.draw(seed, i)`.
+    pub seed: u64,
+    /// Operators in all.
+    pub operators: u64,
+    /// Initial fields per operator, rolled out together as one batch.
+    pub realizations: u32,
+    /// Field height.
+    pub height: u32,
+    /// Field width.
+    pub width: u32,
+    /// Field channels.
+    pub fields: u32,
+    /// Fourier modes of the initial fields, per direction.
+    pub modes: u32,
+    /// Time steps of each rollout.
+    pub steps: u32,
+    /// Steps between recorded states (step 0 and the last are recorded too).
+    pub record_every: u32,
+    /// How recorded fields are stored: `F16` or `F32`.
+    pub storage: frugal_store::DType,
+    /// Operators per shard.
+    pub operators_per_shard: u32,
+}
+
+impl Trajectories {
+    /// Checks the space and the sizes.
+    pub fn validate(&self) -> Result<(), SpaceError> {
+        self.space.validate()?;
+        let bad = |field, value: String, expected| {
+            Err(SpaceError {
+                field,
+                value,
+                expected,
+            })
+        };
+        for (field, v) in [
+            ("realizations", u64::from(self.realizations)),
+            ("height", u64::from(self.height)),
+            ("width", u64::from(self.width)),
+            ("fields", u64::from(self.fields)),
+            ("record_every", u64::from(self.record_every)),
+            ("operators_per_shard", u64::from(self.operators_per_shard)),
+            ("operators", self.operators),
+        ] {
+            if v == 0 {
+                return bad(field, "0".into(), "at least 1");
+            }
+        }
+        if self.operators > u64::from(u32::MAX) {
+            return bad(
+                "operators",
+                self.operators.to_string(),
+                "at most 4,294,967,295 (rows store it as u32)",
+            );
+        }
+        if !matches!(
+            self.storage,
+            frugal_store::DType::F16 | frugal_store::DType::F32
+        ) {
+            return bad("storage", self.storage.to_string(), "f16 or f32");
+        }
+        Ok(())
+    }
+
+    /// Shards in all.
+    pub fn shards(&self) -> u64 {
+        self.operators
+            .div_ceil(u64::from(self.operators_per_shard.max(1)))
+    }
+
+    /// Recorded states per rollout.
+    pub fn recorded(&self) -> u32 {
+        let every = self.record_every.max(1);
+        self.steps / every + 1 + u32::from(!self.steps.is_multiple_of(every))
+    }
+
+    /// The dataset's columns.
+    pub fn schema(&self) -> frugal_store::Schema {
+        use frugal_store::{Column, DType};
+        frugal_store::Schema {
+            columns: vec![
+                Column::new(
+                    "field",
+                    self.storage,
+                    [
+                        self.fields as usize,
+                        self.height as usize,
+                        self.width as usize,
+                    ],
+                ),
+                Column::new("operator", DType::U32, []),
+                Column::new("realization", DType::U32, []),
+                Column::new("step", DType::U32, []),
+                Column::new("diverged", DType::Bool, []),
+            ],
+        }
+    }
+
+    /// Rolls out the operators of shard `shard` on `device` into `buffer`. Returns the
+    /// operators with a diverged realization, and at which recorded step each first did.
+    pub fn fill_shard(
+        &self,
+        shard: u64,
+        device: &Device,
+        buffer: &mut frugal_store::ShardBuffer,
+    ) -> frugal_store::Result<Vec<(u64, u32)>> {
+        let per = u64::from(self.operators_per_shard.max(1));
+        let (h, w, c) = (
+            self.height as usize,
+            self.width as usize,
+            self.fields as usize,
+        );
+        let r = self.realizations as usize;
+        let mut diverged = Vec::new();
+        for index in shard * per..((shard + 1) * per).min(self.operators) {
+            let op = Operator::build(&self.space.draw(self.seed, index), c, device);
+            let mut initial = Vec::with_capacity(r * c * h * w);
+            for k in 0..r {
+                initial.extend(smooth_field(
+                    h, w, c, self.modes, self.seed, index, k as u64,
+                ));
+            }
+            let x = Tensor::<4>::from_data(TensorData::new(initial, [r, c, h, w]), device);
+            let per_sample = c * h * w;
+            let mut field = Vec::with_capacity(per_sample * self.storage.size());
+            let flags = op.rollout(x, self.steps, self.record_every, |t, values, flags| {
+                for (k, sample) in values.chunks(per_sample).enumerate() {
+                    field.clear();
+                    match self.storage {
+                        frugal_store::DType::F16 => field.extend(
+                            sample
+                                .iter()
+                                .flat_map(|&v| burn::tensor::f16::from_f32(v).to_le_bytes()),
+                        ),
+                        _ => field.extend(sample.iter().flat_map(|v| v.to_le_bytes())),
+                    }
+                    buffer.push_rows(
+                        1,
+                        &[
+                            &field,
+                            &(index as u32).to_le_bytes(),
+                            &(k as u32).to_le_bytes(),
+                            &t.to_le_bytes(),
+                            &[u8::from(flags[k].is_some())],
+                        ],
+                    )?;
+                }
+                Ok::<(), frugal_store::StoreError>(())
+            })?;
+            if let Some(first) = flags.iter().flatten().min() {
+                diverged.push((index, *first));
             }
         }
         Ok(diverged)
@@ -613,7 +779,7 @@ mod tests {
         let mut steps = Vec::new();
         let calm = Operator::build(&space(0.01).draw(2, 0), 3, &device);
         let flags = calm
-            .rollout(x.clone(), 10, 4, |t, v: &[f32]| {
+            .rollout(x.clone(), 10, 4, |t, v: &[f32], _: &[Option<u32>]| {
                 assert_eq!(v.len(), 2 * 3 * 8 * 8);
                 steps.push(t);
                 Ok::<(), ()>(())
@@ -623,11 +789,68 @@ mod tests {
         assert_eq!(flags, [None, None]);
         // A step a thousand times too long blows up, and is flagged, not hidden.
         let wild = Operator::build(&space(1e3).draw(2, 0), 3, &device);
-        let flags = wild.rollout(x, 10, 1, |_, _| Ok::<(), ()>(())).unwrap();
+        let flags = wild.rollout(x, 10, 1, |_, _, _| Ok::<(), ()>(())).unwrap();
         assert!(
             flags.iter().all(|f| matches!(f, Some(t) if *t > 0)),
             "{flags:?}"
         );
+    }
+
+    fn trajectories(dt: f64) -> Trajectories {
+        Trajectories {
+            space: OperatorSpace {
+                layers: [2, 3],
+                channels: [4, 8],
+                dt: [dt, dt],
+                ..OperatorSpace::default()
+            },
+            seed: 11,
+            operators: 5,
+            realizations: 2,
+            height: 8,
+            width: 8,
+            fields: 3,
+            modes: 2,
+            steps: 6,
+            record_every: 4,
+            storage: frugal_store::DType::F16,
+            operators_per_shard: 2,
+        }
+    }
+
+    #[test]
+    fn a_shard_is_the_same_bytes_every_time() {
+        let device = Device::flex();
+        let t = trajectories(0.05);
+        t.validate().unwrap();
+        assert_eq!((t.shards(), t.recorded()), (3, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries = Vec::new();
+        for (run, shard) in [(0, 2), (1, 2), (2, 1)] {
+            let mut buffer = frugal_store::ShardBuffer::new(t.schema());
+            let diverged = t.fill_shard(shard, &device, &mut buffer).unwrap();
+            assert!(diverged.is_empty(), "{diverged:?}");
+            // The last shard holds the one operator left: 1 × 3 recorded × 2 realizations.
+            let rows = if shard == 2 { 6 } else { 12 };
+            assert_eq!(buffer.samples(), rows);
+            entries.push(
+                buffer
+                    .write(dir.path(), &format!("s{run}.safetensors"))
+                    .unwrap(),
+            );
+        }
+        assert_eq!(entries[0].column_checksums, entries[1].column_checksums);
+        assert_ne!(entries[0].column_checksums, entries[2].column_checksums);
+
+        let wild = trajectories(1e3);
+        let mut buffer = frugal_store::ShardBuffer::new(wild.schema());
+        let diverged = wild.fill_shard(0, &device, &mut buffer).unwrap();
+        assert_eq!(diverged.iter().map(|d| d.0).collect::<Vec<_>>(), [0, 1]);
+        let bad = Trajectories {
+            storage: frugal_store::DType::I32,
+            ..trajectories(0.05)
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "storage");
     }
 
     #[test]
