@@ -323,13 +323,7 @@ impl RedisFarm {
             url: self.url.clone(),
             message: format!("result entry {entry} in {}: {message}", self.keys.results),
         };
-        let mut words = named.split(' ');
-        let (Some(prefix), Some(Ok(count)), Some(Ok(bytes)), None) = (
-            words.next(),
-            words.next().map(str::parse::<usize>),
-            words.next().map(str::parse::<usize>),
-            words.next(),
-        ) else {
+        let Some((prefix, count, bytes)) = parse_pieces(named) else {
             return Err(bad(format!("names its data's pieces as {named:?}")));
         };
         if !prefix.starts_with(&self.keys.data_prefix) {
@@ -426,10 +420,7 @@ impl Farm for RedisFarm {
                 let pieces: Option<String> = entry.get("pieces");
                 // Results in pieces are joined in memory: one read brings back about
                 // READ_BYTES of them (at least one); the rest wait in Redis for the next.
-                let size = pieces
-                    .as_deref()
-                    .and_then(|p| p.split(' ').nth(2)?.parse().ok());
-                if let Some(size) = size {
+                if let Some((_, _, size)) = pieces.as_deref().and_then(parse_pieces) {
                     if joined > 0 && joined.saturating_add(size) > READ_BYTES {
                         break;
                     }
@@ -918,6 +909,16 @@ fn send_pieces(
         count += 1;
     }
     Ok(format!("{prefix} {count} {}", data.len()))
+}
+
+/// Reads how a result entry names its pieces (`PREFIX COUNT BYTES`, as [`send_pieces`]
+/// writes it): the key prefix, how many pieces and their total size.
+fn parse_pieces(named: &str) -> Option<(&str, usize, usize)> {
+    let mut words = named.split(' ');
+    let prefix = words.next()?;
+    let count = words.next()?.parse().ok()?;
+    let bytes = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((prefix, count, bytes))
 }
 
 /// Queues the outcome, the acknowledgement and the error cleanup into one MULTI. Data sent

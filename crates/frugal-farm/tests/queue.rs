@@ -334,8 +334,29 @@ fn data_attached_by_a_job_comes_back_whole() {
         })),
     };
     farm.submit(jobs(30, "bytes")).unwrap();
-    check(collect(&mut farm, |_| {}).unwrap());
+    // Before anyone reads them, the results larger than a piece wait in Redis as pieces.
     let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let start = std::time::Instant::now();
+    while redis::cmd("XLEN")
+        .arg("q8:results")
+        .query::<usize>(&mut con)
+        .unwrap()
+        < 30
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the jobs never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let keys: Vec<String> = redis::cmd("KEYS").arg("q8:data:*").query(&mut con).unwrap();
+    // Jobs 5 to 29 hand back more than a piece: ⌈x·1000 / 4000⌉ pieces each.
+    let expected: usize = (0..30usize)
+        .filter(|x| x * 1000 > 4000)
+        .map(|x| (x * 1000).div_ceil(4000))
+        .sum();
+    assert_eq!(keys.len(), expected, "pieces in Redis");
+    check(collect(&mut farm, |_| {}).unwrap());
     let keys: Vec<String> = redis::cmd("KEYS").arg("q8:data:*").query(&mut con).unwrap();
     assert!(keys.is_empty(), "pieces left behind: {keys:?}");
 }

@@ -546,9 +546,8 @@ fn read_ahead(
     }
     // At most `buffers` windows exist: the one being consumed and those read ahead.
     let mut allocated = 0;
-    let first = plan.window_of(begin);
-    let mut advised: std::collections::VecDeque<_> = std::collections::VecDeque::new();
-    for w in first..plan.windows() {
+    let mut advised = std::collections::VecDeque::new();
+    for w in plan.window_of(begin)..plan.windows() {
         let (ws, we) = plan.window_range(w);
         if ws >= end {
             return;

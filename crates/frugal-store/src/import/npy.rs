@@ -431,12 +431,12 @@ impl Parser<'_> {
 
 /// Where an array comes from, for messages: a file, or a member of an archive.
 pub(super) struct Origin {
-    pub(super) path: PathBuf,
-    pub(super) member: Option<String>,
+    path: PathBuf,
+    member: Option<String>,
 }
 
 impl Origin {
-    pub(super) fn err(&self, message: impl std::fmt::Display) -> StoreError {
+    fn err(&self, message: impl std::fmt::Display) -> StoreError {
         match &self.member {
             None => StoreError::import(&self.path, message.to_string()),
             Some(m) => StoreError::import(&self.path, format!("member `{m}`: {message}")),
@@ -454,7 +454,7 @@ impl Origin {
 /// Reads a Fortran-order (column-major) array file as rows: a block of rows at a time,
 /// each of a row's elements gathered from its own stretch of the file (element `(i, J)`
 /// of `n` rows lies at `i + n·J`), so memory stays one block whatever the file's size.
-pub(super) struct ColumnMajor {
+struct ColumnMajor {
     file: File,
     data_offset: u64,
     rows: u64,
@@ -469,7 +469,7 @@ pub(super) struct ColumnMajor {
 }
 
 impl ColumnMajor {
-    pub(super) fn new(file: File, header: &NpyHeader) -> Self {
+    fn new(file: File, header: &NpyHeader) -> Self {
         let dims = &header.shape[1..];
         let per_row: usize = dims.iter().product();
         // Fortran index J = j1 + d1·(j2 + d2·(…)); C index c = (j1·d2 + j2)·d3 + ….
@@ -540,6 +540,41 @@ pub(super) struct Source<R> {
     pub(super) reader: R,
 }
 
+impl Source<Box<dyn Read>> {
+    /// An array file whose header has been read: a transposed (Fortran-order) array is read
+    /// column-major, block by block; a 1-D one is the same in either order.
+    pub(super) fn file(path: &Path, file: File, header: NpyHeader) -> Self {
+        Self {
+            origin: Origin {
+                path: path.to_owned(),
+                member: None,
+            },
+            reader: if header.fortran_order && header.shape.len() > 1 {
+                Box::new(ColumnMajor::new(file, &header))
+            } else {
+                Box::new(file)
+            },
+            header,
+        }
+    }
+}
+
+/// Writes the checked `sources` (`rows` rows each) as the dataset of `schema` in `out`,
+/// resuming an interrupted import of the same inputs, with `source` as its provenance.
+pub(super) fn write_dataset<R: Read>(
+    out: &Path,
+    schema: Schema,
+    rows: u64,
+    sources: &mut [Source<R>],
+    options: WriterOptions,
+    source: serde_json::Value,
+) -> Result<Manifest> {
+    let mut writer = DatasetWriter::replay(out, schema, options)?;
+    writer.metadata_mut().insert("source".into(), source);
+    copy_rows(&mut writer, sources, rows)?;
+    writer.finish()
+}
+
 /// Checks that every array has the same number of rows and returns it and the schema.
 pub(super) fn plan<'a>(
     arrays: impl IntoIterator<Item = (&'a str, &'a Origin, &'a NpyHeader)>,
@@ -566,7 +601,7 @@ pub(super) fn plan<'a>(
 
 /// Copies `rows` rows from every source into `writer`, a block at a time, and checks
 /// that each source ends exactly where its data does.
-pub(super) fn copy_rows<R: Read>(
+fn copy_rows<R: Read>(
     writer: &mut DatasetWriter,
     sources: &mut [Source<R>],
     rows: u64,
@@ -655,20 +690,7 @@ pub fn import_npy(
                 format!("has {} bytes after the array's data", len - expected),
             ));
         }
-        sources.push(Source {
-            origin: Origin {
-                path: path.clone(),
-                member: None,
-            },
-            // A transposed array is read column-major, block by block; a 1-D one is the
-            // same in either order.
-            reader: if header.fortran_order && header.shape.len() > 1 {
-                Box::new(ColumnMajor::new(file, &header)) as Box<dyn Read>
-            } else {
-                Box::new(file)
-            },
-            header,
-        });
+        sources.push(Source::file(path, file, header));
     }
     let (rows, schema) = plan(
         inputs
@@ -676,17 +698,12 @@ pub fn import_npy(
             .zip(&sources)
             .map(|((name, _), s)| (name.as_str(), &s.origin, &s.header)),
     )?;
-    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let files: serde_json::Map<String, serde_json::Value> = inputs
         .iter()
         .map(|(name, path)| (name.clone(), provenance(path).into()))
         .collect();
-    writer.metadata_mut().insert(
-        "source".into(),
-        serde_json::json!({ "format": "npy", "files": files }),
-    );
-    copy_rows(&mut writer, &mut sources, rows)?;
-    writer.finish()
+    let source = serde_json::json!({ "format": "npy", "files": files });
+    write_dataset(out, schema, rows, &mut sources, options, source)
 }
 
 /// Imports every array of an `.npz` archive (as written by `np.savez` or
@@ -785,17 +802,13 @@ pub fn import_npz(path: &Path, out: &Path, options: WriterOptions) -> Result<Man
             reader,
         });
     }
-    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let arrays: serde_json::Map<String, serde_json::Value> = members
         .iter()
         .map(|(_, name, key, _)| (key.clone(), name.clone().into()))
         .collect();
-    writer.metadata_mut().insert(
-        "source".into(),
-        serde_json::json!({ "format": "npz", "file": provenance(path), "members": arrays }),
-    );
-    copy_rows(&mut writer, &mut sources, rows)?;
-    writer.finish()
+    let source =
+        serde_json::json!({ "format": "npz", "file": provenance(path), "members": arrays });
+    write_dataset(out, schema, rows, &mut sources, options, source)
 }
 
 /// An archive member's header, with messages naming the member.

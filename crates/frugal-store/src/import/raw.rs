@@ -19,16 +19,15 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::npy::{ColumnMajor, NpyHeader, Origin, Source, copy_rows, plan};
+use super::npy::{NpyHeader, Source, plan, write_dataset};
 use super::provenance;
 use crate::dtype::DType;
 use crate::error::{Result, StoreError};
 use crate::manifest::Manifest;
-use crate::writer::{DatasetWriter, WriterOptions};
+use crate::writer::WriterOptions;
 
 /// How a flat file orders its elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,19 +190,7 @@ pub fn import_raw(columns: &[RawColumn], out: &Path, options: WriterOptions) -> 
         let path = &column.path;
         let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
         let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
-        let header = column.header(len)?;
-        sources.push(Source {
-            origin: Origin {
-                path: path.clone(),
-                member: None,
-            },
-            reader: if header.fortran_order && header.shape.len() > 1 {
-                Box::new(ColumnMajor::new(file, &header)) as Box<dyn Read>
-            } else {
-                Box::new(file)
-            },
-            header,
-        });
+        sources.push(Source::file(path, file, column.header(len)?));
     }
     let (rows, schema) = plan(
         columns
@@ -211,7 +198,6 @@ pub fn import_raw(columns: &[RawColumn], out: &Path, options: WriterOptions) -> 
             .zip(&sources)
             .map(|(c, s)| (c.name.as_str(), &s.origin, &s.header)),
     )?;
-    let mut writer = DatasetWriter::replay(out, schema, options)?;
     let files: serde_json::Map<String, serde_json::Value> = columns
         .iter()
         .map(|c| {
@@ -227,12 +213,8 @@ pub fn import_raw(columns: &[RawColumn], out: &Path, options: WriterOptions) -> 
             )
         })
         .collect();
-    writer.metadata_mut().insert(
-        "source".into(),
-        serde_json::json!({ "format": "raw", "columns": files }),
-    );
-    copy_rows(&mut writer, &mut sources, rows)?;
-    writer.finish()
+    let source = serde_json::json!({ "format": "raw", "columns": files });
+    write_dataset(out, schema, rows, &mut sources, options, source)
 }
 
 #[cfg(test)]
