@@ -33,6 +33,13 @@ pub(crate) enum Command {
     /// The N-body pipeline: simulate on every core into a dataset.
     #[command(subcommand)]
     Nbody(NbodyCommand),
+    /// Neural-operator rollouts: generate a trajectory dataset from randomly drawn operators.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Benchmark a workload over a matrix of settings (precision, batch, device): time,
+    /// peak memory against the planner's prediction, throughput, speedup and status per
+    /// configuration, as a table, JSON, CSV and PNG.
+    Bench(WorkloadBenchArgs),
     /// Evolve parameters with a genetic algorithm (or NSGA-II), evaluating each generation
     /// on every core, or on Redis workers with --redis.
     Evolve(EvolveArgs),
@@ -41,6 +48,63 @@ pub(crate) enum Command {
     /// Inspect Redis job queues.
     #[command(subcommand)]
     Farm(FarmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperatorCommand {
+    /// Roll out the configuration's operators (`[rollout]`, drawn from `[space]`) into a
+    /// trajectory dataset, on every core or the GPU; run again after a kill to roll out
+    /// only the missing shards.
+    Generate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Roll the operators out on the workers of this Redis server (`frugal worker`,
+        /// any machine, on its CPU) instead of here; the dataset is still written here.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "FRUGAL_REDIS_URL",
+            hide_env_values = true
+        )]
+        redis: Option<String>,
+        /// Redis queue name.
+        #[arg(long, value_name = "NAME", default_value = "frugal")]
+        queue: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkloadBenchArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// A dimension of the matrix, `KEY=V1,V2,…` (repeatable; rows are every
+    /// combination, the first key varying slowest): `precision` (f32, bf16, f16),
+    /// `batch` (fields rolled out together), `device` (cpu, gpu, auto).
+    #[arg(long, value_name = "KEY=VALUES")]
+    pub(crate) matrix: Vec<String>,
+    /// Timed runs per configuration, after one untimed warm-up run.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub(crate) repeats: u32,
+    /// Memory budget: configurations the planner predicts above it are not run (status
+    /// `over budget`). Default: the chosen device's memory (this machine's budget on the
+    /// CPU). Accepts sizes such as `512MiB`, `2GB` or bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) budget: Option<u64>,
+    /// Time steps per rollout (default: the configuration's `rollout.steps`).
+    #[arg(long, value_name = "N")]
+    pub(crate) steps: Option<u32>,
+    /// Which operator of the configuration's space is rolled out.
+    #[arg(long, default_value_t = 0, value_name = "INDEX")]
+    pub(crate) operator: u64,
+    /// Where bench.csv, bench.json and the plots go (default: OUTPUT_DIR/bench).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,8 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::workloads::train(args, &mut out),
         Command::Plan(args) => commands::workloads::plan(args, &mut out),
         Command::Nbody(command) => commands::nbody::run(command, &mut out),
+        Command::Operator(command) => commands::operator::run(command, &mut out),
+        Command::Bench(args) => commands::bench::run(args, &mut out),
         Command::Evolve(args) => commands::evolve::run(args, &mut out),
         Command::Worker(args) => commands::farm::worker(args, &mut out),
         Command::Farm(command) => commands::farm::farm(command, &mut out),

@@ -392,6 +392,133 @@ pub(crate) fn pareto_front(
     )
 }
 
+/// A precision's rollout error against f32 per step, one series per precision, into
+/// `path`.
+pub(crate) fn precision_error(series: &[(String, Vec<(f64, f64)>)], path: &Path) -> Result<()> {
+    fonts()?;
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(230, 115, 0),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+    ];
+    let drawn: Vec<Series<'_>> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, pts))| {
+            (
+                name.as_str(),
+                colors[i % colors.len()],
+                pts.iter().filter(|p| p.1.is_finite()).copied().collect(),
+            )
+        })
+        .collect();
+    chart(
+        path,
+        "Rollout error of reduced precision against f32",
+        ("time step", "normalized RMS error"),
+        &drawn,
+    )
+}
+
+/// Per benchmark configuration, its throughput (upper panel) and its measured and
+/// predicted peak memory (lower panel) as bars, into `path`. Rows that did not run have
+/// no bars.
+pub(crate) fn bench_rows(
+    labels: &[String],
+    throughput: &[Option<f64>],
+    measured: &[Option<u64>],
+    predicted: &[Option<u64>],
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    let n = labels.len().max(1);
+    let (w, h) = (SIZE.0.max(120 * n as u32), SIZE.1 + 200);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+        root.fill(&WHITE).map_err(e)?;
+        let (upper, lower) = root.split_vertically(h / 2);
+        let label_at = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        };
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        type Bars = Vec<Vec<Option<f64>>>;
+        let panels: [(&DrawingArea<_, _>, &str, &str, Bars); 2] = [
+            (
+                &upper,
+                "Throughput per configuration",
+                "time steps / s",
+                vec![throughput.to_vec()],
+            ),
+            (
+                &lower,
+                "Peak memory per configuration: measured, predicted",
+                "GiB",
+                vec![
+                    measured.iter().map(|b| b.map(gib)).collect(),
+                    predicted.iter().map(|b| b.map(gib)).collect(),
+                ],
+            ),
+        ];
+        let colors = [RGBColor(31, 119, 180), RGBColor(230, 115, 0)];
+        for (area, title, unit, bars) in panels {
+            let top = bars
+                .iter()
+                .flatten()
+                .flatten()
+                .copied()
+                .fold(0.0f64, f64::max)
+                .max(1e-9)
+                * 1.1;
+            let mut c = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(72)
+                .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..top)
+                .map_err(e)?;
+            c.configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n)
+                .x_label_formatter(&label_at)
+                .y_desc(unit)
+                .y_label_formatter(&|v| tick(*v))
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(e)?;
+            let width = 0.8 / bars.len() as f64;
+            for (k, series) in bars.iter().enumerate() {
+                let color = colors[k % colors.len()];
+                c.draw_series(series.iter().enumerate().filter_map(|(i, v)| {
+                    v.map(|v| {
+                        let x0 = i as f64 - 0.4 + k as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+                    })
+                }))
+                .map_err(e)?;
+            }
+        }
+        root.present().map_err(e)?;
+    }
+    frugal_store::atomic_write_with(path, |file| {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()
+            .and_then(|mut wr| wr.write_image_data(&buf))
+            .map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,12 +51,18 @@ pub(crate) enum Workload {
     Particles,
     /// A genetic algorithm whose fitness is a benchmark run.
     Evolve,
+    /// Rollouts of randomly drawn neural operators into a trajectory dataset.
+    Operator,
 }
 
 impl Workload {
     /// Every family, in the order reports list them.
-    pub(crate) const ALL: [Workload; 3] =
-        [Workload::Classifier, Workload::Particles, Workload::Evolve];
+    pub(crate) const ALL: [Workload; 4] = [
+        Workload::Classifier,
+        Workload::Particles,
+        Workload::Evolve,
+        Workload::Operator,
+    ];
 
     /// The name used in config files and paths.
     pub(crate) fn name(self) -> &'static str {
@@ -64,6 +70,7 @@ impl Workload {
             Workload::Classifier => "classifier",
             Workload::Particles => "particles",
             Workload::Evolve => "evolve",
+            Workload::Operator => "operator",
         }
     }
 }
@@ -156,6 +163,8 @@ builtin_presets! {
     Particles / Tier3HighEnd => "particles/tier_3_high_end.toml",
     Particles / Tier4Datacenter => "particles/tier_4_datacenter.toml",
     Evolve / CpuOnly => "evolve/cpu_only.toml",
+    Operator / CpuOnly => "operator/cpu_only.toml",
+    Operator / Tier1Commodity => "operator/tier_1_commodity.toml",
 }
 
 /// The user's preset directory: `$FRUGAL_PRESETS_DIR`, else

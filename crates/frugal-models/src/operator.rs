@@ -20,6 +20,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use frugal_rand::{SplitMix64, mix64};
+use frugal_train::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Normalisation after each hidden convolution.
@@ -284,6 +285,30 @@ impl Operator {
         &self.arch
     }
 
+    /// The same network computing in `precision` (its weights rounded to it).
+    pub fn cast(self, precision: Precision) -> Self {
+        if precision == Precision::F32 {
+            return self;
+        }
+        let dtype = precision.dtype();
+        Self {
+            arch: self.arch,
+            layers: self
+                .layers
+                .into_iter()
+                .map(|(w, b)| (w.cast(dtype), b.cast(dtype)))
+                .collect(),
+        }
+    }
+
+    /// Weights and biases in all.
+    pub fn parameters(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(w, b)| w.shape().num_elements() + b.shape().num_elements())
+            .sum()
+    }
+
     /// The operator applied to a batch of fields `[batch, channels, height, width]`, on a
     /// periodic domain: each convolution sees the field wrapped around its edges.
     pub fn apply(&self, mut x: Tensor<4>) -> Tensor<4> {
@@ -379,7 +404,8 @@ impl Operator {
 
 /// A trajectory dataset of operators drawn from a space: what `frugal operator generate`
 /// records. Shard `s` holds operators `s·per_shard ..`, each rolled out from
-/// `realizations` initial fields; one row per (operator, recorded step, realization).
+/// `realizations` initial fields; one row per (operator, realization, recorded step), in
+/// that order, so each realization's trajectory is a run of consecutive rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trajectories {
@@ -389,7 +415,7 @@ pub struct Trajectories {
     pub seed: u64,
     /// Operators in all.
     pub operators: u64,
-    /// Initial fields per operator, rolled out together as one batch.
+    /// Initial fields per operator.
     pub realizations: u32,
     /// Field height.
     pub height: u32,
@@ -407,6 +433,33 @@ pub struct Trajectories {
     pub storage: frugal_store::DType,
     /// Operators per shard.
     pub operators_per_shard: u32,
+    /// The number format the rollouts compute in (instance norm's statistics are always
+    /// taken in f32, as PyTorch's autocast does).
+    pub precision: Precision,
+    /// Realizations rolled out together, as one batch.
+    pub batch: u32,
+}
+
+/// One realization's rollout: its recorded states in the storage format, state after
+/// state, and the recorded step at which it was first flagged diverged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// `recorded × fields × height × width` values, little-endian.
+    pub states: Vec<u8>,
+    /// First flagged step; `None`: bounded throughout.
+    pub diverged: Option<u32>,
+}
+
+/// A rollout that diverged: its operator and realization, and the first recorded step at
+/// which it was flagged (see [`Operator::rollout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diverged {
+    /// Operator index.
+    pub operator: u64,
+    /// Realization.
+    pub realization: u32,
+    /// First flagged step.
+    pub step: u32,
 }
 
 impl Trajectories {
@@ -428,6 +481,7 @@ impl Trajectories {
             ("record_every", u64::from(self.record_every)),
             ("operators_per_shard", u64::from(self.operators_per_shard)),
             ("operators", self.operators),
+            ("batch", u64::from(self.batch)),
         ] {
             if v == 0 {
                 return bad(field, "0".into(), "at least 1");
@@ -446,6 +500,14 @@ impl Trajectories {
         ) {
             return bad("storage", self.storage.to_string(), "f16 or f32");
         }
+        let kernel = self.space.kernel.iter().max().copied().unwrap_or(1);
+        if self.height.min(self.width) < kernel / 2 {
+            return bad(
+                "height",
+                format!("{}×{}", self.height, self.width),
+                "at least half the largest kernel in each direction (the periodic wrap)",
+            );
+        }
         Ok(())
     }
 
@@ -459,6 +521,16 @@ impl Trajectories {
     pub fn recorded(&self) -> u32 {
         let every = self.record_every.max(1);
         self.steps / every + 1 + u32::from(!self.steps.is_multiple_of(every))
+    }
+
+    /// Values in one field: channels × height × width.
+    pub fn field_values(&self) -> usize {
+        self.fields as usize * self.height as usize * self.width as usize
+    }
+
+    /// Bytes one realization's recorded trajectory takes, stored.
+    pub fn trajectory_bytes(&self) -> u64 {
+        u64::from(self.recorded()) * (self.field_values() * self.storage.size()) as u64
     }
 
     /// The dataset's columns.
@@ -483,62 +555,429 @@ impl Trajectories {
         }
     }
 
-    /// Rolls out the operators of shard `shard` on `device` into `buffer`. Returns the
-    /// operators with a diverged realization, and at which recorded step each first did.
-    pub fn fill_shard(
+    /// Operator `index`, built on `device` in the configured precision.
+    pub fn operator(&self, index: u64, device: &Device) -> Operator {
+        Operator::build(
+            &self.space.draw(self.seed, index),
+            self.fields as usize,
+            device,
+        )
+        .cast(self.precision)
+    }
+
+    /// The initial fields of realizations `realizations` of operator `index`, as one batch
+    /// `[realizations, fields, height, width]` on `device` in the configured precision.
+    pub fn initial(
         &self,
-        shard: u64,
+        index: u64,
+        realizations: std::ops::Range<u32>,
         device: &Device,
-        buffer: &mut frugal_store::ShardBuffer,
-    ) -> frugal_store::Result<Vec<(u64, u32)>> {
-        let per = u64::from(self.operators_per_shard.max(1));
+    ) -> Tensor<4> {
         let (h, w, c) = (
             self.height as usize,
             self.width as usize,
             self.fields as usize,
         );
-        let r = self.realizations as usize;
-        let mut diverged = Vec::new();
-        for index in shard * per..((shard + 1) * per).min(self.operators) {
-            let op = Operator::build(&self.space.draw(self.seed, index), c, device);
-            let mut initial = Vec::with_capacity(r * c * h * w);
-            for k in 0..r {
-                initial.extend(smooth_field(
-                    h, w, c, self.modes, self.seed, index, k as u64,
-                ));
-            }
-            let x = Tensor::<4>::from_data(TensorData::new(initial, [r, c, h, w]), device);
-            let per_sample = c * h * w;
-            let mut field = Vec::with_capacity(per_sample * self.storage.size());
-            let flags = op.rollout(x, self.steps, self.record_every, |t, values, flags| {
-                for (k, sample) in values.chunks(per_sample).enumerate() {
-                    field.clear();
+        let n = realizations.len();
+        let mut values = Vec::with_capacity(n * c * h * w);
+        for k in realizations {
+            values.extend(smooth_field(
+                h,
+                w,
+                c,
+                self.modes,
+                self.seed,
+                index,
+                u64::from(k),
+            ));
+        }
+        self.precision.cast(Tensor::<4>::from_data(
+            TensorData::new(values, [n, c, h, w]),
+            device,
+        ))
+    }
+
+    /// Rolls out realizations `realizations` of operator `op` (built by [`Self::operator`]
+    /// for `index`) together, keeping each one's recorded states in the storage format:
+    /// per realization, [`Self::trajectory_bytes`] bytes, and the step at which it was first
+    /// flagged diverged.
+    pub fn roll(
+        &self,
+        op: &Operator,
+        index: u64,
+        realizations: std::ops::Range<u32>,
+        device: &Device,
+    ) -> Vec<Rollout> {
+        let n = realizations.len();
+        let per_sample = self.field_values();
+        let mut out: Vec<Vec<u8>> = (0..n)
+            .map(|_| Vec::with_capacity(self.trajectory_bytes() as usize))
+            .collect();
+        let x = self.initial(index, realizations, device);
+        let flags = op
+            .rollout(x, self.steps, self.record_every, |_, values, _| {
+                for (sample, into) in values.chunks(per_sample).zip(&mut out) {
                     match self.storage {
-                        frugal_store::DType::F16 => field.extend(
+                        frugal_store::DType::F16 => into.extend(
                             sample
                                 .iter()
                                 .flat_map(|&v| burn::tensor::f16::from_f32(v).to_le_bytes()),
                         ),
-                        _ => field.extend(sample.iter().flat_map(|v| v.to_le_bytes())),
+                        _ => into.extend(sample.iter().flat_map(|v| v.to_le_bytes())),
                     }
-                    buffer.push_rows(
-                        1,
-                        &[
-                            &field,
-                            &(index as u32).to_le_bytes(),
-                            &(k as u32).to_le_bytes(),
-                            &t.to_le_bytes(),
-                            &[u8::from(flags[k].is_some())],
-                        ],
-                    )?;
                 }
-                Ok::<(), frugal_store::StoreError>(())
-            })?;
-            if let Some(first) = flags.iter().flatten().min() {
-                diverged.push((index, *first));
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .unwrap_or_else(|never| match never {});
+        out.into_iter()
+            .zip(flags)
+            .map(|(states, diverged)| Rollout { states, diverged })
+            .collect()
+    }
+
+    /// Rolls out every realization of operator `index` on `device`, `batch` at a time:
+    /// per realization, its recorded states in the storage format and its first diverged
+    /// step.
+    pub fn roll_operator(&self, index: u64, device: &Device) -> Vec<Rollout> {
+        let op = self.operator(index, device);
+        let mut out = Vec::with_capacity(self.realizations as usize);
+        let mut first = 0;
+        while first < self.realizations {
+            let last = (first + self.batch.max(1)).min(self.realizations);
+            out.extend(self.roll(&op, index, first..last, device));
+            first = last;
+        }
+        out
+    }
+
+    /// Appends operator `index`'s rollouts (as [`Self::roll_operator`] returns them) to
+    /// `buffer`: one row per realization and recorded step, realization by realization.
+    pub fn push_operator(
+        &self,
+        index: u64,
+        rollouts: &[Rollout],
+        buffer: &mut frugal_store::ShardBuffer,
+    ) -> frugal_store::Result<()> {
+        let row = self.field_values() * self.storage.size();
+        let every = self.record_every.max(1);
+        let steps: Vec<u32> = (0..=self.steps)
+            .filter(|t| t % every == 0 || *t == self.steps)
+            .collect();
+        for (k, r) in rollouts.iter().enumerate() {
+            let flag = r.diverged;
+            for (t, field) in steps.iter().zip(r.states.chunks(row)) {
+                buffer.push_rows(
+                    1,
+                    &[
+                        field,
+                        &(index as u32).to_le_bytes(),
+                        &(k as u32).to_le_bytes(),
+                        &t.to_le_bytes(),
+                        &[u8::from(flag.is_some_and(|f| f <= *t))],
+                    ],
+                )?;
             }
         }
+        Ok(())
+    }
+
+    /// Rolls out the operators of shard `shard` on `device` into `buffer`, `batch`
+    /// realizations at a time. Returns the rollouts that diverged.
+    pub fn fill_shard(
+        &self,
+        shard: u64,
+        device: &Device,
+        buffer: &mut frugal_store::ShardBuffer,
+    ) -> frugal_store::Result<Vec<Diverged>> {
+        let per = u64::from(self.operators_per_shard.max(1));
+        let mut diverged = Vec::new();
+        for index in shard * per..((shard + 1) * per).min(self.operators) {
+            let rollouts = self.roll_operator(index, device);
+            for (k, r) in rollouts.iter().enumerate() {
+                if let Some(step) = &r.diverged {
+                    diverged.push(Diverged {
+                        operator: index,
+                        realization: k as u32,
+                        step: *step,
+                    });
+                }
+            }
+            self.push_operator(index, &rollouts, buffer)?;
+        }
         Ok(diverged)
+    }
+
+    /// The diverged rollouts of a finished dataset of these settings, read from each
+    /// shard's small columns (operator, realization, step, diverged), never its fields.
+    pub fn diverged_in(dataset: &frugal_store::Dataset) -> frugal_store::Result<Vec<Diverged>> {
+        use std::os::unix::fs::FileExt;
+        let manifest = dataset.manifest();
+        let schema = &manifest.schema;
+        let position = |name: &str| {
+            schema
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| {
+                    frugal_store::StoreError::Rows(format!(
+                        "{}: no `{name}` column; not an operator trajectory dataset",
+                        dataset.dir().display()
+                    ))
+                })
+        };
+        let columns = [
+            position("operator")?,
+            position("realization")?,
+            position("step")?,
+            position("diverged")?,
+        ];
+        let mut out: Vec<Diverged> = Vec::new();
+        for entry in &manifest.shards {
+            let path = dataset.dir().join(&entry.file);
+            let (file, layout) = frugal_store::shard::open_shard(&path, schema, entry)?;
+            let rows = layout.samples as usize;
+            let read = |column: usize, width: usize| {
+                let mut bytes = vec![0u8; rows * width];
+                file.read_exact_at(&mut bytes, layout.column_offsets[column])
+                    .map(|()| bytes)
+                    .map_err(|cause| frugal_store::StoreError::Io {
+                        path: path.clone(),
+                        cause,
+                    })
+            };
+            let u32s = |b: Vec<u8>| -> Vec<u32> {
+                b.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect()
+            };
+            let operator = u32s(read(columns[0], 4)?);
+            let realization = u32s(read(columns[1], 4)?);
+            let step = u32s(read(columns[2], 4)?);
+            let flag = read(columns[3], 1)?;
+            for r in 0..rows {
+                let seen = out.last().is_some_and(|d| {
+                    d.operator == u64::from(operator[r]) && d.realization == realization[r]
+                });
+                if flag[r] != 0 && !seen {
+                    out.push(Diverged {
+                        operator: u64::from(operator[r]),
+                        realization: realization[r],
+                        step: step[r],
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One timed rollout batch (see [`Trajectories::timed`]).
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Wall-clock seconds, from building the operator to the last recorded state on the host.
+    pub seconds: f64,
+    /// The most bytes the rollout held at once above what was held before it: heap bytes
+    /// on the CPU (when the program counts its allocations), the device allocator's
+    /// reservation on a GPU.
+    pub peak_bytes: Option<u64>,
+    /// Per realization, its recorded states in the storage format and the step at which it
+    /// was first flagged diverged.
+    pub trajectories: Vec<Rollout>,
+}
+
+/// What one rollout batch holds at its peak, item by item; the computed items are sizes of
+/// the tensors and buffers the rollout makes, the workspace is what a measurement found
+/// beyond them (convolution lowering, the backend's temporaries).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutMemory {
+    /// The state batch on the device and the initial fields drawn on the host.
+    pub inputs: u64,
+    /// Weights and biases.
+    pub weights: u64,
+    /// Per layer, its padded input and its output (and instance norm's f32 temporaries).
+    pub activations: Vec<u64>,
+    /// The recorded states kept per realization, and the host copy of a state read back.
+    pub trajectories: u64,
+    /// The measured transient beyond the largest layer's activations; `None` when
+    /// nothing was measured.
+    pub workspace: Option<u64>,
+    /// The predicted peak of the whole rollout, from probes (see
+    /// [`Trajectories::plan_memory`]); `None` when nothing was measured.
+    pub predicted_peak: Option<u64>,
+}
+
+impl Trajectories {
+    /// Rolls out realizations `0..batch` of operator `index` once on `device`, timed, with
+    /// its peak memory. `batch` may exceed the configured realizations: a benchmark's batch
+    /// is the number of fields rolled out together.
+    pub fn timed(&self, index: u64, batch: u32, device: &Device) -> Timed {
+        let mut peak = crate::operator::PeakWatch::start(device);
+        let began = std::time::Instant::now();
+        let op = self.operator(index, device);
+        let trajectories = self.roll(&op, index, 0..batch, device);
+        let seconds = began.elapsed().as_secs_f64();
+        Timed {
+            seconds,
+            peak_bytes: peak.finish(),
+            trajectories,
+        }
+    }
+
+    /// The normalized RMS error of each recorded state of `other` against `reference`,
+    /// two trajectories of one realization as [`Self::roll`] keeps them: ‖other − ref‖ /
+    /// ‖ref‖ per recorded step (infinite where `other` is not finite).
+    pub fn error_per_step(&self, reference: &[u8], other: &[u8]) -> Vec<f64> {
+        let decode = |b: &[u8]| -> Vec<f64> {
+            match self.storage {
+                frugal_store::DType::F16 => b
+                    .chunks_exact(2)
+                    .map(|c| f64::from(burn::tensor::f16::from_le_bytes([c[0], c[1]]).to_f32()))
+                    .collect(),
+                _ => b
+                    .chunks_exact(4)
+                    .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect(),
+            }
+        };
+        let row = self.field_values() * self.storage.size();
+        reference
+            .chunks(row)
+            .zip(other.chunks(row))
+            .map(|(a, b)| {
+                let (a, b) = (decode(a), decode(b));
+                let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+                let norm: f64 = a.iter().map(|x| x * x).sum();
+                if diff.is_finite() {
+                    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+                } else {
+                    f64::INFINITY
+                }
+            })
+            .collect()
+    }
+
+    /// The computed items of a rollout batch of `batch` fields through operator `arch`.
+    pub fn memory(&self, arch: &Architecture, batch: u32) -> RolloutMemory {
+        let (b, c, h, w) = (
+            u64::from(batch),
+            u64::from(self.fields),
+            u64::from(self.height),
+            u64::from(self.width),
+        );
+        let e = self.precision.bytes();
+        let (ch, k) = (u64::from(arch.channels), u64::from(arch.kernel));
+        let p = k / 2;
+        let n = u64::from(arch.layers.max(1));
+        let field = b * c * h * w;
+        let weights = (0..n)
+            .map(|l| {
+                let i = if l == 0 { c } else { ch };
+                let o = if l + 1 == n { c } else { ch };
+                (o * i * k * k + o) * e
+            })
+            .sum();
+        let activations = (0..n)
+            .map(|l| {
+                let i = if l == 0 { c } else { ch };
+                let o = if l + 1 == n { c } else { ch };
+                let padded = b * i * (h + 2 * p) * (w + 2 * p) * e;
+                let out = b * o * h * w * e;
+                let norm = if l + 1 < n && arch.norm == Norm::Instance {
+                    2 * b * o * h * w * 4
+                } else {
+                    0
+                };
+                padded + out + norm
+            })
+            .collect();
+        RolloutMemory {
+            inputs: field * e + field * 4,
+            weights,
+            activations,
+            trajectories: b * self.trajectory_bytes() + field * 4,
+            workspace: None,
+            predicted_peak: None,
+        }
+    }
+
+    /// The memory of a rollout batch of `batch` fields through operator `index` on
+    /// `device`, predicted from two probe rollouts of two steps each (batch 1 and 2, every
+    /// state recorded, after an untimed one): their measured peaks, less their recorded
+    /// states, are extrapolated
+    /// linearly in the batch, and the full rollout's recorded states added. The tensors a
+    /// step makes are the same at every step, so two steps show them all. Without a
+    /// memory count (no counting allocator on the CPU) the prediction is `None`.
+    pub fn plan_memory(&self, index: u64, batch: u32, device: &Device) -> RolloutMemory {
+        let mut memory = self.memory(&self.space.draw(self.seed, index), batch);
+        let probe = Trajectories {
+            steps: 2,
+            record_every: 1,
+            ..self.clone()
+        };
+        // A first rollout sets up what a backend makes once (thread pools, caches, compiled
+        // kernels): not the rollout's.
+        drop(probe.timed(index, 1, device));
+        // A parallel backend's threads hold their scratch buffers at the same moment only
+        // sometimes: the most of a few probes is what a long rollout will meet.
+        let most = |batch: u32| {
+            (0..PROBES)
+                .map(|_| probe.timed(index, batch, device).peak_bytes)
+                .try_fold(0, |m, p| p.map(|p| p.max(m)))
+        };
+        let (Some(one), Some(two)) = (most(1), most(2)) else {
+            return memory;
+        };
+        let b = u64::from(batch);
+        let per_field = two.saturating_sub(one);
+        let fixed = one.saturating_sub(per_field);
+        let peak = (fixed + b * per_field).saturating_sub(b * probe.trajectory_bytes())
+            + b * self.trajectory_bytes();
+        let computed = memory.inputs
+            + memory.weights
+            + memory.activations.iter().max().copied().unwrap_or(0)
+            + memory.trajectories;
+        memory.workspace = Some(peak.saturating_sub(computed));
+        memory.predicted_peak = Some(peak);
+        memory
+    }
+}
+
+/// Probe rollouts per batch size in [`Trajectories::plan_memory`].
+const PROBES: usize = 3;
+
+/// Watches the most memory held from its start: heap bytes on the CPU, the allocator's
+/// reservation on a GPU.
+pub(crate) struct PeakWatch {
+    device: Option<frugal_train::device::DevicePeak>,
+    before: u64,
+}
+
+impl PeakWatch {
+    pub(crate) fn start(device: &Device) -> Self {
+        // Pages an earlier rollout left in the pool would hide this one's needs.
+        device.memory_cleanup();
+        match frugal_train::device::reserved_bytes(device) {
+            Some(now) => Self {
+                device: Some(frugal_train::device::DevicePeak::new(device)),
+                before: now,
+            },
+            None => Self {
+                device: None,
+                before: frugal_train::memory::reset_heap_peak(),
+            },
+        }
+    }
+
+    /// The peak above the start; `None` when neither heap nor device is counted.
+    pub(crate) fn finish(&mut self) -> Option<u64> {
+        match &mut self.device {
+            Some(d) => {
+                d.sample();
+                d.peak().map(|p| p.saturating_sub(self.before))
+            }
+            None => frugal_train::memory::counting()
+                .then(|| frugal_train::memory::heap_peak().saturating_sub(self.before)),
+        }
     }
 }
 
@@ -568,11 +1007,24 @@ fn periodic_pad(x: Tensor<4>, pad: usize) -> Tensor<4> {
 }
 
 /// Per-sample, per-channel normalisation over the field, without learned scale.
+/// In a reduced precision the statistics are taken in f32 and the result cast back, as
+/// PyTorch's autocast does: a mean over a 128×128 field summed in f16 loses digits.
 fn instance_norm(x: Tensor<4>) -> Tensor<4> {
+    let dtype = x.dtype();
+    let x = if dtype == burn::tensor::DType::F32 {
+        x
+    } else {
+        x.cast(burn::tensor::FloatDType::F32)
+    };
     let mean = x.clone().mean_dim(2).mean_dim(3);
     let centered = x - mean;
     let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(3);
-    centered / var.add_scalar(1e-5).sqrt()
+    let y = centered / var.add_scalar(1e-5).sqrt();
+    match dtype {
+        burn::tensor::DType::F16 => y.cast(burn::tensor::FloatDType::F16),
+        burn::tensor::DType::BF16 => y.cast(burn::tensor::FloatDType::BF16),
+        _ => y,
+    }
 }
 
 #[cfg(test)]
@@ -815,6 +1267,8 @@ mod tests {
             record_every: 4,
             storage: frugal_store::DType::F16,
             operators_per_shard: 2,
+            precision: Precision::F32,
+            batch: 2,
         }
     }
 
@@ -842,15 +1296,74 @@ mod tests {
         assert_eq!(entries[0].column_checksums, entries[1].column_checksums);
         assert_ne!(entries[0].column_checksums, entries[2].column_checksums);
 
+        // Rolled out one realization at a time, the shard is the same bytes.
+        let mut buffer = frugal_store::ShardBuffer::new(t.schema());
+        Trajectories {
+            batch: 1,
+            ..t.clone()
+        }
+        .fill_shard(2, &device, &mut buffer)
+        .unwrap();
+        let one = buffer.write(dir.path(), "one.safetensors").unwrap();
+        assert_eq!(one.column_checksums, entries[0].column_checksums);
+
         let wild = trajectories(1e3);
         let mut buffer = frugal_store::ShardBuffer::new(wild.schema());
         let diverged = wild.fill_shard(0, &device, &mut buffer).unwrap();
-        assert_eq!(diverged.iter().map(|d| d.0).collect::<Vec<_>>(), [0, 1]);
+        let ops: Vec<(u64, u32)> = diverged
+            .iter()
+            .map(|d| (d.operator, d.realization))
+            .collect();
+        assert_eq!(ops, [(0, 0), (0, 1), (1, 0), (1, 1)]);
+        assert!(diverged.iter().all(|d| d.step > 0), "{diverged:?}");
         let bad = Trajectories {
             storage: frugal_store::DType::I32,
             ..trajectories(0.05)
         };
         assert_eq!(bad.validate().unwrap_err().field, "storage");
+    }
+
+    /// bf16 and f16 rollouts follow the f32 one closely but not exactly, and their error
+    /// is reported per recorded step; the memory items scale with the batch.
+    #[test]
+    fn reduced_precision_rollouts_stay_near_f32() {
+        let device = Device::flex();
+        let t = Trajectories {
+            storage: frugal_store::DType::F32,
+            ..trajectories(0.05)
+        };
+        let op = t.operator(1, &device);
+        let reference = t.roll(&op, 1, 0..2, &device);
+        for precision in [Precision::Bf16, Precision::F16] {
+            let low = Trajectories {
+                precision,
+                ..t.clone()
+            };
+            let run = low.timed(1, 2, &device);
+            assert_eq!(run.trajectories.len(), 2);
+            for (a, b) in reference.iter().zip(&run.trajectories) {
+                assert_eq!(b.diverged, None);
+                let error = t.error_per_step(&a.states, &b.states);
+                assert_eq!(error.len(), t.recorded() as usize);
+                // The initial fields are the same numbers rounded to the precision.
+                let bound = if precision == Precision::Bf16 {
+                    0.05
+                } else {
+                    0.01
+                };
+                assert!(error.iter().all(|e| *e < bound), "{precision:?}: {error:?}");
+                assert!(
+                    error.iter().any(|e| *e > 0.0),
+                    "{precision:?}: no rounding at all"
+                );
+            }
+        }
+        let arch = t.space.draw(t.seed, 1);
+        let (one, four) = (t.memory(&arch, 1), t.memory(&arch, 4));
+        assert_eq!(one.weights, four.weights);
+        assert_eq!(4 * one.inputs, four.inputs);
+        assert_eq!(4 * one.trajectories, four.trajectories);
+        assert_eq!(one.activations.len(), arch.layers as usize);
     }
 
     #[test]

@@ -1,9 +1,11 @@
+pub(crate) mod bench;
 pub(crate) mod config;
 pub(crate) mod data;
 pub(crate) mod evolve;
 pub(crate) mod farm;
 pub(crate) mod nbody;
 pub(crate) mod nbody_scale;
+pub(crate) mod operator;
 pub(crate) mod plan;
 pub(crate) mod probe;
 pub(crate) mod setup;

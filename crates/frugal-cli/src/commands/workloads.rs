@@ -20,6 +20,9 @@ pub(crate) fn train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
 
 /// `frugal plan`.
 pub(crate) fn plan(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
+    if let Ok(config) = super::operator::load(&args.config) {
+        return super::operator::plan(&config, &args, out);
+    }
     match setup::load(&args.config)? {
         AnyConfig::Classifier(c) => plan::plan(setup::classifier(&c)?, &args, out),
         AnyConfig::Particles(c) => {

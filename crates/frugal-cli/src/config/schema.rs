@@ -467,6 +467,86 @@ pub(crate) struct KindConfig {
     pub(crate) outputs: Option<Vec<String>>,
 }
 
+/// The `[rollout]` section of an `operator` configuration: how many operators are rolled
+/// out, from which fields, for how long, and how the trajectories are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RolloutSection {
+    /// Operators drawn from `[space]`.
+    pub(crate) operators: u64,
+    /// Initial fields per operator.
+    #[serde(default = "default_realizations")]
+    pub(crate) realizations: u32,
+    /// Field height.
+    #[serde(default = "default_grid")]
+    pub(crate) height: u32,
+    /// Field width.
+    #[serde(default = "default_grid")]
+    pub(crate) width: u32,
+    /// Field channels.
+    #[serde(default = "default_fields")]
+    pub(crate) fields: u32,
+    /// Fourier modes of the initial fields, per direction.
+    #[serde(default = "default_modes")]
+    pub(crate) modes: u32,
+    /// Time steps per rollout.
+    #[serde(default = "default_rollout_steps")]
+    pub(crate) steps: u32,
+    /// Steps between recorded states (step 0 and the last are recorded too).
+    #[serde(default = "default_record_every")]
+    pub(crate) record_every: u32,
+    /// How recorded fields are stored: `f16` or `f32`.
+    #[serde(default)]
+    pub(crate) storage: Storage,
+    /// Operators per shard (what a killed run redoes at most, per thread).
+    #[serde(default = "default_operators_per_shard")]
+    pub(crate) operators_per_shard: u32,
+    /// Where the dataset goes; absent means `OUTPUT_DIR/trajectories`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) data: Option<PathBuf>,
+}
+
+fn default_realizations() -> u32 {
+    10
+}
+fn default_grid() -> u32 {
+    128
+}
+fn default_fields() -> u32 {
+    3
+}
+fn default_modes() -> u32 {
+    4
+}
+fn default_rollout_steps() -> u32 {
+    500
+}
+fn default_record_every() -> u32 {
+    10
+}
+/// The number format recorded fields are stored in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Storage {
+    /// Half precision: half the disk of f32, about three decimal digits.
+    #[default]
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl Storage {
+    pub(crate) fn dtype(self) -> frugal_store::DType {
+        match self {
+            Storage::F16 => frugal_store::DType::F16,
+            Storage::F32 => frugal_store::DType::F32,
+        }
+    }
+}
+fn default_operators_per_shard() -> u32 {
+    4
+}
+
 macro_rules! workload_configs {
     ($( $variant:ident: $name:ident { $section:ident: $ty:ty $(; $($extra:ident: $extra_ty:ty),+)? } ),* $(,)?) => {
         $(
@@ -541,6 +621,39 @@ workload_configs! {
     Classifier: ClassifierConfig { model: ClassifierModel; data: DataSection, train: TrainSection },
     Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection, train: TrainSection },
     Evolve: EvolveConfig { search: EvolveSearch; job: EvolveJob, genes: std::collections::BTreeMap<String, GeneConfig>, fitness: FitnessConfig, farm: FarmConfig, kinds: std::collections::BTreeMap<String, KindConfig> },
+    Operator: OperatorConfig { rollout: RolloutSection; space: frugal_models::operator::OperatorSpace },
+}
+
+impl OperatorConfig {
+    /// The trajectories `[rollout]`, `[space]` and `[compute]` describe: what the
+    /// dataset's bytes depend on.
+    pub(crate) fn trajectories(&self) -> frugal_models::operator::Trajectories {
+        let r = &self.rollout;
+        frugal_models::operator::Trajectories {
+            space: self.space.clone(),
+            seed: self.seed,
+            operators: r.operators,
+            realizations: r.realizations,
+            height: r.height,
+            width: r.width,
+            fields: r.fields,
+            modes: r.modes,
+            steps: r.steps,
+            record_every: r.record_every,
+            storage: r.storage.dtype(),
+            operators_per_shard: r.operators_per_shard,
+            precision: self.compute.precision,
+            batch: self.compute.batch_size,
+        }
+    }
+
+    /// Where the dataset lives.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.rollout
+            .data
+            .clone()
+            .unwrap_or_else(|| self.output_dir.join("trajectories"))
+    }
 }
 
 /// Direct summation up to this many particles when `sim.method = "auto"`.
@@ -731,6 +844,26 @@ impl AnyConfig {
                     &["sim", "initial"],
                     "`two_body` needs `model.particles = 2`",
                 );
+            }
+            AnyConfig::Operator(c) => {
+                if let Err(e) = c.trajectories().validate() {
+                    let section = match e.field {
+                        "batch" => "compute",
+                        "layers" | "channels" | "kernel" | "norm" | "activation" | "residual"
+                        | "dt" => "space",
+                        _ => "rollout",
+                    };
+                    let key = if e.field == "batch" {
+                        "batch_size"
+                    } else {
+                        e.field
+                    };
+                    check(
+                        false,
+                        &[section, key],
+                        &format!("is {}; must be {}", e.value, e.expected),
+                    );
+                }
             }
             AnyConfig::Evolve(c) => {
                 check(
