@@ -448,7 +448,19 @@ pub(crate) fn bench_rows(
                 String::new()
             }
         };
-        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        let most = measured
+            .iter()
+            .chain(predicted)
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let (unit_bytes, unit) = if most >= 1 << 30 {
+            (f64::from(1u32 << 30), "GiB")
+        } else {
+            (f64::from(1u32 << 20), "MiB")
+        };
+        let gib = |b: u64| b as f64 / unit_bytes;
         type Bars = Vec<Vec<Option<f64>>>;
         let panels: [(&DrawingArea<_, _>, &str, &str, Bars); 2] = [
             (
@@ -459,8 +471,8 @@ pub(crate) fn bench_rows(
             ),
             (
                 &lower,
-                "Peak memory per configuration: measured, predicted",
-                "GiB",
+                "Peak memory per configuration: measured (blue), predicted (orange)",
+                unit,
                 vec![
                     measured.iter().map(|b| b.map(gib)).collect(),
                     predicted.iter().map(|b| b.map(gib)).collect(),

@@ -502,7 +502,7 @@ pub(crate) fn plan(
         out,
         "rollout peak",
         rollout,
-        &format!("{where_}, measured on two probe steps"),
+        &format!("{where_}, measured on probe rollouts"),
     )?;
     item(
         out,
