@@ -155,6 +155,19 @@ fn legend_corner(
     .map_or(SeriesLabelPosition::UpperRight, |c| c.0)
 }
 
+/// Writes an RGB image of `size` to `path` (temporary name, synced, renamed).
+fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
+    frugal_store::atomic_write_with(path, |file| {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()
+            .and_then(|mut wr| wr.write_image_data(rgb))
+            .map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
+
 fn chart(
     path: &Path,
     title: &str,
@@ -258,15 +271,7 @@ fn chart_with(
             .map_err(e)?;
         root.present().map_err(e)?;
     }
-    frugal_store::atomic_write_with(path, |file| {
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.write_header()
-            .and_then(|mut wr| wr.write_image_data(&buf))
-            .map_err(std::io::Error::other)
-    })?;
-    Ok(())
+    write_png(path, &buf, (w, h))
 }
 
 /// Writes `loss.png` and `accuracy.png` into `dir` from a run's metrics records.
@@ -520,15 +525,7 @@ pub(crate) fn bench_rows(
         }
         root.present().map_err(e)?;
     }
-    frugal_store::atomic_write_with(path, |file| {
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.write_header()
-            .and_then(|mut wr| wr.write_image_data(&buf))
-            .map_err(std::io::Error::other)
-    })?;
-    Ok(())
+    write_png(path, &buf, (w, h))
 }
 
 #[cfg(test)]

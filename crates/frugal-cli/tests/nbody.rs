@@ -320,20 +320,7 @@ fn workers_on_a_redis_queue_generate_the_same_dataset() {
             .args(["nbody", "generate"])
             .arg(config(dir.path(), &local, "")),
     );
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let cmd = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
-                .args(["worker", "--queue", "sims", "--jobs", "1", "--name"])
-                .arg(format!("w{i}"))
-                .arg("--redis")
-                .arg(server.url())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            frugal_farm::testing::KillOnDrop(cmd)
-        })
-        .collect();
+    let workers = common::workers(&server.url(), "sims", 2);
     let remote = dir.path().join("remote");
     let s = json(
         frugal()

@@ -356,20 +356,7 @@ fn workers_on_a_redis_queue_roll_out_the_same_dataset() {
             .args(["operator", "generate"])
             .arg(config(dir.path(), &local, "local.toml", "")),
     );
-    let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let cmd = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
-                .args(["worker", "--queue", "ops", "--jobs", "1", "--name"])
-                .arg(format!("w{i}"))
-                .arg("--redis")
-                .arg(server.url())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            frugal_farm::testing::KillOnDrop(cmd)
-        })
-        .collect();
+    let workers = common::workers(&server.url(), "ops", 2);
     let remote = dir.path().join("remote");
     let s = json(
         frugal()

@@ -363,97 +363,104 @@ fn farm_bench(args: &FarmBenchArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a dataset job made by another frugal version: byte-identical datasets need the
+/// generator's own simulator, operators and arithmetic.
+fn same_version(job: &Job) -> Result<(), JobError> {
+    let version = job.params["frugal"].as_str().unwrap_or("unknown");
+    if version != env!("CARGO_PKG_VERSION") {
+        return Err(format!(
+            "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
+            job.id,
+            env!("CARGO_PKG_VERSION")
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The job kind that runs one simulation of a dataset on a worker: parameters
 /// `{"settings": …, "index": i}`; the states come back as the job's data.
 fn register_nbody(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("nbody", |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
-        // Byte-identical datasets need the generator's own simulator.
-        let version = job.params["frugal"].as_str().unwrap_or("unknown");
-        if version != env!("CARGO_PKG_VERSION") {
-            return Err(format!(
-                "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
-                job.id,
-                env!("CARGO_PKG_VERSION")
-            )
-            .into());
-        }
-        let settings: Recording = serde_json::from_value(job.params["settings"].clone())
-            .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
-        settings
-            .validate(MAX_SIMULATION_BYTES)
-            .map_err(|e| format!("job {}: simulation settings: {e}", job.id))?;
-        let index = job.params["index"]
-            .as_u64()
-            .filter(|i| *i < settings.simulations)
-            .ok_or_else(|| {
-                format!(
-                    "job {}: parameter \"index\" must be a simulation number below {}",
-                    job.id, settings.simulations
-                )
-            })?;
-        let mut data = Vec::with_capacity(settings.simulation_bytes());
-        settings.record(index, &mut || ctx.check().map_err(|e| e.to_string()), &mut |s| {
-            for part in [s.pos, s.vel, s.acc] {
-                data.extend_from_slice(part);
-            }
-            Ok::<(), String>(())
-        })?;
-        ctx.attach(data);
-        Ok(Metrics::from([
-            ("index".to_string(), index as f64),
-            ("states".to_string(), settings.steps as f64),
-        ]))
-    })
+    registry.register(
+        "nbody",
+        |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
+            same_version(job)?;
+            let settings: Recording = serde_json::from_value(job.params["settings"].clone())
+                .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
+            settings
+                .validate(MAX_SIMULATION_BYTES)
+                .map_err(|e| format!("job {}: simulation settings: {e}", job.id))?;
+            let index = job.params["index"]
+                .as_u64()
+                .filter(|i| *i < settings.simulations)
+                .ok_or_else(|| {
+                    format!(
+                        "job {}: parameter \"index\" must be a simulation number below {}",
+                        job.id, settings.simulations
+                    )
+                })?;
+            let mut data = Vec::with_capacity(settings.simulation_bytes());
+            settings.record(
+                index,
+                &mut || ctx.check().map_err(|e| e.to_string()),
+                &mut |s| {
+                    for part in [s.pos, s.vel, s.acc] {
+                        data.extend_from_slice(part);
+                    }
+                    Ok::<(), String>(())
+                },
+            )?;
+            ctx.attach(data);
+            Ok(Metrics::from([
+                ("index".to_string(), index as f64),
+                ("states".to_string(), settings.steps as f64),
+            ]))
+        },
+    )
 }
 
 /// The job kind that rolls out one operator of a trajectory dataset on a worker's CPU:
 /// parameters `{"settings": …, "index": i}`; the rollouts come back as the job's data.
 fn register_operator(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("operator", |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
-        // Byte-identical datasets need the generator's own operators and arithmetic.
-        let version = job.params["frugal"].as_str().unwrap_or("unknown");
-        if version != env!("CARGO_PKG_VERSION") {
-            return Err(format!(
-                "job {}: made by frugal {version}, and this worker runs {}: run the same version on both",
-                job.id,
-                env!("CARGO_PKG_VERSION")
-            )
-            .into());
-        }
-        let t: frugal_models::operator::Trajectories =
-            serde_json::from_value(job.params["settings"].clone())
-                .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
-        t.validate()
-            .map_err(|e| format!("job {}: rollout settings: {e}", job.id))?;
-        let bytes = u64::from(t.realizations) * t.trajectory_bytes();
-        if bytes > MAX_SIMULATION_BYTES as u64 {
-            return Err(format!(
-                "job {}: one operator's rollouts take {}, more than the {} a job may return",
-                job.id,
-                frugal_hw::units::Bytes(bytes),
-                frugal_hw::units::Bytes(MAX_SIMULATION_BYTES as u64)
-            )
-            .into());
-        }
-        let index = job.params["index"]
-            .as_u64()
-            .filter(|i| *i < t.operators)
-            .ok_or_else(|| {
-                format!(
-                    "job {}: parameter \"index\" must be an operator number below {}",
-                    job.id, t.operators
+    registry.register(
+        "operator",
+        |job: &Job, ctx: &Context| -> Result<Metrics, JobError> {
+            same_version(job)?;
+            let t: frugal_models::operator::Trajectories =
+                serde_json::from_value(job.params["settings"].clone())
+                    .map_err(|e| format!("job {}: parameter \"settings\": {e}", job.id))?;
+            t.validate()
+                .map_err(|e| format!("job {}: rollout settings: {e}", job.id))?;
+            let bytes = u64::from(t.realizations) * t.trajectory_bytes();
+            if bytes > MAX_SIMULATION_BYTES as u64 {
+                return Err(format!(
+                    "job {}: one operator's rollouts take {}, more than the {} a job may return",
+                    job.id,
+                    frugal_hw::units::Bytes(bytes),
+                    frugal_hw::units::Bytes(MAX_SIMULATION_BYTES as u64)
                 )
-            })?;
-        let cpu = frugal_train::device::cpu();
-        let rollouts = frugal_train::device::catch_backend_panics("a rollout", &cpu, || {
-            Ok(t.roll_operator(index, &cpu.device))
-        })
-        .map_err(|e| format!("job {}: {e}", job.id))?;
-        let diverged = rollouts.iter().filter(|r| r.diverged.is_some()).count();
-        ctx.attach(super::operator::encode_rollouts(&rollouts));
-        Ok(Metrics::from([
-            ("index".to_string(), index as f64),
-            ("diverged".to_string(), diverged as f64),
-        ]))
-    })
+                .into());
+            }
+            let index = job.params["index"]
+                .as_u64()
+                .filter(|i| *i < t.operators)
+                .ok_or_else(|| {
+                    format!(
+                        "job {}: parameter \"index\" must be an operator number below {}",
+                        job.id, t.operators
+                    )
+                })?;
+            let cpu = frugal_train::device::cpu();
+            let rollouts = frugal_train::device::catch_backend_panics("a rollout", &cpu, || {
+                Ok(t.roll_operator(index, &cpu.device))
+            })
+            .map_err(|e| format!("job {}: {e}", job.id))?;
+            let diverged = rollouts.iter().filter(|r| r.diverged.is_some()).count();
+            ctx.attach(super::operator::encode_rollouts(&rollouts));
+            Ok(Metrics::from([
+                ("index".to_string(), index as f64),
+                ("diverged".to_string(), diverged as f64),
+            ]))
+        },
+    )
 }

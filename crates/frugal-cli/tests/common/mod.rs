@@ -82,3 +82,23 @@ pub(crate) fn json(cmd: &mut Command) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `n` `frugal worker` processes (one job at a time each) serving `queue` on the Redis
+/// server at `url`, killed when dropped.
+#[allow(dead_code)] // not every test binary farms
+pub(crate) fn workers(url: &str, queue: &str, n: usize) -> Vec<frugal_farm::testing::KillOnDrop> {
+    (0..n)
+        .map(|i| {
+            let cmd = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
+                .args(["worker", "--queue", queue, "--jobs", "1", "--name"])
+                .arg(format!("w{i}"))
+                .arg("--redis")
+                .arg(url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            frugal_farm::testing::KillOnDrop(cmd)
+        })
+        .collect()
+}
