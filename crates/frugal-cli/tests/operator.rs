@@ -242,6 +242,7 @@ fn bench_reports_every_row_and_refuses_what_exceeds_the_budget() {
     let error = r["error"].as_array().unwrap();
     assert_eq!(error.len(), 1, "{r}");
     assert_eq!(error[0]["precision"], "bf16");
+    assert_eq!(error[0]["realizations"], 4, "the widest bf16 batch");
     assert_eq!(error[0]["steps"], serde_json::json!([0, 6]));
     let last = error[0]["nrmse"][1].as_f64().unwrap();
     assert!(last > 0.0 && last < 0.1, "{r}");

@@ -357,10 +357,12 @@ fn operator(config: &OperatorConfig, args: &BenchArgs, out: &mut dyn Write) -> R
                 runs[0].trajectories.len()
             ));
         }
+        // Each precision's error comes from its widest batch on each device: the most
+        // realizations to average over.
         if rc.precision != Precision::F32
-            && !errors
-                .iter()
-                .any(|e| e.precision == rc.precision && e.device == p.name)
+            && !errors.iter().any(|e| {
+                e.precision == rc.precision && e.device == p.name && e.realizations >= rc.batch
+            })
         {
             let reference = match references.iter().position(|(d, _)| *d == p.name) {
                 Some(i) => &references[i].1,
@@ -385,6 +387,7 @@ fn operator(config: &OperatorConfig, args: &BenchArgs, out: &mut dyn Write) -> R
                 .collect();
             let n = curves.len().max(1) as f64;
             let every = t.record_every.max(1);
+            errors.retain(|e| !(e.precision == rc.precision && e.device == p.name));
             errors.push(ErrorCurve {
                 precision: rc.precision,
                 device: p.name.clone(),
