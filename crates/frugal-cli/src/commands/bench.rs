@@ -222,23 +222,10 @@ fn operator(config: &OperatorConfig, args: &BenchArgs, out: &mut dyn Write) -> R
             let on_gpu = configs
                 .iter()
                 .any(|r| picked(r.device).is_ok_and(|p| p.gpu && !p.software));
-            let card = on_gpu
-                .then(|| {
-                    frugal_hw::GpuReport::detect()
-                        .gpus
-                        .first()
-                        .map(|g| g.memory_total_bytes)
-                })
-                .flatten()
-                .filter(|&b| b > 0);
+            let card = on_gpu.then(super::plan::card_memory).flatten();
             match card {
                 Some(b) => (b, "card"),
-                None => (
-                    frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
-                        .context("reading the machine's memory budget")?
-                        .budget_bytes,
-                    "machine",
-                ),
+                None => (super::plan::machine_budget()?, "machine"),
             }
         }
     };

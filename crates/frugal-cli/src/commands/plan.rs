@@ -37,10 +37,19 @@ fn planner<T: Task>(setup: &Setup<T>) -> Result<Planner<'_, T>> {
 }
 
 /// The machine's memory budget, as `frugal probe` reports it.
-fn machine_budget() -> Result<u64> {
+pub(crate) fn machine_budget() -> Result<u64> {
     let info = frugal_hw::MemoryInfo::detect(&frugal_hw::Cgroups::system())
         .context("reading the machine's memory budget")?;
     Ok(info.budget_bytes)
+}
+
+/// The first GPU's memory, where the driver reports it.
+pub(crate) fn card_memory() -> Option<u64> {
+    frugal_hw::GpuReport::detect()
+        .gpus
+        .first()
+        .map(|g| g.memory_total_bytes)
+        .filter(|&b| b > 0)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,15 +228,7 @@ fn device_report<T: Task>(setup: &Setup<T>, args: &PlanArgs) -> Result<Option<De
         Ok(run?.peak_device_bytes.unwrap_or(0))
     };
     let plan = DevicePlan::measure(setup.spec.batch_size, probe)?;
-    let card = (!picked.software)
-        .then(|| {
-            frugal_hw::GpuReport::detect()
-                .gpus
-                .first()
-                .map(|g| g.memory_total_bytes)
-        })
-        .flatten()
-        .filter(|&b| b > 0);
+    let card = (!picked.software).then(card_memory).flatten();
     let device_budget_bytes = args.device_budget.or(card);
     Ok(Some(DeviceReport {
         device: picked.name,
