@@ -82,7 +82,8 @@ pub(crate) struct WorkloadBenchArgs {
     pub(crate) config: ConfigArgs,
     /// A dimension of the matrix, `KEY=V1,V2,…` (repeatable; rows are every
     /// combination, the first key varying slowest): `precision` (f32, bf16, f16),
-    /// `batch` (fields rolled out together), `device` (cpu, gpu, auto).
+    /// `batch` (fields rolled out together, or a training step's micro-batch), `device`
+    /// (cpu, gpu, auto).
     #[arg(long, value_name = "KEY=VALUES")]
     pub(crate) matrix: Vec<String>,
     /// Timed runs per configuration, after one untimed warm-up run.
@@ -93,18 +94,22 @@ pub(crate) struct WorkloadBenchArgs {
     /// CPU). Accepts sizes such as `512MiB`, `2GB` or bytes.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub(crate) budget: Option<u64>,
-    /// Time steps per rollout (default: the configuration's `rollout.steps`).
+    /// Time steps per rollout (default: the configuration's `rollout.steps`); for a
+    /// training workload, optimizer steps per timed run (default 20).
     #[arg(long, value_name = "N")]
     pub(crate) steps: Option<u32>,
-    /// Which operator of the configuration's space is rolled out.
-    #[arg(long, default_value_t = 0, value_name = "INDEX")]
-    pub(crate) operator: u64,
+    /// Which operator of the configuration's space is rolled out (operator workloads).
+    #[arg(long, value_name = "INDEX")]
+    pub(crate) operator: Option<u64>,
     /// Where bench.csv, bench.json and the plots go (default: OUTPUT_DIR/bench).
     #[arg(long, value_name = "DIR")]
     pub(crate) out: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Internal: run one training row (its settings as JSON) and print it.
+    #[arg(long, hide = true, value_name = "JSON")]
+    pub(crate) row: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -213,25 +213,7 @@ fn bench_reports_every_row_and_refuses_what_exceeds_the_budget() {
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6);
     for row in rows {
-        for key in [
-            "time_mean_s",
-            "time_sd_s",
-            "peak_bytes",
-            "predicted_peak_bytes",
-            "throughput",
-            "speedup",
-        ] {
-            assert!(row[key].as_f64().is_some(), "{key}: {row}");
-        }
-        assert_eq!(row["status"], "ok", "{row}");
-        let (peak, predicted) = (
-            row["peak_bytes"].as_f64().unwrap(),
-            row["predicted_peak_bytes"].as_f64().unwrap(),
-        );
-        assert!(
-            (predicted / peak - 1.0).abs() <= 0.15,
-            "predicted {predicted} against measured {peak}: {row}"
-        );
+        common::check_bench_row(row);
     }
     assert_eq!(rows[0]["config"]["precision"], "f32");
     assert_eq!(rows[0]["config"]["batch"], 4);

@@ -291,3 +291,62 @@ fn auto_fit_fits_a_particles_run_by_checkpointing() {
         "peak {peak} B, budget {budget} B"
     );
 }
+
+/// `frugal bench` on a training configuration: every row with every column, each in a
+/// process of its own, predicted within 15 % of the measured peak on the CPU; rows the
+/// planner puts over `--budget` are refused and the rows after them still run.
+#[test]
+fn bench_times_training_steps_and_refuses_rows_over_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |extra: &[&str]| {
+        json(
+            frugal()
+                .arg("bench")
+                .arg(config("classifier-synthetic.toml"))
+                .args(["--set", &format!("output_dir={}", dir.path().display())])
+                .args([
+                    "--set",
+                    "data.samples=4000",
+                    "--set",
+                    "data.test_samples=200",
+                ])
+                .args(["--set", "compute.device=cpu", "--set", "compute.threads=1"])
+                .args([
+                    "--matrix",
+                    "batch=4000,16",
+                    "--matrix",
+                    "precision=f32,bf16",
+                ])
+                .args(["--steps", "3", "--repeats", "2"])
+                .args(extra),
+        )
+    };
+    let r = bench(&[]);
+    assert_eq!(r["workload"], "classifier");
+    assert_eq!(r["throughput_unit"], "samples/s");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        common::check_bench_row(row);
+    }
+    assert_eq!(rows[0]["config"]["batch"], 4000);
+    assert_eq!(rows[3]["config"]["precision"], "bf16");
+    assert!(dir.path().join("bench/bench.csv").is_file());
+    assert!(dir.path().join("bench/bench.png").is_file());
+
+    // Between the batch-16 rows' need and the batch-4000 rows': those are refused.
+    let need = |i: usize| rows[i]["predicted_peak_bytes"].as_u64().unwrap();
+    let (small, large) = (need(2).max(need(3)), need(0).min(need(1)));
+    assert!(
+        large > small + (4 << 20),
+        "batch 4000 should need MiBs more than batch 16: {large} against {small}"
+    );
+    let r = bench(&["--budget", &((small + large) / 2).to_string()]);
+    let status: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["over budget", "over budget", "ok", "ok"]);
+}

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use frugal_hw::units::Bytes;
+use frugal_train::device::Picked;
 use frugal_train::plan::{DevicePlan, MemoryPlan};
 use frugal_train::trainer::{Event, train};
 use frugal_train::{Fit, Planner, Task, TrainError};
@@ -26,7 +27,7 @@ const MEASURE_PROBES: usize = 12;
 
 /// A planner of `setup`'s run, profiling on the run's device. It plans the host's memory;
 /// a GPU run's device memory is planned by `device_report`.
-fn planner<T: Task>(setup: &Setup<T>) -> Result<Planner<'_, T>> {
+pub(crate) fn planner<T: Task>(setup: &Setup<T>) -> Result<Planner<'_, T>> {
     let device = frugal_train::device::pick(setup.compute.device)?.device;
     Ok(Planner::new(
         &setup.task,
@@ -200,6 +201,20 @@ fn device_report<T: Task>(setup: &Setup<T>, args: &PlanArgs) -> Result<Option<De
         return Ok(None);
     }
     picked.check_precision(setup.spec.precision)?;
+    let plan = device_plan(setup, &picked)?;
+    let card = (!picked.software).then(card_memory).flatten();
+    let device_budget_bytes = args.device_budget.or(card);
+    Ok(Some(DeviceReport {
+        device: picked.name,
+        device_fits: device_budget_bytes.map(|b| plan.predicted_peak_device_bytes <= b),
+        plan,
+        device_budget_bytes,
+    }))
+}
+
+/// The device memory `setup`'s run needs on `picked` (a GPU), from probe runs of the loop
+/// at a quarter and half of its micro-batch.
+pub(crate) fn device_plan<T: Task>(setup: &Setup<T>, picked: &Picked) -> Result<DevicePlan> {
     let probe = |batch: usize| -> frugal_train::Result<u64> {
         let mut spec = setup.spec.clone();
         spec.batch_size = batch;
@@ -213,7 +228,7 @@ fn device_report<T: Task>(setup: &Setup<T>, args: &PlanArgs) -> Result<Option<De
             .join(format!(".plan-device-{}-{batch}", std::process::id()));
         // What earlier probes left in the allocator's pools is not this one's.
         picked.device.memory_cleanup();
-        let run = frugal_train::device::catch_backend_panics("a probe run", &picked, || {
+        let run = frugal_train::device::catch_backend_panics("a probe run", picked, || {
             train(
                 &setup.task,
                 &setup.data,
@@ -227,15 +242,7 @@ fn device_report<T: Task>(setup: &Setup<T>, args: &PlanArgs) -> Result<Option<De
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(run?.peak_device_bytes.unwrap_or(0))
     };
-    let plan = DevicePlan::measure(setup.spec.batch_size, probe)?;
-    let card = (!picked.software).then(card_memory).flatten();
-    let device_budget_bytes = args.device_budget.or(card);
-    Ok(Some(DeviceReport {
-        device: picked.name,
-        device_fits: device_budget_bytes.map(|b| plan.predicted_peak_device_bytes <= b),
-        plan,
-        device_budget_bytes,
-    }))
+    Ok(DevicePlan::measure(setup.spec.batch_size, probe)?)
 }
 
 /// The breakdown as a table.

@@ -102,3 +102,28 @@ pub(crate) fn workers(url: &str, queue: &str, n: usize) -> Vec<frugal_farm::test
         })
         .collect()
 }
+
+/// A `frugal bench` row that ran: status `ok`, every column there, and the planner's
+/// peak within 15 % of the measured one.
+#[allow(dead_code)] // not every test binary runs `frugal bench`
+pub(crate) fn check_bench_row(row: &serde_json::Value) {
+    assert_eq!(row["status"], "ok", "{row}");
+    for key in [
+        "time_mean_s",
+        "time_sd_s",
+        "peak_bytes",
+        "predicted_peak_bytes",
+        "throughput",
+        "speedup",
+    ] {
+        assert!(row[key].as_f64().is_some(), "{key}: {row}");
+    }
+    let (peak, predicted) = (
+        row["peak_bytes"].as_f64().unwrap(),
+        row["predicted_peak_bytes"].as_f64().unwrap(),
+    );
+    assert!(
+        (predicted / peak - 1.0).abs() <= 0.15,
+        "predicted {predicted} against measured {peak}: {row}"
+    );
+}
