@@ -221,7 +221,12 @@ impl Classifier {
         self.hidden.last().copied().unwrap_or(1) * h * w
     }
 
-    fn inputs(&self, batch: &Batch, precision: Precision, device: &Device) -> Result<Tensor<2>> {
+    pub(crate) fn inputs(
+        &self,
+        batch: &Batch,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
         let col = batch
             .column(&self.input)
             .ok_or_else(|| TrainError::MissingColumn {
@@ -271,7 +276,7 @@ impl Classifier {
         Ok(precision.cast(x))
     }
 
-    fn targets(&self, batch: &Batch, device: &Device) -> Result<Tensor<1, Int>> {
+    pub(crate) fn targets(&self, batch: &Batch, device: &Device) -> Result<Tensor<1, Int>> {
         let col = batch
             .column(&self.label)
             .ok_or_else(|| TrainError::MissingColumn {

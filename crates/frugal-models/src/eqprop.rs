@@ -19,7 +19,7 @@
 //! E. `∇_g U` is written out (softmax attention both ways, and the memories' `Ξᵀ relu(Ξ g)`),
 //! so an iteration is ordinary tensor operations and needs no autodiff.
 //!
-//! **EqProp.** The readout is a linear map of the tokens' mean activation, the loss `L`
+//! **EqProp.** The readout is a linear map of all the tokens' activations, the loss `L`
 //! its cross-entropy. The free phase finds `z*`, a minimum of E; the nudged phases find
 //! minima `z_{±β}` of `F_{±β} = E ± β·L` starting from `z*`. The gradient estimate is
 //! `(∂F_β/∂θ (z_β) − ∂F_{−β}/∂θ (z_{−β})) / 2β`, for every parameter θ at once (one
@@ -47,8 +47,13 @@
 //! ```
 
 use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, relu, softmax};
-use burn::tensor::{Device, FloatDType, Gradients, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Gradients, Int, Tensor, TensorData};
+use frugal_store::Batch;
+use frugal_train::{EvalOutput, Precision, Result, StepInput, StepOutput, Task, TrainError};
+
+use crate::classifier::Classifier;
 use frugal_rand::SplitMix64;
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +134,7 @@ pub struct LoopedTransformer {
     key: Param<Tensor<2>>,
     /// `[d_model, memories]`: the memories ξ as columns.
     memories: Param<Tensor<2>>,
-    /// `[d_model, classes]`.
+    /// `[tokens·d_model, classes]`.
     readout: Param<Tensor<2>>,
     /// `[classes]`.
     readout_bias: Param<Tensor<1>>,
@@ -184,11 +189,22 @@ impl LoopedTransformer {
         let hd = shape.heads * shape.d_head;
         Self {
             embed: draw(shape.token_dim, d, (1.0 / shape.token_dim as f64).sqrt()),
-            position: draw(shape.tokens, d, 0.1),
-            query: draw(d, hd, (1.0 / d as f64).sqrt()),
-            key: draw(d, hd, (1.0 / d as f64).sqrt()),
-            memories: draw(d, shape.memories, (1.0 / d as f64).sqrt()),
-            readout: draw(d, shape.classes, (1.0 / d as f64).sqrt()),
+            position: draw(shape.tokens, d, 0.5),
+            query: draw(d, hd, 0.5 / (d as f64).sqrt()),
+            key: draw(d, hd, 0.5 / (d as f64).sqrt()),
+            // The memories' pull has curvature up to ‖Ξ‖² ≈ σ²(√m + √d)²: above 1 it
+            // outweighs the ½‖z‖² term, every token runs into tanh's saturation whatever
+            // the input, and the equilibrium carries no information. Half of that bound.
+            memories: draw(
+                d,
+                shape.memories,
+                0.7 / ((shape.memories as f64).sqrt() + (d as f64).sqrt()),
+            ),
+            readout: draw(
+                shape.tokens * d,
+                shape.classes,
+                (1.0 / (shape.tokens * d) as f64).sqrt(),
+            ),
             readout_bias: Param::from_tensor(
                 Tensor::<1>::zeros([shape.classes], device)
                     .cast(dtype)
@@ -264,13 +280,10 @@ impl LoopedTransformer {
             .reshape([b, n, d])
     }
 
-    /// Logits `[batch, classes]` from the tokens' mean activation.
+    /// Logits `[batch, classes]`: a linear map of every token's activation.
     fn logits(w: &Weights, g: &Tensor<3>) -> Tensor<2> {
-        let [b, _, d] = g.dims();
-        g.clone()
-            .mean_dim(1)
-            .reshape([b, d])
-            .matmul(w.readout.clone())
+        let [b, n, d] = g.dims();
+        g.clone().reshape([b, n * d]).matmul(w.readout.clone())
             + w.readout_bias.clone().unsqueeze_dim(0)
     }
 
@@ -285,17 +298,16 @@ impl LoopedTransformer {
         (log_softmax(logits, 1) * one_hot).sum().neg()
     }
 
-    /// `∇_z` of the summed loss: through the readout and the mean over tokens.
+    /// `∇_z` of the summed loss, through the readout and tanh.
     fn loss_pull(w: &Weights, g: &Tensor<3>, targets: &Tensor<1, Int>) -> Tensor<3> {
         let [b, n, d] = g.dims();
         let classes = w.readout.dims()[1];
         let p = softmax(Self::logits(w, g), 1);
         let dlogits = p.clone() - targets.clone().one_hot(classes).float().cast(p.dtype());
-        let dmean = dlogits
+        let dg = dlogits
             .matmul(w.readout.clone().transpose())
-            .div_scalar(n as f64);
-        let _ = d;
-        dmean.reshape([b, 1, d]).expand([b, n, d]) * (g.clone().powi_scalar(2).neg() + 1.0)
+            .reshape([b, n, d]);
+        dg * (g.clone().powi_scalar(2).neg() + 1.0)
     }
 
     /// `∇_z F` at `z`, F the energy plus `nudge·L` when a target is given.
@@ -525,20 +537,47 @@ impl LoopedTransformer {
         shape: &Shape,
         dynamics: &Dynamics,
     ) -> EqPropStep {
+        let (grads, free, phases) = self.nudged_backward(x, targets, beta, shape, dynamics);
+        EqPropStep {
+            gradients: self.named(&grads),
+            loss: self.loss_at(&free.z, targets, shape),
+            phases,
+        }
+    }
+
+    /// [`Self::eqprop_gradients`] for the training loop: the gradients keyed by parameter,
+    /// and the free equilibrium.
+    pub fn eqprop_step(
+        &self,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        beta: f64,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> (GradientsParams, Equilibrium, [IterStats; 3]) {
+        let (grads, free, phases) = self.nudged_backward(x, targets, beta, shape, dynamics);
+        (GradientsParams::from_grads(grads, self), free, phases)
+    }
+
+    fn nudged_backward(
+        &self,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        beta: f64,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> (Gradients, Equilibrium, [IterStats; 3]) {
         let free = self.equilibrium(x, None, None, shape, dynamics);
         let plus = self.equilibrium(x, Some((targets, beta)), Some(&free.z), shape, dynamics);
         let minus = self.equilibrium(x, Some((targets, -beta)), Some(&free.z), shape, dynamics);
         let batch = x.dims()[0].max(1) as f64;
         let w = self.weights(true, shape.heads);
-        let x_ad = x.clone().without_autodiff();
-        let f_plus = Self::energy(&w, &plus.z, &x_ad, Some((targets, beta)), dynamics.lambda);
-        let f_minus = Self::energy(&w, &minus.z, &x_ad, Some((targets, -beta)), dynamics.lambda);
+        let x = x.clone().without_autodiff();
+        let f_plus = Self::energy(&w, &plus.z, &x, Some((targets, beta)), dynamics.lambda);
+        let f_minus = Self::energy(&w, &minus.z, &x, Some((targets, -beta)), dynamics.lambda);
         let grads = (f_plus - f_minus).div_scalar(2.0 * beta * batch).backward();
-        EqPropStep {
-            gradients: self.named(&grads),
-            loss: self.loss_at(&free.z, targets, shape),
-            phases: [free.stats, plus.stats, minus.stats],
-        }
+        let phases = [free.stats, plus.stats, minus.stats];
+        (grads, free, phases)
     }
 
     /// The reference: backpropagation through `iters` iterations of the block from the
@@ -562,6 +601,194 @@ impl LoopedTransformer {
         let batch = x.dims()[0].max(1) as f64;
         let loss = Self::loss(Self::logits(&w, &z.tanh()), targets).div_scalar(batch);
         self.named(&loss.backward())
+    }
+}
+
+/// The model's sizes as a configuration gives them; the tokens follow from the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Width {
+    /// Width of the tokens.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Width of each head's queries and keys.
+    pub d_head: usize,
+    /// Hopfield memories.
+    pub memories: usize,
+    /// Side of the square patches an image is cut into, one token each.
+    pub patch: usize,
+}
+
+/// The looped transformer as a classifier the training loop drives: each image cut into
+/// square patches, one token each (MNIST with 7×7 patches: 16 tokens of 49 values),
+/// trained by EqProp's gradients.
+#[derive(Debug, Clone)]
+pub struct EqPropClassifier {
+    /// Reads the image and label columns (its own architecture is not used).
+    pub columns: Classifier,
+    /// The block's sizes.
+    pub shape: Shape,
+    /// Side of the patches.
+    pub patch: usize,
+    /// How equilibria are found.
+    pub dynamics: Dynamics,
+    /// The nudging strength β.
+    pub beta: f64,
+}
+
+impl EqPropClassifier {
+    /// A classifier of `columns`' images into `columns.classes` classes.
+    pub fn new(columns: Classifier, width: Width, dynamics: Dynamics, beta: f64) -> Result<Self> {
+        let (c, h, w) = columns.image();
+        let bad = |key: &str, value: String, problem: &str| {
+            Err(TrainError::Setting {
+                key: key.into(),
+                value,
+                problem: problem.into(),
+            })
+        };
+        if width.patch == 0 || h % width.patch != 0 || w % width.patch != 0 {
+            return bad(
+                "model.patch",
+                width.patch.to_string(),
+                &format!("the {h}×{w} images must split into whole square patches"),
+            );
+        }
+        for (key, v) in [
+            ("model.d_model", width.d_model),
+            ("model.heads", width.heads),
+            ("model.d_head", width.d_head),
+            ("model.memories", width.memories),
+        ] {
+            if v == 0 {
+                return bad(key, "0".into(), "expected at least 1");
+            }
+        }
+        if !(beta > 0.0 && beta.is_finite()) {
+            return bad(
+                "eqprop.beta",
+                beta.to_string(),
+                "expected a positive number",
+            );
+        }
+        if !(dynamics.damping > 0.0 && dynamics.damping <= 1.0) {
+            return bad(
+                "eqprop.damping",
+                dynamics.damping.to_string(),
+                "expected a number in (0, 1]",
+            );
+        }
+        let shape = Shape {
+            tokens: (h / width.patch) * (w / width.patch),
+            token_dim: c * width.patch * width.patch,
+            d_model: width.d_model,
+            heads: width.heads,
+            d_head: width.d_head,
+            memories: width.memories,
+            classes: columns.classes,
+        };
+        Ok(Self {
+            columns,
+            shape,
+            patch: width.patch,
+            dynamics,
+            beta,
+        })
+    }
+
+    /// Flat images `[n, c·h·w]` as tokens `[n, patches, c·patch²]`, patches row by row.
+    pub fn tokens(&self, x: Tensor<2>) -> Tensor<3> {
+        let (c, h, w) = self.columns.image();
+        let p = self.patch;
+        let n = x.dims()[0];
+        x.reshape([n, c, h / p, p, w / p, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([n, self.shape.tokens, self.shape.token_dim])
+    }
+}
+
+impl Task for EqPropClassifier {
+    type Model = LoopedTransformer;
+    /// Tokens and labels.
+    type Input = (Tensor<3>, Tensor<1, Int>);
+
+    /// Weights from a seed the device's generator gives, so that the loop's seeding of
+    /// the device decides them.
+    fn init(&self, device: &Device) -> LoopedTransformer {
+        let draw = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), device)
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .unwrap_or_default();
+        let seed = draw.iter().fold(0u64, |s, &u| {
+            s.rotate_left(32) ^ (u * 4_294_967_296.0) as u64
+        });
+        LoopedTransformer::init(&self.shape, seed, FloatDType::F32, device)
+    }
+
+    fn prepare(&self, batch: &Batch, input: StepInput<'_>) -> Result<Self::Input> {
+        let x = self.columns.inputs(batch, Precision::F32, input.device)?;
+        let targets = self.columns.targets(batch, input.device)?;
+        Ok((self.tokens(x), targets))
+    }
+
+    fn step(
+        &self,
+        model: &LoopedTransformer,
+        (x, targets): Self::Input,
+        _input: StepInput<'_>,
+        _loss_scale: f64,
+    ) -> Result<StepOutput> {
+        let samples = targets.dims()[0];
+        let (grads, free, _) =
+            model.eqprop_step(&x, &targets, self.beta, &self.shape, &self.dynamics);
+        let targets = targets.without_autodiff();
+        let (loss, correct) = model.scores(&free.z, &targets, &self.shape);
+        Ok(StepOutput {
+            loss: loss.div_scalar(samples.max(1) as f64),
+            grads,
+            correct: Some(correct),
+            samples,
+        })
+    }
+
+    fn eval(
+        &self,
+        model: &LoopedTransformer,
+        batch: &Batch,
+        device: &Device,
+    ) -> Result<EvalOutput> {
+        let device = device.clone().without_autodiff();
+        let x = self.tokens(self.columns.inputs(batch, Precision::F32, &device)?);
+        let targets = self.columns.targets(batch, &device)?;
+        let free = model.equilibrium(&x, None, None, &self.shape, &self.dynamics);
+        let (loss_sum, correct) = model.scores(&free.z, &targets, &self.shape);
+        Ok(EvalOutput {
+            loss_sum,
+            correct: Some(correct),
+            samples: batch.samples,
+        })
+    }
+}
+
+impl LoopedTransformer {
+    /// The summed loss `[1]` (f32) and the number classified right at `z`, on the device.
+    pub fn scores(
+        &self,
+        z: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        shape: &Shape,
+    ) -> (Tensor<1>, Tensor<1, Int>) {
+        let w = self.weights(false, shape.heads);
+        let logits = Self::logits(&w, &z.clone().tanh());
+        let n = targets.dims()[0];
+        let correct = logits
+            .clone()
+            .argmax(1)
+            .equal(targets.clone().reshape([n, 1]))
+            .int()
+            .sum();
+        (Self::loss(logits, targets).cast(FloatDType::F32), correct)
     }
 }
 
