@@ -53,15 +53,18 @@ pub(crate) enum Workload {
     Evolve,
     /// Rollouts of randomly drawn neural operators into a trajectory dataset.
     Operator,
+    /// A looped transformer trained by equilibrium propagation.
+    Eqprop,
 }
 
 impl Workload {
     /// Every family, in the order reports list them.
-    pub(crate) const ALL: [Workload; 4] = [
+    pub(crate) const ALL: [Workload; 5] = [
         Workload::Classifier,
         Workload::Particles,
         Workload::Evolve,
         Workload::Operator,
+        Workload::Eqprop,
     ];
 
     /// The name used in config files and paths.
@@ -71,6 +74,7 @@ impl Workload {
             Workload::Particles => "particles",
             Workload::Evolve => "evolve",
             Workload::Operator => "operator",
+            Workload::Eqprop => "eqprop",
         }
     }
 }
@@ -165,6 +169,11 @@ builtin_presets! {
     Evolve / CpuOnly => "evolve/cpu_only.toml",
     Operator / CpuOnly => "operator/cpu_only.toml",
     Operator / Tier1Commodity => "operator/tier_1_commodity.toml",
+    Eqprop / CpuOnly => "eqprop/cpu_only.toml",
+    Eqprop / Tier1Commodity => "eqprop/tier_1_commodity.toml",
+    Eqprop / Tier2Prosumer => "eqprop/tier_2_prosumer.toml",
+    Eqprop / Tier3HighEnd => "eqprop/tier_3_high_end.toml",
+    Eqprop / Tier4Datacenter => "eqprop/tier_4_datacenter.toml",
 }
 
 /// The user's preset directory: `$FRUGAL_PRESETS_DIR`, else

@@ -39,6 +39,14 @@ fn train(out: &Path, extra: &[&str]) -> assert_cmd::Command {
     cmd
 }
 
+/// Two runs' final weights are the same bytes and their metrics the same records.
+fn same_weights_and_metrics(whole: &Path, parts: &Path) {
+    let a = std::fs::read(whole.join("model.bpk")).unwrap();
+    let b = std::fs::read(parts.join("model.bpk")).unwrap();
+    assert!(a == b, "final weights differ after resume");
+    assert_eq!(metrics_without_timing(whole), metrics_without_timing(parts));
+}
+
 /// Metrics lines without the timing column, which differs between runs by nature.
 fn metrics_without_timing(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -129,13 +137,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let second = json(train(parts.path(), &extra).arg("--resume"));
     assert_eq!(second["resumed_from"], 33);
     assert_eq!(second["steps"], 60);
-    let a = std::fs::read(whole.path().join("model.bpk")).unwrap();
-    let b = std::fs::read(parts.path().join("model.bpk")).unwrap();
-    assert!(a == b, "final weights differ after resume");
-    assert_eq!(
-        metrics_without_timing(whole.path()),
-        metrics_without_timing(parts.path())
-    );
+    same_weights_and_metrics(whole.path(), parts.path());
     assert_eq!(summary_results(&whole), summary_results(&parts));
 }
 
@@ -367,4 +369,58 @@ fn the_cnn_trains_checkpointed_on_images() {
     ));
     assert_eq!(s["checkpoint_segments"], 2);
     assert!(s["test_accuracy"].as_f64().unwrap() > 0.5, "{s}");
+}
+
+/// `frugal train` on the EqProp configuration: the looped transformer learns MNIST past
+/// chance in a few steps, and a run stopped between checkpoints and resumed ends with the
+/// uninterrupted run's weights and metrics.
+#[test]
+fn an_eqprop_run_learns_and_resumes_to_the_uninterrupted_weights() {
+    let run = |out: &Path| {
+        let mut cmd = frugal();
+        cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
+            .arg("train")
+            .arg(config("eqprop-mnist.toml"));
+        for s in [
+            format!("output_dir={}", out.display()),
+            "compute.device=cpu".into(),
+            "compute.batch_size=32".into(),
+            "model.d_model=16".into(),
+            "model.memories=32".into(),
+            "eqprop.max_iters=20".into(),
+            "train.steps=24".into(),
+            "train.warmup_steps=0".into(),
+            "train.log_every=4".into(),
+            "train.eval_every=24".into(),
+            "train.checkpoint_every=7".into(),
+        ] {
+            cmd.args(["--set", &s]);
+        }
+        cmd
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let parts = tempfile::tempdir().unwrap();
+    let s = json(&mut run(whole.path()));
+    assert_eq!(s["steps"], 24);
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.2, "{s}");
+    let first = json(run(parts.path()).args(["--stop-after", "10"]));
+    assert_eq!(first["steps"], 10);
+    let second = json(run(parts.path()).arg("--resume"));
+    assert_eq!(second["resumed_from"], 10);
+    same_weights_and_metrics(whole.path(), parts.path());
+}
+
+/// The EqProp block refuses reduced precision with the key to change.
+#[test]
+fn eqprop_refuses_reduced_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    frugal()
+        .env("FRUGAL_MNIST_DIR", mnist_dir())
+        .arg("train")
+        .arg(config("eqprop-mnist.toml"))
+        .args(["--set", &format!("output_dir={}", dir.path().display())])
+        .args(["--set", "compute.precision=bf16"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("compute.precision"));
 }

@@ -27,7 +27,7 @@ pub(crate) fn run(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
     let source = Source::read(&args.config.file, &args.config.set)?;
     match AnyConfig::from_document(&source.document()?)? {
         AnyConfig::Operator(c) => operator(&c, &args, out),
-        c @ (AnyConfig::Classifier(_) | AnyConfig::Particles(_)) => {
+        c @ (AnyConfig::Classifier(_) | AnyConfig::Particles(_) | AnyConfig::Eqprop(_)) => {
             let workload = c.workload().name();
             if args.operator.is_some() {
                 return Err(UserError(
@@ -42,11 +42,14 @@ pub(crate) fn run(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
                 AnyConfig::Particles(c) => {
                     training(super::nbody::setup(&c)?, workload, &args, out)
                 }
+                AnyConfig::Eqprop(c) => {
+                    training(super::setup::eqprop(&c)?, workload, &args, out)
+                }
                 _ => unreachable!("the workload was read above"),
             }
         }
         other => Err(UserError(format!(
-            "{}: `frugal bench` runs `operator`, `classifier` and `particles` configurations; this one is `{}`",
+            "{}: `frugal bench` runs `operator`, `classifier`, `particles` and `eqprop` configurations; this one is `{}`",
             args.config.file.display(),
             other.workload().name()
         ))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use frugal_models::classifier::Classifier;
+use frugal_models::eqprop::{EqPropClassifier, Width};
 use frugal_store::synthetic::{self, SyntheticSpec};
 use frugal_store::{Dataset, Order, OrderSpec, WriterOptions, import};
 use frugal_train::schedule::LrSchedule;
@@ -16,7 +17,8 @@ use serde::Serialize;
 use super::UserError;
 use crate::args::ConfigArgs;
 use crate::config::schema::{
-    ClassifierConfig, ComputeConfig, DataSection, DataSource, ParticlesConfig, TrainSection,
+    ClassifierConfig, ComputeConfig, DataSection, DataSource, EqpropConfig, ParticlesConfig,
+    TrainSection,
 };
 use crate::config::{AnyConfig, Source};
 use crate::progress;
@@ -60,7 +62,7 @@ macro_rules! train_config {
         }
     )*};
 }
-train_config!(ClassifierConfig => &[], ParticlesConfig => &["sim.data"]);
+train_config!(ClassifierConfig => &[], ParticlesConfig => &["sim.data"], EqpropConfig => &[]);
 
 /// A configuration made ready to train, whatever its workload: its data prepared, its
 /// task and loop settings. Training, planning and `--auto-fit` take it alike.
@@ -134,6 +136,7 @@ pub(crate) fn load(args: &ConfigArgs) -> Result<AnyConfig> {
     let threads = match &config {
         AnyConfig::Classifier(c) => c.compute.threads,
         AnyConfig::Particles(c) => c.compute.threads,
+        AnyConfig::Eqprop(c) => c.compute.threads,
         other => {
             return Err(UserError(format!(
                 "{}: `{}` configurations are run by `frugal {}`, not trained by `frugal train` or planned by `frugal plan`",
@@ -156,7 +159,7 @@ pub(crate) fn load(args: &ConfigArgs) -> Result<AnyConfig> {
 pub(crate) fn classifier(config: &ClassifierConfig) -> Result<Setup<Classifier>> {
     let dir = &config.output_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let data = prepare_data(config, dir)?;
+    let data = prepare_data(&config.data, config.model.classes, config.seed, dir)?;
     let (input, label) = columns(&config.data);
     let task = Classifier::for_schema(
         config.model.arch,
@@ -168,6 +171,45 @@ pub(crate) fn classifier(config: &ClassifierConfig) -> Result<Setup<Classifier>>
         &label,
     )
     .with_context(|| format!("dataset {}", data.train.dir().display()))?;
+    Setup::new(config, config.data.order, task, data)
+}
+
+/// An EqProp configuration made ready to train: its images prepared as a classifier's
+/// are, cut into the patches its tokens are.
+pub(crate) fn eqprop(config: &EqpropConfig) -> Result<Setup<EqPropClassifier>> {
+    if config.compute.precision != frugal_train::Precision::F32 {
+        return Err(UserError(format!(
+            "compute.precision = {}: the EqProp block computes in f32 for now (its phases compare energies that reduced precision would round away); set compute.precision = \"f32\"",
+            config.compute.precision.name()
+        ))
+        .into());
+    }
+    let dir = &config.output_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data = prepare_data(&config.data, config.model.classes, config.seed, dir)?;
+    let (input, label) = columns(&config.data);
+    let m = &config.model;
+    let columns = Classifier::for_schema(
+        frugal_models::classifier::Arch::Mlp,
+        Vec::new(),
+        0.0,
+        m.classes as usize,
+        &data.train.manifest().schema,
+        &input,
+        &label,
+    )
+    .with_context(|| format!("dataset {}", data.train.dir().display()))?;
+    let width = Width {
+        d_model: m.d_model as usize,
+        heads: m.heads as usize,
+        d_head: m
+            .d_head
+            .map_or((m.d_model / m.heads.max(1)).max(1) as usize, |d| d as usize),
+        memories: m.memories as usize,
+        patch: m.patch as usize,
+    };
+    let task = EqPropClassifier::new(columns, width, config.eqprop.dynamics(), config.eqprop.beta)
+        .map_err(|e| UserError(e.to_string()))?;
     Setup::new(config, config.data.order, task, data)
 }
 
@@ -286,8 +328,7 @@ fn build_once(target: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
     Ok(Dataset::open(target)?)
 }
 
-fn prepare_data(config: &ClassifierConfig, dir: &Path) -> Result<TrainData> {
-    let data = &config.data;
+fn prepare_data(data: &DataSection, classes: u32, seed: u64, dir: &Path) -> Result<TrainData> {
     let store = dir.join("data");
     match data.source {
         DataSource::Mnist => {
@@ -319,9 +360,9 @@ fn prepare_data(config: &ClassifierConfig, dir: &Path) -> Result<TrainData> {
             let spec = |samples, stream| SyntheticSpec {
                 samples,
                 features: data.features as usize,
-                classes: config.model.classes as usize,
+                classes: classes as usize,
                 hidden: data.teacher_hidden as usize,
-                seed: config.seed,
+                seed,
                 shard_bytes: frugal_store::DEFAULT_SHARD_BYTES,
                 sample_stream: stream,
             };

@@ -14,6 +14,7 @@ pub(crate) fn train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     match setup::load(&args.config)? {
         AnyConfig::Classifier(c) => train::train_setup(setup::classifier(&c)?, &args, out),
         AnyConfig::Particles(c) => train::train_setup(nbody::setup(&c)?, &args, out),
+        AnyConfig::Eqprop(c) => train::train_setup(setup::eqprop(&c)?, &args, out),
         _ => unreachable!("setup::load refuses the other workloads"),
     }
 }
@@ -29,6 +30,7 @@ pub(crate) fn plan(args: PlanArgs, out: &mut dyn Write) -> Result<()> {
             let (setup, _stand_in) = nbody::plan_setup(&c)?;
             plan::plan(setup, &args, out)
         }
+        AnyConfig::Eqprop(c) => plan::plan(setup::eqprop(&c)?, &args, out),
         _ => unreachable!("setup::load refuses the other workloads"),
     }
 }

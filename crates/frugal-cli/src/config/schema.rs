@@ -61,6 +61,72 @@ impl Default for ComputeConfig {
     }
 }
 
+/// The looped transformer's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EqpropModel {
+    /// Width of the tokens the block iterates on.
+    pub(crate) d_model: u32,
+    /// Attention heads.
+    pub(crate) heads: u32,
+    /// Width of each head's queries and keys (default: d_model / heads).
+    #[serde(default)]
+    pub(crate) d_head: Option<u32>,
+    /// Hopfield memories, the feed-forward part's width (the seed's d_ff).
+    pub(crate) memories: u32,
+    /// Side of the square patches an image is cut into, one token each.
+    #[serde(default = "seven")]
+    pub(crate) patch: u32,
+    /// Number of classes.
+    #[serde(default = "ten")]
+    pub(crate) classes: u32,
+}
+
+fn seven() -> u32 {
+    7
+}
+
+/// How equilibria are found and nudged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EqpropSection {
+    /// Nudging strength β of the ±β phases.
+    pub(crate) beta: f64,
+    /// Step of the damped iteration, in (0, 1].
+    pub(crate) damping: f64,
+    /// Relative change below which a phase has converged.
+    pub(crate) tol: f64,
+    /// Iterations at most per phase.
+    pub(crate) max_iters: u32,
+    /// The attention's inverse temperature.
+    pub(crate) lambda: f64,
+}
+
+impl Default for EqpropSection {
+    fn default() -> Self {
+        let d = frugal_models::eqprop::Dynamics::default();
+        Self {
+            beta: 0.1,
+            damping: d.damping,
+            tol: d.tol,
+            max_iters: d.max_iters,
+            lambda: d.lambda,
+        }
+    }
+}
+
+impl EqpropSection {
+    /// The solver's settings.
+    pub(crate) fn dynamics(&self) -> frugal_models::eqprop::Dynamics {
+        frugal_models::eqprop::Dynamics {
+            damping: self.damping,
+            tol: self.tol,
+            max_iters: self.max_iters,
+            lambda: self.lambda,
+        }
+    }
+}
+
 /// The classifier's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -622,6 +688,7 @@ workload_configs! {
     Particles: ParticlesConfig { model: ParticlesModel; sim: SimSection, train: TrainSection },
     Evolve: EvolveConfig { search: EvolveSearch; job: EvolveJob, genes: std::collections::BTreeMap<String, GeneConfig>, fitness: FitnessConfig, farm: FarmConfig, kinds: std::collections::BTreeMap<String, KindConfig> },
     Operator: OperatorConfig { rollout: RolloutSection; space: frugal_models::operator::OperatorSpace },
+    Eqprop: EqpropConfig { model: EqpropModel; data: DataSection, train: TrainSection, eqprop: EqpropSection },
 }
 
 impl OperatorConfig {
@@ -735,6 +802,54 @@ impl AnyConfig {
             "must be at least 1 (leave it out for the square root of the block count)",
         );
         match self {
+            AnyConfig::Eqprop(c) => {
+                let m = &c.model;
+                for (key, v) in [
+                    ("d_model", m.d_model),
+                    ("heads", m.heads),
+                    ("memories", m.memories),
+                    ("patch", m.patch),
+                ] {
+                    check(v >= 1, &["model", key], "must be at least 1");
+                }
+                check(
+                    m.d_head.is_none_or(|d| d >= 1),
+                    &["model", "d_head"],
+                    "must be at least 1 (leave it out for d_model / heads)",
+                );
+                check(m.classes >= 2, &["model", "classes"], "must be at least 2");
+                let e = &c.eqprop;
+                check(
+                    e.beta > 0.0 && e.beta.is_finite(),
+                    &["eqprop", "beta"],
+                    "must be a positive number",
+                );
+                check(
+                    e.damping > 0.0 && e.damping <= 1.0,
+                    &["eqprop", "damping"],
+                    "must be in (0, 1]",
+                );
+                check(
+                    e.tol > 0.0 && e.tol.is_finite(),
+                    &["eqprop", "tol"],
+                    "must be a positive number",
+                );
+                check(
+                    e.max_iters >= 1,
+                    &["eqprop", "max_iters"],
+                    "must be at least 1",
+                );
+                check(
+                    e.lambda > 0.0 && e.lambda.is_finite(),
+                    &["eqprop", "lambda"],
+                    "must be a positive number",
+                );
+                check(
+                    c.train.lr > 0.0 && c.train.lr.is_finite(),
+                    &["train", "lr"],
+                    "must be a positive number",
+                );
+            }
             AnyConfig::Classifier(c) => {
                 check(
                     !c.model.hidden.is_empty(),
