@@ -1154,8 +1154,8 @@ fn norm_activate_slice(
 /// has: 8 lanes with AVX2 where the CPU reports it, else the 4 of the baseline x86-64
 /// target. Both run the same IEEE operations per value (no fused multiply-adds: Rust does
 /// not contract them), so the values, and the datasets, do not depend on the CPU.
-/// Measured on 31 planes of 128×128: 0.9 against 1.65 ns per value; GELU is a tenth of an
-/// f32 step at 128×128 with 8 lanes.
+/// In a standalone loop over 31 planes of 128×128 the 8 lanes took 0.9 ns per value, the
+/// 4 lanes 1.65; GELU is a tenth of an f32 step at 128×128 (perf) with 8 lanes.
 fn gelu_plane(plane: &mut [f32], shift: f32, scale: f32) {
     #[inline(always)]
     fn each(plane: &mut [f32], shift: f32, scale: f32) {

@@ -9,12 +9,12 @@ use burn::tensor::Device;
 use frugal_models::classifier::{Arch, Classifier};
 use frugal_models::eqprop::{Dynamics, EqPropClassifier, Width};
 use frugal_rand::SplitMix64;
-use frugal_store::{
-    Batch, Column, DType, Dataset, DatasetWriter, Order, OrderSpec, Schema, StreamOptions,
-    WriterOptions,
-};
+use frugal_store::{Column, DType, Dataset, DatasetWriter, Schema, WriterOptions};
 use frugal_train::checkpoint::scalar;
 use frugal_train::{Precision, StepInput, Task, run_step};
+
+mod common;
+use common::batches;
 
 const SIDE: usize = 16;
 
@@ -51,15 +51,18 @@ fn dataset(dir: &Path, n: usize, seed: u64) -> Dataset {
     Dataset::open(dir).unwrap()
 }
 
-fn batches(ds: &Dataset, batch: usize, seed: u64) -> impl Iterator<Item = Batch> {
-    let spec = OrderSpec {
-        order: Order::Window,
-        window: 256,
-        spread: 4,
-    };
-    ds.stream(StreamOptions::new(spec, seed, 0, batch))
-        .unwrap()
-        .map(Result::unwrap)
+/// The image and label columns of a dataset `dataset` wrote, for 4 classes.
+fn columns(ds: &Dataset) -> Classifier {
+    Classifier::for_schema(
+        Arch::Mlp,
+        Vec::new(),
+        0.0,
+        4,
+        &ds.manifest().schema,
+        "image",
+        "label",
+    )
+    .unwrap()
 }
 
 #[test]
@@ -67,16 +70,7 @@ fn eqprop_learns_where_the_square_is() {
     let dir = tempfile::tempdir().unwrap();
     let train = dataset(&dir.path().join("train"), 512, 1);
     let held = dataset(&dir.path().join("held"), 256, 2);
-    let columns = Classifier::for_schema(
-        Arch::Mlp,
-        Vec::new(),
-        0.0,
-        4,
-        &train.manifest().schema,
-        "image",
-        "label",
-    )
-    .unwrap();
+    let columns = columns(&train);
     let width = Width {
         d_model: 16,
         heads: 2,
@@ -136,16 +130,7 @@ fn eqprop_learns_where_the_square_is() {
 fn bad_settings_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let ds = dataset(dir.path(), 4, 1);
-    let columns = Classifier::for_schema(
-        Arch::Mlp,
-        Vec::new(),
-        0.0,
-        4,
-        &ds.manifest().schema,
-        "image",
-        "label",
-    )
-    .unwrap();
+    let columns = columns(&ds);
     let width = Width {
         d_model: 8,
         heads: 1,

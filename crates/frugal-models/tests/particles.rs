@@ -8,10 +8,13 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use frugal_models::particles::{Gnn, ParticleGnn};
 use frugal_sim::{Gravity, Initial, Method, Simulation, Vec3s};
-use frugal_store::{Batch, Dataset, DatasetWriter, Order, OrderSpec, StreamOptions, WriterOptions};
+use frugal_store::{Dataset, DatasetWriter, WriterOptions};
 use frugal_train::checkpoint::scalar;
 use frugal_train::trainer::{init_on_cpu, move_to};
 use frugal_train::{Precision, StepInput, Task, run_step};
+
+mod common;
+use common::batches;
 
 const PARTICLES: usize = 64;
 
@@ -42,17 +45,6 @@ fn dataset(dir: &Path, sims: u64, states: u32) -> Dataset {
     }
     w.finish().unwrap();
     Dataset::open(dir).unwrap()
-}
-
-fn batches(ds: &Dataset, batch: usize, seed: u64) -> impl Iterator<Item = Batch> {
-    let spec = OrderSpec {
-        order: Order::Window,
-        window: 256,
-        spread: 4,
-    };
-    ds.stream(StreamOptions::new(spec, seed, 0, batch))
-        .unwrap()
-        .map(Result::unwrap)
 }
 
 fn task(ds: &Dataset) -> ParticleGnn {
