@@ -146,15 +146,36 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 /// uninterrupted run's, whatever the moment.
 #[test]
 fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
-    let whole = tempfile::tempdir().unwrap();
-    let parts = tempfile::tempdir().unwrap();
     let extra = [
         "compute.checkpointing=true",
         "train.checkpoint_every=4",
         "train.eval_every=15",
     ];
+    killed_at_random_moments(|out| train_args(out, &extra));
+}
+
+/// The same for the EqProp workload: its phases' iteration counts (in the metrics) and
+/// the initial seed must come back the same after every kill.
+#[test]
+fn an_eqprop_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
+    killed_at_random_moments(|out| {
+        let mut args = eqprop_args(out);
+        args.extend(["--set".into(), "train.checkpoint_every=3".into()]);
+        args
+    });
+}
+
+/// Runs `args(dir)` (a `frugal train` command line) whole once, then again killed at up to
+/// six random moments and resumed each time, and compares the two runs' results.
+fn killed_at_random_moments(args: impl Fn(&Path) -> Vec<String>) {
+    let whole = tempfile::tempdir().unwrap();
+    let parts = tempfile::tempdir().unwrap();
     let began = std::time::Instant::now();
-    json(&mut train(whole.path(), &extra));
+    json(
+        frugal()
+            .env("FRUGAL_MNIST_DIR", mnist_dir())
+            .args(args(whole.path())),
+    );
     let whole_run = began.elapsed();
 
     let seed = std::time::SystemTime::now()
@@ -175,7 +196,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_frugal"))
             .env("FRUGAL_MNIST_DIR", mnist_dir())
             .env("FRUGAL_PRESETS_DIR", "/nonexistent/frugal-presets")
-            .args(train_args(parts.path(), &extra))
+            .args(args(parts.path()))
             .args(["--resume", "--json"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -371,6 +392,30 @@ fn the_cnn_trains_checkpointed_on_images() {
     assert!(s["test_accuracy"].as_f64().unwrap() > 0.5, "{s}");
 }
 
+/// The arguments of a short EqProp run on MNIST into `out` (a small block, 24 steps).
+fn eqprop_args(out: &Path) -> Vec<String> {
+    let mut args = vec![
+        "train".into(),
+        config("eqprop-mnist.toml").display().to_string(),
+    ];
+    for s in [
+        format!("output_dir={}", out.display()),
+        "compute.device=cpu".into(),
+        "compute.batch_size=32".into(),
+        "model.d_model=16".into(),
+        "model.memories=32".into(),
+        "eqprop.max_iters=20".into(),
+        "train.steps=24".into(),
+        "train.warmup_steps=0".into(),
+        "train.log_every=4".into(),
+        "train.eval_every=24".into(),
+        "train.checkpoint_every=7".into(),
+    ] {
+        args.extend(["--set".into(), s]);
+    }
+    args
+}
+
 /// `frugal train` on the EqProp configuration: the looped transformer learns MNIST past
 /// chance in a few steps, and a run stopped between checkpoints and resumed ends with the
 /// uninterrupted run's weights and metrics.
@@ -379,23 +424,7 @@ fn an_eqprop_run_learns_and_resumes_to_the_uninterrupted_weights() {
     let run = |out: &Path| {
         let mut cmd = frugal();
         cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
-            .arg("train")
-            .arg(config("eqprop-mnist.toml"));
-        for s in [
-            format!("output_dir={}", out.display()),
-            "compute.device=cpu".into(),
-            "compute.batch_size=32".into(),
-            "model.d_model=16".into(),
-            "model.memories=32".into(),
-            "eqprop.max_iters=20".into(),
-            "train.steps=24".into(),
-            "train.warmup_steps=0".into(),
-            "train.log_every=4".into(),
-            "train.eval_every=24".into(),
-            "train.checkpoint_every=7".into(),
-        ] {
-            cmd.args(["--set", &s]);
-        }
+            .args(eqprop_args(out));
         cmd
     };
     let whole = tempfile::tempdir().unwrap();
@@ -403,6 +432,18 @@ fn an_eqprop_run_learns_and_resumes_to_the_uninterrupted_weights() {
     let s = json(&mut run(whole.path()));
     assert_eq!(s["steps"], 24);
     assert!(s["test_accuracy"].as_f64().unwrap() > 0.2, "{s}");
+    // Every train record says how the phases' solves went (three a step, at most 20
+    // iterations each).
+    let records = metrics_without_timing(whole.path());
+    let train: Vec<&Value> = records.iter().filter(|r| r["split"] == "train").collect();
+    assert_eq!(train.len(), 6);
+    for r in train {
+        let mean = r["iterations_mean"].as_f64().unwrap();
+        let max = r["iterations_max"].as_u64().unwrap();
+        let unconverged = r["unconverged"].as_f64().unwrap();
+        assert!(mean >= 1.0 && mean <= max as f64 && max <= 20, "{r}");
+        assert!((0.0..=1.0).contains(&unconverged), "{r}");
+    }
     let first = json(run(parts.path()).args(["--stop-after", "10"]));
     assert_eq!(first["steps"], 10);
     let second = json(run(parts.path()).arg("--resume"));

@@ -460,6 +460,7 @@ impl Task for Classifier {
             grads,
             correct: Some(correct),
             samples,
+            solves: Default::default(),
         })
     }
 

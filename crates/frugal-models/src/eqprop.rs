@@ -51,7 +51,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Device, Distribution, FloatDType, Gradients, Int, Tensor, TensorData};
 use frugal_store::Batch;
-use frugal_train::{EvalOutput, Precision, Result, StepInput, StepOutput, Task, TrainError};
+use frugal_train::{
+    EvalOutput, Precision, Result, Solves, StepInput, StepOutput, Task, TrainError,
+};
 
 use crate::classifier::Classifier;
 use frugal_rand::SplitMix64;
@@ -588,6 +590,162 @@ impl LoopedTransformer {
     }
 }
 
+/// What EqProp's estimate is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reference {
+    /// Backpropagation through the free phase's iterations, unrolled from the embedded
+    /// input (memory grows with the iterations).
+    Bptt,
+    /// Implicit differentiation at the free equilibrium: one linear solve with the
+    /// energy's Hessian, no iteration history.
+    Implicit,
+}
+
+impl Reference {
+    /// The name a command line and the JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reference::Bptt => "bptt",
+            Reference::Implicit => "implicit",
+        }
+    }
+}
+
+/// One β of a gradient check.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    /// The nudging strength.
+    pub beta: f64,
+    /// Cosine similarity with the reference over all parameters.
+    pub cosine: f64,
+    /// `‖estimate − reference‖ / ‖reference‖` over all parameters.
+    pub relative_error: f64,
+    /// The same per parameter tensor.
+    pub tensors: Vec<TensorComparison>,
+    /// The free, +β and −β phases.
+    pub phases: [IterStats; 3],
+}
+
+/// EqProp's estimate against a reference over a sweep of β, on one batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct GradCheck {
+    /// What the estimates were compared with.
+    pub reference: Reference,
+    /// How the reference's iterations went: the adjoint solve's (implicit) or the
+    /// unrolled free phase's (BPTT).
+    pub reference_iterations: IterStats,
+    /// The batch's mean loss at the free equilibrium.
+    pub loss: f64,
+    /// One point per β, in the order asked.
+    pub sweep: Vec<SweepPoint>,
+}
+
+impl LoopedTransformer {
+    /// The reference gradients of the batch's mean loss at the free equilibrium by
+    /// implicit differentiation: with `H` the energy's Hessian at `z*` and `λ` the solution
+    /// of `H λ = ∇_z L`, `dL/dθ = ∂L/∂θ − λᵀ ∂(∇_z E)/∂θ`. `λ` is found by the same damped
+    /// iteration as the free phase (`λ ← λ − α(Hλ − ∇_z L)`, whose matrix `I − αH` is the
+    /// free phase's linearisation, so it converges where the free phase did), each `Hλ`
+    /// one backward pass through `∇_z E`. Returns the gradients, the free phase's and the
+    /// solve's statistics. The model must live on an autodiff device.
+    pub fn implicit_gradients(
+        &self,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> (NamedGradients, IterStats, IterStats) {
+        let free = self.equilibrium(x, None, None, shape, dynamics);
+        let batch = x.dims()[0].max(1) as f64;
+        let plain = self.weights(false, shape.heads);
+        let x = x.clone().without_autodiff();
+        let e = Self::embedded(&plain, &x);
+        let z = free.z.clone();
+        let rhs = Self::loss_pull(&plain, &z.clone().tanh(), targets).div_scalar(batch);
+        let rhs_norm = scalar(rhs.clone().powi_scalar(2).sum())
+            .sqrt()
+            .max(f64::from(f32::MIN_POSITIVE));
+        let hessian_times = |v: &Tensor<3>| -> Tensor<3> {
+            let leaf = z.clone().autodiff().require_grad();
+            let d = Self::descent(&plain, &leaf, &e, None, dynamics.lambda);
+            let grads = (d * v.clone()).sum().backward();
+            leaf.grad(&grads)
+                .expect("the descent direction depends on z")
+                .without_autodiff()
+        };
+        let mut lambda = rhs.clone();
+        let mut stats = IterStats {
+            iters: 0,
+            residual: f64::INFINITY,
+            converged: false,
+        };
+        while stats.iters < dynamics.max_iters {
+            let r = hessian_times(&lambda) - rhs.clone();
+            stats.residual = scalar(r.clone().powi_scalar(2).sum()).sqrt() / rhs_norm;
+            if stats.residual < dynamics.tol {
+                stats.converged = true;
+                break;
+            }
+            lambda = lambda - r.mul_scalar(dynamics.damping);
+            stats.iters += 1;
+        }
+        let w = self.weights(true, shape.heads);
+        let e = Self::embedded(&w, &x);
+        let direct = Self::loss(Self::logits(&w, &z.clone().tanh()), targets).div_scalar(batch);
+        let through_z = (Self::descent(&w, &z, &e, None, dynamics.lambda) * lambda).sum();
+        let grads = (direct - through_z).backward();
+        (self.named(&grads), free.stats, stats)
+    }
+
+    /// EqProp's estimate at each of `betas` against `reference`, on the batch `x`,
+    /// `targets`: overall and per tensor. With [`Reference::Bptt`] the reference unrolls as
+    /// many iterations as the free phase took, so it differentiates the same state.
+    pub fn gradcheck(
+        &self,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        betas: &[f64],
+        reference: Reference,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> GradCheck {
+        let (truth, reference_iterations) = match reference {
+            Reference::Implicit => {
+                let (g, _, solve) = self.implicit_gradients(x, targets, shape, dynamics);
+                (g, solve)
+            }
+            Reference::Bptt => {
+                let free = self.equilibrium(x, None, None, shape, dynamics);
+                let g = self.bptt_gradients(x, targets, free.stats.iters, shape, dynamics);
+                (g, free.stats)
+            }
+        };
+        let mut loss = f64::NAN;
+        let sweep = betas
+            .iter()
+            .map(|&beta| {
+                let step = self.eqprop_gradients(x, targets, beta, shape, dynamics);
+                loss = step.loss;
+                let c = step.gradients.compare(&truth);
+                SweepPoint {
+                    beta,
+                    cosine: c.cosine,
+                    relative_error: c.relative_error,
+                    tensors: c.tensors,
+                    phases: step.phases,
+                }
+            })
+            .collect();
+        GradCheck {
+            reference,
+            reference_iterations,
+            loss,
+            sweep,
+        }
+    }
+}
+
 /// The model's sizes as a configuration gives them; the tokens follow from the images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Width {
@@ -732,15 +890,20 @@ impl Task for EqPropClassifier {
         _loss_scale: f64,
     ) -> Result<StepOutput> {
         let samples = targets.dims()[0];
-        let (grads, free, _) =
+        let (grads, free, phases) =
             model.eqprop_step(&x, &targets, self.beta, &self.shape, &self.dynamics);
         let targets = targets.without_autodiff();
         let (loss, correct) = model.scores(&free.z, &targets, &self.shape);
+        let mut solves = Solves::default();
+        for p in phases {
+            solves.record(u64::from(p.iters), p.converged);
+        }
         Ok(StepOutput {
             loss: loss.div_scalar(samples.max(1) as f64),
             grads,
             correct: Some(correct),
             samples,
+            solves,
         })
     }
 
@@ -864,6 +1027,41 @@ mod tests {
         let before = scalar(LoopedTransformer::energy(&w, &start, &x, None, 1.0));
         let after = scalar(LoopedTransformer::energy(&w, &free.z, &x, None, 1.0));
         assert!(after < before, "{after} against {before}");
+    }
+
+    /// Implicit differentiation at the free equilibrium gives what backpropagation through
+    /// the converged iterations gives, and the sweep against it rises as β falls.
+    #[test]
+    fn implicit_differentiation_matches_backprop_at_the_fixed_point() {
+        let device = Device::flex().autodiff();
+        let model = LoopedTransformer::init(&SHAPE, 7, FloatDType::F64, &device);
+        let (x, targets) = batch(FloatDType::F64, &device);
+        let dynamics = Dynamics {
+            tol: 1e-11,
+            max_iters: 5000,
+            ..Dynamics::default()
+        };
+        let (implicit, free, solve) = model.implicit_gradients(&x, &targets, &SHAPE, &dynamics);
+        assert!(free.converged && solve.converged, "{free:?} {solve:?}");
+        let bptt = model.bptt_gradients(&x, &targets, free.iters, &SHAPE, &dynamics);
+        let c = implicit.compare(&bptt);
+        assert!(c.relative_error < 1e-6, "{c:?}");
+        let check = model.gradcheck(
+            &x,
+            &targets,
+            &[0.5, 0.05, 0.005],
+            Reference::Implicit,
+            &SHAPE,
+            &dynamics,
+        );
+        let cosines: Vec<f64> = check.sweep.iter().map(|p| p.cosine).collect();
+        assert!(cosines.windows(2).all(|w| w[1] > w[0]), "{cosines:?}");
+        assert!(cosines[2] > 0.9999, "{cosines:?}");
+        let errors: Vec<f64> = check.sweep.iter().map(|p| p.relative_error).collect();
+        assert!(
+            errors[2] < errors[1] / 10.0 && errors[1] < errors[0] / 10.0,
+            "{errors:?}"
+        );
     }
 
     /// EqProp's estimate approaches backpropagation through the converged iterations as β

@@ -840,6 +840,7 @@ impl Task for ParticleGnn {
             grads: g.grads,
             correct: None,
             samples,
+            solves: Default::default(),
         })
     }
 

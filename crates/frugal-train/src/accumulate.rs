@@ -11,6 +11,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::StepOutput;
 use crate::checkpoint::StepGrads;
+use crate::metrics::Solves;
 
 /// Sums micro-batch gradients, weighted by sample count. Losses and right answers stay on
 /// the device: nothing here waits for it.
@@ -20,6 +21,7 @@ pub struct Accumulator {
     losses: Vec<(Tensor<1>, usize)>,
     correct: Option<Tensor<1, Int>>,
     samples: usize,
+    solves: Solves,
 }
 
 struct AddScaled<'a> {
@@ -102,6 +104,7 @@ impl Accumulator {
                 None => c,
             });
         }
+        self.solves.merge(&out.solves);
         let step = StepGrads {
             loss: out.loss,
             grads: out.grads,
@@ -112,6 +115,11 @@ impl Accumulator {
     /// Micro-batch samples added so far.
     pub fn samples(&self) -> usize {
         self.samples
+    }
+
+    /// The fixed-point solves of the micro-batches so far.
+    pub fn solves(&self) -> Solves {
+        self.solves
     }
 
     /// Right answers so far, summed on the device; `None` for a task without classes.

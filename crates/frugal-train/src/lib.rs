@@ -39,7 +39,7 @@
 //!         let loss = (model.forward(x) - y).powf_scalar(2.0).mean();
 //!         let grads = (loss.clone() * scale).backward();
 //!         let grads = GradientsParams::from_grads(grads, model);
-//!         Ok(StepOutput { loss: loss.detach(), grads, correct: None, samples })
+//!         Ok(StepOutput { loss: loss.detach(), grads, correct: None, samples, solves: Default::default() })
 //!     }
 //!     fn eval(&self, model: &Linear, batch: &Batch, device: &Device) -> Result<EvalOutput> {
 //!         let device = device.clone().without_autodiff();
@@ -95,6 +95,7 @@ pub use checkpoint::{Block, Carry, Ctx, StepGrads, segment_ranges};
 pub use deferred::{Deferred, StepResult};
 pub use error::{Result, TrainError};
 pub use fit::{Fit, Fitted, Planner, fit};
+pub use metrics::Solves;
 pub use precision::Precision;
 pub use scaler::{LossScaler, ScaledStep};
 pub use task::{EvalOutput, StepInput, StepOutput, Task};

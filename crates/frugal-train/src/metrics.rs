@@ -41,9 +41,63 @@ pub struct Record {
     /// Training samples per second since the previous train record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples_per_s: Option<f64>,
+    /// Mean iterations of the fixed-point solves since the previous train record (tasks
+    /// whose step solves for an equilibrium).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations_mean: Option<f64>,
+    /// The most iterations one of those solves took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations_max: Option<u64>,
+    /// The fraction of those solves that stopped at the iteration limit unconverged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconverged: Option<f64>,
 }
 
-const CSV_HEADER: &str = "split,step,epoch,loss,accuracy,lr,loss_scale,samples_per_s";
+/// Running totals of a task's fixed-point solves (an equilibrium model's phases): what a
+/// train record reports as mean and most iterations and the fraction not converged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Solves {
+    /// Solves run.
+    pub count: u64,
+    /// Iterations over all of them.
+    pub iterations: u64,
+    /// The most iterations one took.
+    pub max_iterations: u64,
+    /// Solves that stopped at the limit.
+    pub unconverged: u64,
+}
+
+impl Solves {
+    /// Adds one solve.
+    pub fn record(&mut self, iterations: u64, converged: bool) {
+        self.count += 1;
+        self.iterations += iterations;
+        self.max_iterations = self.max_iterations.max(iterations);
+        self.unconverged += u64::from(!converged);
+    }
+
+    /// Adds another window's solves.
+    pub fn merge(&mut self, other: &Solves) {
+        self.count += other.count;
+        self.iterations += other.iterations;
+        self.max_iterations = self.max_iterations.max(other.max_iterations);
+        self.unconverged += other.unconverged;
+    }
+
+    /// Mean iterations, most iterations and the unconverged fraction; `None` without solves.
+    pub fn summary(&self) -> Option<(f64, u64, f64)> {
+        (self.count > 0).then(|| {
+            let n = self.count as f64;
+            (
+                self.iterations as f64 / n,
+                self.max_iterations,
+                self.unconverged as f64 / n,
+            )
+        })
+    }
+}
+
+const CSV_HEADER: &str = "split,step,epoch,loss,accuracy,lr,loss_scale,samples_per_s,iterations_mean,iterations_max,unconverged";
 
 fn csv_line(r: &Record) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -52,14 +106,17 @@ fn csv_line(r: &Record) -> String {
         Split::Eval => "eval",
     };
     format!(
-        "{split},{},{},{},{},{},{},{}",
+        "{split},{},{},{},{},{},{},{},{},{},{}",
         r.step,
         r.epoch,
         r.loss,
         opt(r.accuracy),
         opt(r.lr),
         opt(r.loss_scale),
-        opt(r.samples_per_s)
+        opt(r.samples_per_s),
+        opt(r.iterations_mean),
+        r.iterations_max.map(|v| v.to_string()).unwrap_or_default(),
+        opt(r.unconverged)
     )
 }
 
@@ -180,6 +237,9 @@ mod tests {
             lr: Some(1e-3),
             loss_scale: None,
             samples_per_s: Some(100.0),
+            iterations_mean: None,
+            iterations_max: None,
+            unconverged: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct LogWindow {
     pub samples: u64,
     /// Whether the task reports accuracy.
     pub has_accuracy: bool,
+    /// The steps' fixed-point solves.
+    #[serde(default)]
+    pub solves: crate::metrics::Solves,
 }
 
 /// Everything of the loop's state that is not a tensor.

@@ -36,6 +36,9 @@ pub struct StepOutput {
     pub correct: Option<Tensor<1, Int>>,
     /// Samples in the micro-batch.
     pub samples: usize,
+    /// The fixed-point solves the step ran, for tasks that solve for an equilibrium
+    /// (default: none).
+    pub solves: crate::metrics::Solves,
 }
 
 /// What evaluating one batch returns, still on the device.

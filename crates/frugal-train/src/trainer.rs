@@ -724,6 +724,7 @@ pub fn train<T: Task>(
             };
             let samples = acc.samples() as u64;
             let correct = acc.correct();
+            state.window.solves.merge(&acc.solves());
             let StepGrads { loss, mut grads } = acc.finish(&compute);
             drop(compute);
             grads_to_f32(&model, &mut grads);
@@ -777,6 +778,7 @@ pub fn train<T: Task>(
 
             if log_due {
                 let w = std::mem::take(&mut state.window);
+                let solves = w.solves.summary();
                 let record = Record {
                     split: Split::Train,
                     step: state.step,
@@ -788,6 +790,9 @@ pub fn train<T: Task>(
                     lr: Some(lr),
                     loss_scale: spec.precision.scales_loss().then_some(state.scaler.scale),
                     samples_per_s: Some(window_samples as f64 / window_seconds.max(1e-9)),
+                    iterations_mean: solves.map(|s| s.0),
+                    iterations_max: solves.map(|s| s.1),
+                    unconverged: solves.map(|s| s.2),
                 };
                 window_seconds = 0.0;
                 window_samples = 0;
@@ -816,6 +821,9 @@ pub fn train<T: Task>(
                     lr: None,
                     loss_scale: None,
                     samples_per_s: None,
+                    iterations_mean: None,
+                    iterations_max: None,
+                    unconverged: None,
                 };
                 log.push(record.clone())
                     .map_err(|e| TrainError::io(log.path(), e))?;

@@ -75,6 +75,7 @@ impl Task for Regression {
             grads: GradientsParams::from_grads(grads, model),
             correct: None,
             samples,
+            solves: Default::default(),
         })
     }
 
