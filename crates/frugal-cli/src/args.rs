@@ -48,6 +48,10 @@ pub(crate) enum Command {
     /// Inspect Redis job queues.
     #[command(subcommand)]
     Farm(FarmCommand),
+    /// The EqProp looped transformer's studies: its gradient against backpropagation,
+    /// and a step's memory against the number of iterations.
+    #[command(subcommand)]
+    Eqprop(EqpropCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +385,126 @@ pub(crate) struct TrainArgs {
     /// (--max-memory, else the machine's).
     #[arg(long)]
     pub(crate) auto_fit: bool,
+    /// Size the run by the workload's preset for a compute tier: `auto` (this machine's
+    /// tier, as `frugal probe` reports it) or a tier (cpu_only, tier_1_commodity, …). The
+    /// preset's [compute], [model], [train] and family keys replace the file's; --set
+    /// still wins.
+    #[arg(long, value_name = "TIER", value_parser = parse_tier_choice)]
+    pub(crate) tier: Option<TierChoice>,
+    #[command(flatten)]
+    pub(crate) presets: PresetDirArg,
+}
+
+/// `--tier`: this machine's, or one named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TierChoice {
+    /// The tier `frugal probe` finds.
+    Auto,
+    /// A tier named on the command line.
+    Named(Tier),
+}
+
+fn parse_tier_choice(s: &str) -> Result<TierChoice, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        Ok(TierChoice::Auto)
+    } else {
+        s.parse().map(TierChoice::Named)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EqpropCommand {
+    /// Check EqProp's gradient against a reference on one batch of the configuration's
+    /// training data, over a sweep of β: cosine similarity and relative error overall and
+    /// per parameter tensor, as a table, JSON and a PNG. Runs on the CPU.
+    Gradcheck(GradcheckArgs),
+    /// Measure a training step's peak memory and time against the number of iterations,
+    /// for EqProp and for backpropagation through the iterations with and without
+    /// checkpointing; table, JSON and a PNG. Runs on the CPU.
+    Memory(EqpropMemoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GradcheckArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The β values to sweep.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0.5,0.2,0.1,0.05,0.02,0.01,0.005,0.002,0.001"
+    )]
+    pub(crate) betas: Vec<f64>,
+    /// The reference: implicit differentiation at the free equilibrium, or
+    /// backpropagation through the free phase's iterations.
+    #[arg(long, value_name = "REF", default_value = "implicit", value_parser = parse_reference)]
+    pub(crate) reference: frugal_models::eqprop::Reference,
+    /// Samples in the batch (the training set's first).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch: u32,
+    /// Compute in f64 (default: rounding out of the comparison) or f32 (as training does).
+    #[arg(long, value_name = "P", default_value = "f64", value_parser = parse_check_precision)]
+    pub(crate) precision: burn::tensor::FloatDType,
+    /// Tolerance of every phase and of the reference's solve (the relative change of the
+    /// state): it must be far below the smallest β's effect.
+    #[arg(long, value_name = "TOL", default_value_t = 1e-10)]
+    pub(crate) tol: f64,
+    /// Iteration limit of every phase and solve.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub(crate) max_iters: u32,
+    /// Where to draw cosine and error against β (default: OUTPUT_DIR/gradcheck.png).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<PathBuf>,
+    /// Print JSON: {"sweep": [{"beta", "cosine", "relative_error", "tensors", "phases"}],
+    /// "reference", "reference_iterations", "loss"}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EqpropMemoryArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Iterations per phase (EqProp) or unrolled (BPTT) to measure.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "10,20,50,100,200"
+    )]
+    pub(crate) iters: Vec<u32>,
+    /// Samples in the batch (default: the configuration's batch size).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch: Option<u32>,
+    /// Where to draw peak memory against iterations (default: OUTPUT_DIR/eqprop-memory.png).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<PathBuf>,
+    /// Print JSON: {"rows": [{"method", "iters", "peak_bytes", "seconds"}], "crossover",
+    /// "eqprop_spread"}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_reference(s: &str) -> Result<frugal_models::eqprop::Reference, String> {
+    use frugal_models::eqprop::Reference;
+    match s {
+        "implicit" => Ok(Reference::Implicit),
+        "bptt" => Ok(Reference::Bptt),
+        other => Err(format!(
+            "`{other}` is not a reference: use implicit or bptt"
+        )),
+    }
+}
+
+fn parse_check_precision(s: &str) -> Result<burn::tensor::FloatDType, String> {
+    match s {
+        "f64" => Ok(burn::tensor::FloatDType::F64),
+        "f32" => Ok(burn::tensor::FloatDType::F32),
+        other => Err(format!(
+            "`{other}` is not a precision for the check: use f64 or f32"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

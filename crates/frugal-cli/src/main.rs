@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Evolve(args) => commands::evolve::run(args, &mut out),
         Command::Worker(args) => commands::farm::worker(args, &mut out),
         Command::Farm(command) => commands::farm::farm(command, &mut out),
+        Command::Eqprop(command) => commands::eqprop::run(command, &mut out),
     }
     .and_then(|()| out.flush().map_err(Into::into));
     match result {

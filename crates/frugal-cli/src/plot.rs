@@ -358,6 +358,61 @@ pub(crate) fn scaling(
     )
 }
 
+/// A gradient check's sweep into `path`: 1 − cosine and the relative error against
+/// log10 β (both fall towards 0 as the estimate approaches the reference, so a log axis
+/// shows what a cosine near 1 hides).
+pub(crate) fn gradcheck(
+    reference: &str,
+    one_minus_cosine: &[(f64, f64)],
+    relative_error: &[(f64, f64)],
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    chart(
+        path,
+        &format!("EqProp gradient against {reference}"),
+        ("log10 β", "1 − cosine, relative error"),
+        &[
+            (
+                "1 − cosine",
+                RGBColor(31, 119, 180),
+                one_minus_cosine.to_vec(),
+            ),
+            (
+                "relative error",
+                RGBColor(230, 115, 0),
+                relative_error.to_vec(),
+            ),
+        ],
+    )
+}
+
+/// A training step's peak memory against iterations, EqProp's and BPTT's with and without
+/// checkpointing, into `path`.
+pub(crate) fn eqprop_memory(
+    eqprop: &[(f64, f64)],
+    bptt: &[(f64, f64)],
+    checkpointed: &[(f64, f64)],
+    path: &Path,
+) -> Result<()> {
+    fonts()?;
+    chart_with(
+        path,
+        "Training step peak memory against iterations",
+        ("iterations", "peak heap above weights and data (MiB)"),
+        &[
+            ("EqProp", RGBColor(31, 119, 180), eqprop.to_vec()),
+            ("BPTT", RGBColor(214, 39, 40), bptt.to_vec()),
+            (
+                "BPTT, checkpointed",
+                RGBColor(230, 115, 0),
+                checkpointed.to_vec(),
+            ),
+        ],
+        Scale::Linear,
+    )
+}
+
 /// Best, mean and worst of the population's objective per generation, into `path`.
 pub(crate) fn convergence(
     label: &str,

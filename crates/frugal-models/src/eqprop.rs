@@ -476,6 +476,10 @@ impl LoopedTransformer {
     ) -> Equilibrium {
         let w = self.weights(false, shape.heads);
         let x = x.clone().without_autodiff();
+        // Labels on an autodiff device would make their one-hot floats tracked, and with
+        // them every state after the first nudged iteration: a growing graph.
+        let targets = nudge.map(|(t, beta)| (t.clone().without_autodiff(), beta));
+        let nudge = targets.as_ref().map(|(t, beta)| (t, *beta));
         let e = Self::embedded(&w, &x);
         let mut z = start.map_or_else(|| e.clone(), |s| s.clone().without_autodiff());
         let mut stats = IterStats {
@@ -662,7 +666,8 @@ impl LoopedTransformer {
         let x = x.clone().without_autodiff();
         let e = Self::embedded(&plain, &x);
         let z = free.z.clone();
-        let rhs = Self::loss_pull(&plain, &z.clone().tanh(), targets).div_scalar(batch);
+        let plain_targets = targets.clone().without_autodiff();
+        let rhs = Self::loss_pull(&plain, &z.clone().tanh(), &plain_targets).div_scalar(batch);
         let rhs_norm = scalar(rhs.clone().powi_scalar(2).sum())
             .sqrt()
             .max(f64::from(f32::MIN_POSITIVE));
@@ -742,6 +747,139 @@ impl LoopedTransformer {
             reference_iterations,
             loss,
             sweep,
+        }
+    }
+}
+
+/// How a training step's gradients are found, for the memory study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// EqProp: three phases, the equilibria kept, no history.
+    Eqprop,
+    /// Backpropagation through every iteration, all of them held.
+    Bptt,
+    /// Backpropagation through the iterations holding only ⌈√iters⌉ segment starts and
+    /// recomputing each segment in the backward pass.
+    BpttCheckpointed,
+}
+
+impl Method {
+    /// The name a table and the JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Eqprop => "eqprop",
+            Method::Bptt => "bptt",
+            Method::BpttCheckpointed => "bptt_checkpointed",
+        }
+    }
+}
+
+impl LoopedTransformer {
+    /// [`Self::bptt_gradients`] holding only segment starts: the iterations run once without
+    /// autodiff keeping the state every ⌈iters / segments⌉ iterations, then each segment,
+    /// last first, is run again with autodiff from its start and differentiated with the
+    /// gradient arriving from the segment after it. The same gradients, with memory
+    /// growing as √iters (`segments` = ⌈√iters⌉) instead of iters.
+    pub fn bptt_checkpointed_gradients(
+        &self,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        iters: u32,
+        segments: u32,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> NamedGradients {
+        let segments = segments.clamp(1, iters.max(1));
+        let per = iters.div_ceil(segments).max(1);
+        let batch = x.dims()[0].max(1) as f64;
+        let x = x.clone().without_autodiff();
+        let iterate = |w: &Weights, mut z: Tensor<3>, e: &Tensor<3>, n: u32| {
+            for _ in 0..n {
+                z = z.clone()
+                    - Self::descent(w, &z, e, None, dynamics.lambda).mul_scalar(dynamics.damping);
+            }
+            z
+        };
+        // The forward pass without autodiff, keeping each segment's start.
+        let plain = self.weights(false, shape.heads);
+        let e = Self::embedded(&plain, &x);
+        let mut starts = Vec::new();
+        let mut z = e.clone();
+        let mut done = 0;
+        while done < iters {
+            let n = per.min(iters - done);
+            starts.push((done, n, z.clone()));
+            z = iterate(&plain, z, &e, n);
+            done += n;
+        }
+        drop(e);
+        let mut total: Option<NamedGradients> = None;
+        let mut add = |g: NamedGradients| match &mut total {
+            None => total = Some(g),
+            Some(t) => {
+                for ((_, a), (_, b)) in t.0.iter_mut().zip(g.0) {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                }
+            }
+        };
+        // Each segment recomputed with autodiff, last first: its parameters' gradients and
+        // the gradient of its start, which the segment before it receives.
+        let mut upstream: Option<Tensor<3>> = None;
+        if starts.is_empty() {
+            let w = self.weights(true, shape.heads);
+            let z = Self::embedded(&w, &x);
+            let loss = Self::loss(Self::logits(&w, &z.tanh()), targets).div_scalar(batch);
+            add(self.named(&loss.backward()));
+        }
+        while let Some((first, n, start)) = starts.pop() {
+            let w = self.weights(true, shape.heads);
+            let e = Self::embedded(&w, &x);
+            // The first segment starts from the embedded input itself (a function of the
+            // parameters); the others from a leaf whose gradient goes down.
+            let leaf = (first > 0).then(|| start.autodiff().require_grad());
+            let z0 = leaf.clone().unwrap_or_else(|| e.clone());
+            let out = iterate(&w, z0, &e, n);
+            let objective = match upstream.take() {
+                None => Self::loss(Self::logits(&w, &out.tanh()), targets).div_scalar(batch),
+                Some(g) => (out * g).sum(),
+            };
+            let grads = objective.backward();
+            add(self.named(&grads));
+            upstream = leaf
+                .and_then(|l| l.grad(&grads))
+                .map(|g| g.without_autodiff());
+        }
+        total.expect("at least one segment")
+    }
+
+    /// The gradients of the batch's mean loss by `method`, with exactly
+    /// `dynamics.max_iters` iterations per phase (EqProp) or unrolled (BPTT), whatever the
+    /// tolerance: the memory study's step.
+    pub fn gradients_by(
+        &self,
+        method: Method,
+        x: &Tensor<3>,
+        targets: &Tensor<1, Int>,
+        beta: f64,
+        shape: &Shape,
+        dynamics: &Dynamics,
+    ) -> NamedGradients {
+        let iters = dynamics.max_iters;
+        let fixed = Dynamics {
+            tol: 0.0,
+            ..*dynamics
+        };
+        match method {
+            Method::Eqprop => {
+                self.eqprop_gradients(x, targets, beta, shape, &fixed)
+                    .gradients
+            }
+            Method::Bptt => self.bptt_gradients(x, targets, iters, shape, &fixed),
+            Method::BpttCheckpointed => {
+                let segments = f64::from(iters).sqrt().ceil() as u32;
+                self.bptt_checkpointed_gradients(x, targets, iters, segments, shape, &fixed)
+            }
         }
     }
 }
@@ -846,6 +984,109 @@ impl EqPropClassifier {
         x.reshape([n, c, h / p, p, w / p, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([n, self.shape.tokens, self.shape.token_dim])
+    }
+}
+
+/// Settings of [`EqPropClassifier::gradcheck`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradCheckSettings {
+    /// The nudging strengths to sweep.
+    pub betas: Vec<f64>,
+    /// What the estimates are compared with.
+    pub reference: Reference,
+    /// The precision of the check (f64 takes rounding out of the comparison).
+    pub dtype: FloatDType,
+    /// Tolerance of every phase and of the reference's solve: far below the smallest β's
+    /// effect on the state, or the estimate measures the solver's error.
+    pub tol: f64,
+    /// Iteration limit of every phase and solve.
+    pub max_iters: u32,
+}
+
+/// A training step's cost in the memory study.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepCost {
+    /// Heap bytes the step held at its peak above what was held before it (weights,
+    /// data): what grows with the iterations, if anything does.
+    pub peak_bytes: u64,
+    /// Wall-clock seconds of the step.
+    pub seconds: f64,
+}
+
+impl EqPropClassifier {
+    /// A fresh block from `seed` computing in `dtype` on the CPU with autodiff, and a
+    /// stored batch as its input tokens and labels.
+    fn on_cpu(
+        &self,
+        batch: &Batch,
+        seed: u64,
+        dtype: FloatDType,
+    ) -> Result<(LoopedTransformer, Tensor<3>, Tensor<1, Int>)> {
+        let device = Device::flex().autodiff();
+        let model = LoopedTransformer::init(&self.shape, seed, dtype, &device);
+        let x = self
+            .tokens(self.columns.inputs(batch, Precision::F32, &device)?)
+            .cast(dtype);
+        let targets = self.columns.targets(batch, &device)?;
+        Ok((model, x, targets))
+    }
+
+    /// The gradient check on one batch, on the CPU: EqProp's estimate at each β against
+    /// the reference, for a block freshly initialised from `seed`.
+    pub fn gradcheck(
+        &self,
+        batch: &Batch,
+        seed: u64,
+        settings: &GradCheckSettings,
+    ) -> Result<GradCheck> {
+        if settings.betas.iter().any(|b| !(*b > 0.0 && b.is_finite())) {
+            return Err(TrainError::Setting {
+                key: "betas".into(),
+                value: format!("{:?}", settings.betas),
+                problem: "every β must be a positive number".into(),
+            });
+        }
+        let (model, x, targets) = self.on_cpu(batch, seed, settings.dtype)?;
+        let dynamics = Dynamics {
+            tol: settings.tol,
+            max_iters: settings.max_iters,
+            ..self.dynamics
+        };
+        Ok(model.gradcheck(
+            &x,
+            &targets,
+            &settings.betas,
+            settings.reference,
+            &self.shape,
+            &dynamics,
+        ))
+    }
+
+    /// One training step's heap peak and time on the CPU by `method` with `iters`
+    /// iterations, for a block freshly initialised from `seed`. The peak is the counting
+    /// allocator's ([`frugal_train::memory`]); without it installed the bytes read 0.
+    pub fn step_cost(
+        &self,
+        batch: &Batch,
+        seed: u64,
+        method: Method,
+        iters: u32,
+    ) -> Result<StepCost> {
+        let (model, x, targets) = self.on_cpu(batch, seed, FloatDType::F32)?;
+        let before = frugal_train::memory::reset_heap_peak();
+        let began = std::time::Instant::now();
+        let dynamics = Dynamics {
+            max_iters: iters,
+            ..self.dynamics
+        };
+        let grads = model.gradients_by(method, &x, &targets, self.beta, &self.shape, &dynamics);
+        let seconds = began.elapsed().as_secs_f64();
+        let peak_bytes = frugal_train::memory::heap_peak().saturating_sub(before);
+        drop(grads);
+        Ok(StepCost {
+            peak_bytes,
+            seconds,
+        })
     }
 }
 
@@ -1027,6 +1268,34 @@ mod tests {
         let before = scalar(LoopedTransformer::energy(&w, &start, &x, None, 1.0));
         let after = scalar(LoopedTransformer::energy(&w, &free.z, &x, None, 1.0));
         assert!(after < before, "{after} against {before}");
+    }
+
+    /// Checkpointed backpropagation through the iterations gives the plain one's gradients,
+    /// whatever the segmenting.
+    #[test]
+    fn checkpointed_bptt_equals_bptt() {
+        let device = Device::flex().autodiff();
+        let model = LoopedTransformer::init(&SHAPE, 9, FloatDType::F64, &device);
+        let (x, targets) = batch(FloatDType::F64, &device);
+        let dynamics = Dynamics::default();
+        let plain = model.bptt_gradients(&x, &targets, 10, &SHAPE, &dynamics);
+        for segments in [1, 3, 4, 10] {
+            let checkpointed =
+                model.bptt_checkpointed_gradients(&x, &targets, 10, segments, &SHAPE, &dynamics);
+            let c = checkpointed.compare(&plain);
+            // The segments' gradients are summed as f32 host values: f32's rounding.
+            assert!(c.relative_error < 1e-6, "{segments} segments: {c:?}");
+        }
+        let long = Dynamics {
+            max_iters: 200,
+            ..dynamics
+        };
+        let eqprop = model.gradients_by(Method::Eqprop, &x, &targets, 0.01, &SHAPE, &long);
+        assert!(
+            eqprop.compare(&plain).cosine > 0.9,
+            "{:?}",
+            eqprop.compare(&plain)
+        );
     }
 
     /// Implicit differentiation at the free equilibrium gives what backpropagation through

@@ -55,7 +55,7 @@ pub(crate) fn run(command: ConfigCommand, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn machine_tier() -> Result<Tier> {
+pub(crate) fn machine_tier() -> Result<Tier> {
     let report =
         frugal_hw::probe(&frugal_hw::ProbeOptions::default()).context("probing this machine")?;
     Ok(report.tier.tier)

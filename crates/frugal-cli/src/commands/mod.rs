@@ -1,6 +1,7 @@
 pub(crate) mod bench;
 pub(crate) mod config;
 pub(crate) mod data;
+pub(crate) mod eqprop;
 pub(crate) mod evolve;
 pub(crate) mod farm;
 pub(crate) mod nbody;

@@ -83,6 +83,8 @@ fn pipeline(args: &ConfigArgs, out: &mut dyn Write) -> Result<()> {
         },
         max_memory: None,
         auto_fit: false,
+        tier: None,
+        presets: crate::args::PresetDirArg { dir: None },
     };
     phase("train", out, &mut |out| {
         super::train::train_setup(setup(&config)?, &train, out)
