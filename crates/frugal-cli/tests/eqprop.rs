@@ -155,6 +155,7 @@ fn tier_sizes_the_run_by_the_preset() {
     std::fs::remove_dir_all(dir.path()).unwrap();
     let out = run("auto");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("for {tier} (this machine's tier")),
         "{stderr}"

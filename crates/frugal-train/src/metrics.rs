@@ -267,7 +267,7 @@ mod tests {
         assert!(csv.starts_with(CSV_HEADER));
         assert_eq!(
             csv.lines().nth(1).unwrap(),
-            "train,10,0,1.25,0.5,0.001,,100"
+            "train,10,0,1.25,0.5,0.001,,100,,,"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -288,5 +288,17 @@ mod tests {
         std::fs::write(&path, format!("{}\n{whole}", &line(5)[..25])).unwrap();
         let err = read_records(&path).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn solves_summarise_mean_most_and_unconverged() {
+        let mut a = Solves::default();
+        assert_eq!(a.summary(), None);
+        a.record(10, true);
+        a.record(50, false);
+        let mut b = Solves::default();
+        b.record(30, true);
+        a.merge(&b);
+        assert_eq!(a.summary(), Some((30.0, 50, 1.0 / 3.0)));
     }
 }

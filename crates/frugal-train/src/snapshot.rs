@@ -143,7 +143,19 @@ mod tests {
                 epoch: 1,
                 consumed: 256,
                 scaler: LossScaler::default(),
-                window: LogWindow::default(),
+                // A window part-way through, with the solves of an equilibrium task.
+                window: LogWindow {
+                    loss_sum: 12.5,
+                    correct: 40,
+                    samples: 64,
+                    has_accuracy: true,
+                    solves: crate::metrics::Solves {
+                        count: 6,
+                        iterations: 130,
+                        max_iterations: 50,
+                        unconverged: 1,
+                    },
+                },
                 samples_total: 1000,
                 train_seconds: 1.5,
                 seed: 3,

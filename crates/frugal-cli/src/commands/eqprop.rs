@@ -42,8 +42,12 @@ fn gradcheck(args: &GradcheckArgs, out: &mut dyn Write) -> Result<()> {
     if let Some(b) = args.betas.iter().find(|b| !(**b > 0.0 && b.is_finite())) {
         return Err(UserError(format!("--betas: {b} is not a positive number")).into());
     }
-    if !(args.tol >= 0.0 && args.tol.is_finite()) {
-        return Err(UserError(format!("--tol: {} is not a non-negative number", args.tol)).into());
+    let tol = args.tol.unwrap_or(match args.precision {
+        burn::tensor::FloatDType::F64 => 1e-10,
+        _ => 1e-6,
+    });
+    if !(tol >= 0.0 && tol.is_finite()) {
+        return Err(UserError(format!("--tol: {tol} is not a non-negative number")).into());
     }
     let (setup, seed) = load(&args.config)?;
     let batch = first_batch(&setup.data.train, args.batch as usize)
@@ -52,7 +56,7 @@ fn gradcheck(args: &GradcheckArgs, out: &mut dyn Write) -> Result<()> {
         betas: args.betas.clone(),
         reference: args.reference,
         dtype: args.precision,
-        tol: args.tol,
+        tol,
         max_iters: args.max_iters,
     };
     let check = setup
@@ -63,20 +67,29 @@ fn gradcheck(args: &GradcheckArgs, out: &mut dyn Write) -> Result<()> {
         .plot
         .clone()
         .unwrap_or_else(|| setup.dir.join("gradcheck.png"));
+    // The results first: a plot that cannot be written must not lose a long sweep.
+    if args.json {
+        print_json(out, &check)?;
+    } else {
+        report_gradcheck(&check, batch.samples, args, &path, out)?;
+    }
+    // A diverged point (NaN) is left out of the plot rather than drawn as a perfect match.
     let series = |f: fn(&frugal_models::eqprop::SweepPoint) -> f64| -> Vec<(f64, f64)> {
-        check.sweep.iter().map(|p| (p.beta.log10(), f(p))).collect()
+        check
+            .sweep
+            .iter()
+            .map(|p| (p.beta.log10(), f(p)))
+            .filter(|(_, v)| v.is_finite())
+            .map(|(b, v)| (b, v.max(1e-16)))
+            .collect()
     };
     plot::gradcheck(
         check.reference.name(),
-        &series(|p| (1.0 - p.cosine).max(1e-16)),
-        &series(|p| p.relative_error.max(1e-16)),
+        &series(|p| 1.0 - p.cosine),
+        &series(|p| p.relative_error),
         &path,
     )
-    .with_context(|| format!("drawing {}", path.display()))?;
-    if args.json {
-        return print_json(out, &check);
-    }
-    report_gradcheck(&check, batch.samples, args, &path, out)
+    .with_context(|| format!("drawing {}", path.display()))
 }
 
 fn report_gradcheck(
@@ -159,7 +172,7 @@ fn report_gradcheck(
 /// One measured step of the memory study.
 #[derive(Debug, Serialize)]
 struct MemoryRow {
-    method: &'static str,
+    method: Method,
     iters: u32,
     #[serde(flatten)]
     cost: StepCost,
@@ -172,7 +185,7 @@ struct MemoryReport {
     rows: Vec<MemoryRow>,
     /// Per BPTT variant, the fewest iterations measured at which EqProp's step peak is
     /// below that variant's (`null`: at none).
-    crossover: Vec<(&'static str, Option<u32>)>,
+    crossover: std::collections::BTreeMap<&'static str, Option<u32>>,
     /// EqProp's largest step peak over its smallest, minus one, across the iterations.
     eqprop_spread: f64,
 }
@@ -180,7 +193,7 @@ struct MemoryReport {
 /// The step peak of `m` at `k` iterations among `rows` (0 where not measured).
 fn peak_of(rows: &[MemoryRow], m: Method, k: u32) -> u64 {
     rows.iter()
-        .find(|r| r.method == m.name() && r.iters == k)
+        .find(|r| r.method == m && r.iters == k)
         .map_or(0, |r| r.cost.peak_bytes)
 }
 
@@ -215,7 +228,7 @@ fn memory(args: &EqpropMemoryArgs, out: &mut dyn Write) -> Result<()> {
             bar.set_message(format!("{} · {k} iterations", method.name()));
             let cost = task.step_cost(&batch, seed, method, k).map_err(fail)?;
             rows.push(MemoryRow {
-                method: method.name(),
+                method,
                 iters: k,
                 cost,
             });
@@ -250,15 +263,22 @@ fn memory(args: &EqpropMemoryArgs, out: &mut dyn Write) -> Result<()> {
         crossover,
         eqprop_spread,
     };
-    let peak = |m: Method, k: u32| peak_of(&report.rows, m, k);
     let path: PathBuf = args
         .plot
         .clone()
         .unwrap_or_else(|| setup.dir.join("eqprop-memory.png"));
+    if args.json {
+        print_json(out, &report)?;
+    } else {
+        print_memory(&report, &iters, &path, out)?;
+    }
     let mib = |m: Method| -> Vec<(f64, f64)> {
         iters
             .iter()
-            .map(|&k| (f64::from(k), peak(m, k) as f64 / f64::from(1u32 << 20)))
+            .map(|&k| {
+                let bytes = peak_of(&report.rows, m, k);
+                (f64::from(k), bytes as f64 / f64::from(1u32 << 20))
+            })
             .collect()
     };
     plot::eqprop_memory(
@@ -267,10 +287,15 @@ fn memory(args: &EqpropMemoryArgs, out: &mut dyn Write) -> Result<()> {
         &mib(Method::BpttCheckpointed),
         &path,
     )
-    .with_context(|| format!("drawing {}", path.display()))?;
-    if args.json {
-        return print_json(out, &report);
-    }
+    .with_context(|| format!("drawing {}", path.display()))
+}
+
+fn print_memory(
+    report: &MemoryReport,
+    iters: &[u32],
+    path: &Path,
+    out: &mut dyn Write,
+) -> Result<()> {
     writeln!(
         out,
         "a training step's peak heap above the weights and data, batch {} (CPU, f32)",
@@ -281,12 +306,12 @@ fn memory(args: &EqpropMemoryArgs, out: &mut dyn Write) -> Result<()> {
         "{:>6}  {:>20}  {:>20}  {:>20}",
         "iters", "eqprop", "bptt", "bptt checkpointed"
     )?;
-    for &k in &iters {
+    for &k in iters {
         let cell = |m: Method| {
             report
                 .rows
                 .iter()
-                .find(|r| r.method == m.name() && r.iters == k)
+                .find(|r| r.method == m && r.iters == k)
                 .map(|r| format!("{} {:>6.2} s", Bytes(r.cost.peak_bytes), r.cost.seconds))
                 .unwrap_or_default()
         };
@@ -307,7 +332,10 @@ fn memory(args: &EqpropMemoryArgs, out: &mut dyn Write) -> Result<()> {
     )?;
     for (name, at) in &report.crossover {
         match at {
-            Some(k) => writeln!(out, "EqProp holds less than {name} from {k} iterations on")?,
+            Some(k) => writeln!(
+                out,
+                "EqProp first holds less than {name} at {k} iterations (the fewest measured where it does)"
+            )?,
             None => writeln!(out, "EqProp holds more than {name} at every count measured")?,
         }
     }
