@@ -24,8 +24,11 @@
 //! minima `z_{±β}` of `F_{±β} = E ± β·L` starting from `z*`. The gradient estimate is
 //! `(∂F_β/∂θ (z_β) − ∂F_{−β}/∂θ (z_{−β})) / 2β`, for every parameter θ at once (one
 //! backward through the energy at two fixed states, no iteration history). Symmetric
-//! nudging (Laborieux et al., 2021) makes its error O(β²): as β → 0 it converges to the
-//! gradient of `L(z*(θ))`, the loss at the free equilibrium — what implicit
+//! nudging (Laborieux et al., 2021) cancels the estimate's first-order error in β, leaving
+//! O(β²) where the energy is twice differentiable between the two nudged states; the
+//! memories' `relu²` is not at an overlap crossing zero, so on a batch with overlaps near
+//! zero the error falls more slowly over a middle range of β. Either way, as β → 0 it
+//! converges to the gradient of `L(z*(θ))`, the loss at the free equilibrium — what implicit
 //! differentiation at the fixed point gives, and what backpropagation through the
 //! iterations gives once they have converged. Both are here as references:
 //! [`LoopedTransformer::implicit_gradients`] solves `H λ = ∇_z L` with the energy's Hessian
@@ -633,6 +636,14 @@ impl Reference {
         match self {
             Reference::Bptt => "bptt",
             Reference::Implicit => "implicit",
+        }
+    }
+
+    /// What it is, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reference::Bptt => "backpropagation through the iterations",
+            Reference::Implicit => "implicit differentiation",
         }
     }
 }

@@ -84,7 +84,7 @@ fn gradcheck(args: &GradcheckArgs, out: &mut dyn Write) -> Result<()> {
             .collect()
     };
     plot::gradcheck(
-        check.reference.name(),
+        check.reference.describe(),
         &series(|p| 1.0 - p.cosine),
         &series(|p| p.relative_error),
         &path,
@@ -107,10 +107,7 @@ fn report_gradcheck(
     writeln!(
         out,
         "EqProp's gradient against {} on {samples} samples ({precision}, CPU); mean loss at the free equilibrium {:.4}",
-        match check.reference {
-            frugal_models::eqprop::Reference::Implicit => "implicit differentiation",
-            frugal_models::eqprop::Reference::Bptt => "backpropagation through the iterations",
-        },
+        check.reference.describe(),
         check.loss
     )?;
     writeln!(
