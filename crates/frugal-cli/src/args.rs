@@ -453,7 +453,7 @@ pub(crate) struct GradcheckArgs {
     #[arg(long, value_name = "TOL")]
     pub(crate) tol: Option<f64>,
     /// Iteration limit of every phase and solve.
-    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_iters: u32,
     /// Where to draw cosine and error against β (default: OUTPUT_DIR/gradcheck.png).
     #[arg(long, value_name = "FILE")]

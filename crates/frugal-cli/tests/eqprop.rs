@@ -79,6 +79,13 @@ fn gradcheck_refuses_bad_betas_and_other_workloads() {
         .code(2)
         .stderr(predicate::str::contains("--betas: -0.01"));
     frugal()
+        .args(["eqprop", "gradcheck"])
+        .arg(cpu_only_preset())
+        .args(["--max-iters", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--max-iters"));
+    frugal()
         .args(["eqprop", "memory"])
         .arg(config("mnist-mlp.toml"))
         .args(["--set", &format!("output_dir={}", dir.path().display())])
