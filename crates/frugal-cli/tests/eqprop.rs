@@ -14,6 +14,16 @@ fn cpu_only_preset() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/eqprop/cpu_only.toml")
 }
 
+/// `frugal eqprop SUBCOMMAND CONFIG` writing into `dir`.
+fn eqprop(subcommand: &str, config: &Path, dir: &Path) -> assert_cmd::Command {
+    let mut cmd = frugal();
+    cmd.env("FRUGAL_MNIST_DIR", mnist_dir())
+        .args(["eqprop", subcommand])
+        .arg(config)
+        .args(["--set", &format!("output_dir={}", dir.display())]);
+    cmd
+}
+
 fn sweep(check: &Value) -> Vec<(f64, f64, f64)> {
     check["sweep"]
         .as_array()
@@ -38,11 +48,7 @@ fn gradcheck_sweeps_beta_against_both_references() {
     for reference in ["implicit", "bptt"] {
         let png = dir.path().join(format!("{reference}.png"));
         let check = json(
-            frugal()
-                .env("FRUGAL_MNIST_DIR", mnist_dir())
-                .args(["eqprop", "gradcheck"])
-                .arg(cpu_only_preset())
-                .args(["--set", &format!("output_dir={}", dir.path().display())])
+            eqprop("gradcheck", &cpu_only_preset(), dir.path())
                 .args(["--batch", "4", "--betas", "0.5,0.05,0.005"])
                 .args(["--reference", reference])
                 .arg("--plot")
@@ -69,26 +75,17 @@ fn gradcheck_sweeps_beta_against_both_references() {
 #[test]
 fn gradcheck_refuses_bad_betas_and_other_workloads() {
     let dir = tempfile::tempdir().unwrap();
-    frugal()
-        .env("FRUGAL_MNIST_DIR", mnist_dir())
-        .args(["eqprop", "gradcheck"])
-        .arg(cpu_only_preset())
-        .args(["--set", &format!("output_dir={}", dir.path().display())])
+    eqprop("gradcheck", &cpu_only_preset(), dir.path())
         .args(["--betas", "0.1,-0.01"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--betas: -0.01"));
-    frugal()
-        .args(["eqprop", "gradcheck"])
-        .arg(cpu_only_preset())
+    eqprop("gradcheck", &cpu_only_preset(), dir.path())
         .args(["--max-iters", "0"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--max-iters"));
-    frugal()
-        .args(["eqprop", "memory"])
-        .arg(config("mnist-mlp.toml"))
-        .args(["--set", &format!("output_dir={}", dir.path().display())])
+    eqprop("memory", &config("mnist-mlp.toml"), dir.path())
         .assert()
         .code(2)
         .stderr(predicate::str::contains("`classifier`"));
@@ -101,11 +98,7 @@ fn memory_study_finds_eqprop_flat_and_backprop_growing() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("memory.png");
     let report = json(
-        frugal()
-            .env("FRUGAL_MNIST_DIR", mnist_dir())
-            .args(["eqprop", "memory"])
-            .arg(cpu_only_preset())
-            .args(["--set", &format!("output_dir={}", dir.path().display())])
+        eqprop("memory", &cpu_only_preset(), dir.path())
             .args(["--iters", "5,10,40", "--batch", "8"])
             .arg("--plot")
             .arg(&png),

@@ -534,21 +534,7 @@ impl LoopedTransformer {
         dynamics: &Dynamics,
     ) -> EqPropStep {
         let free = self.equilibrium(x, None, None, shape, dynamics);
-        self.eqprop_gradients_from(&free, x, targets, beta, shape, dynamics)
-    }
-
-    /// [`Self::eqprop_gradients`] from a free equilibrium already found (a sweep over β
-    /// shares one).
-    pub fn eqprop_gradients_from(
-        &self,
-        free: &Equilibrium,
-        x: &Tensor<3>,
-        targets: &Tensor<1, Int>,
-        beta: f64,
-        shape: &Shape,
-        dynamics: &Dynamics,
-    ) -> EqPropStep {
-        let (grads, phases) = self.nudged_backward(free, x, targets, beta, shape, dynamics);
+        let (grads, phases) = self.nudged_backward(&free, x, targets, beta, shape, dynamics);
         EqPropStep {
             gradients: self.named(&grads),
             loss: self.loss_at(&free.z, targets, shape),
@@ -595,7 +581,8 @@ impl LoopedTransformer {
     }
 
     /// The reference: backpropagation through `iters` iterations of the block from the
-    /// embedded input, the whole history held by autodiff (memory grows with `iters`).
+    /// embedded input, the whole history held by autodiff (memory grows with `iters`):
+    /// [`Self::bptt_checkpointed_gradients`] with the whole unrolling as one segment.
     pub fn bptt_gradients(
         &self,
         x: &Tensor<3>,
@@ -604,17 +591,7 @@ impl LoopedTransformer {
         shape: &Shape,
         dynamics: &Dynamics,
     ) -> NamedGradients {
-        let w = self.weights(true, shape.heads);
-        let x = x.clone().without_autodiff();
-        let e = Self::embedded(&w, &x);
-        let mut z = e.clone();
-        for _ in 0..iters {
-            z = z.clone()
-                - Self::descent(&w, &z, &e, None, dynamics.lambda).mul_scalar(dynamics.damping);
-        }
-        let batch = x.dims()[0].max(1) as f64;
-        let loss = Self::loss(Self::logits(&w, &z.tanh()), targets).div_scalar(batch);
-        self.named(&loss.backward())
+        self.bptt_checkpointed_gradients(x, targets, iters, 1, shape, dynamics)
     }
 }
 
@@ -763,10 +740,7 @@ impl LoopedTransformer {
     ) -> GradCheck {
         let free = self.equilibrium(x, None, None, shape, dynamics);
         let (truth, reference_iterations) = match reference {
-            Reference::Implicit => {
-                let (g, solve) = self.implicit_gradients_from(&free, x, targets, shape, dynamics);
-                (g, solve)
-            }
+            Reference::Implicit => self.implicit_gradients_from(&free, x, targets, shape, dynamics),
             Reference::Bptt => {
                 // The same gradients as the plain unrolling, holding √iters states: an
                 // unconverged free phase may have run thousands of iterations.
@@ -781,14 +755,15 @@ impl LoopedTransformer {
         let sweep = betas
             .iter()
             .map(|&beta| {
-                let step = self.eqprop_gradients_from(&free, x, targets, beta, shape, dynamics);
-                let c = step.gradients.compare(&truth);
+                let (grads, phases) =
+                    self.nudged_backward(&free, x, targets, beta, shape, dynamics);
+                let c = self.named(&grads).compare(&truth);
                 SweepPoint {
                     beta,
                     cosine: c.cosine,
                     relative_error: c.relative_error,
                     tensors: c.tensors,
-                    phases: step.phases,
+                    phases,
                 }
             })
             .collect();
@@ -857,14 +832,16 @@ impl LoopedTransformer {
         let mut starts = Vec::new();
         let mut z = e.clone();
         let mut done = 0;
-        while done < iters {
+        loop {
+            // At least one segment, of no iterations when `iters` is 0.
             let n = per.min(iters - done);
             starts.push((done, n, z.clone()));
             done += n;
-            // The last segment runs once, with autodiff, below.
-            if done < iters {
-                z = iterate(&plain, z, &e, n);
+            if done >= iters {
+                // The last segment runs once, with autodiff, below.
+                break;
             }
+            z = iterate(&plain, z, &e, n);
         }
         drop(e);
         let mut total: Option<NamedGradients> = None;
@@ -879,12 +856,6 @@ impl LoopedTransformer {
         // Each segment recomputed with autodiff, last first: its parameters' gradients and
         // the gradient of its start, which the segment before it receives.
         let mut upstream: Option<Tensor<3>> = None;
-        if starts.is_empty() {
-            let w = self.weights(true, shape.heads);
-            let z = Self::embedded(&w, &x);
-            let loss = Self::loss(Self::logits(&w, &z.tanh()), targets).div_scalar(batch);
-            add(self.named(&loss.backward()));
-        }
         while let Some((first, n, start)) = starts.pop() {
             let w = self.weights(true, shape.heads);
             let e = Self::embedded(&w, &x);
@@ -1331,8 +1302,9 @@ mod tests {
         let model = LoopedTransformer::init(&SHAPE, 9, FloatDType::F64, &device);
         let (x, targets) = batch(FloatDType::F64, &device);
         let dynamics = Dynamics::default();
+        // One segment: the whole unrolling held, the plain reference.
         let plain = model.bptt_gradients(&x, &targets, 10, &SHAPE, &dynamics);
-        for segments in [1, 3, 4, 10] {
+        for segments in [3, 4, 10] {
             let checkpointed =
                 model.bptt_checkpointed_gradients(&x, &targets, 10, segments, &SHAPE, &dynamics);
             let c = checkpointed.compare(&plain);
